@@ -1,0 +1,1 @@
+"""segpipe: the small library shared by the pipeline stages in stages/."""

@@ -1,0 +1,156 @@
+"""Decode any supported image or mask file into NumPy arrays, and write PNGs.
+
+Conventions (the rest of the pipeline relies on them):
+- images: uint8, shape (H, W, 3) for mode "RGB" or (H, W) for mode "L";
+- masks: uint8 class ids, shape (H, W). Binary tasks (`num_classes: 1`) use {0, 1} (1 = foreground);
+  multi-class tasks use 0..num_classes-1 (0 = background). A PNG mask therefore looks black in a
+  viewer; multiply by 255 to look at a binary one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+SUPPORTED_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+LOSSY_FORMATS = ("JPEG", "MPO", "WEBP")  # WebP may be lossless too; thresholding is right for both
+
+# EXIF orientation tag value -> the transpose that makes the picture upright (as ImageOps.exif_transpose).
+_ORIENTATION_FIX = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_EXIF_ORIENTATION_TAG = 0x0112
+
+
+def open_image(path: Path) -> Image.Image:
+    """Opens and fully decodes `path`; raises ValueError with the reason if it is empty or unreadable."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ValueError("empty file (0 bytes)")
+    try:
+        im = Image.open(path)
+        im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"cannot decode as an image ({err.__class__.__name__}: {err})") from None
+    return im
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1..8), 1 when absent or invalid."""
+    value = im.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    return value if value in _ORIENTATION_FIX else 1
+
+
+def apply_orientation(im: Image.Image, orientation: int) -> Image.Image:
+    """Returns `im` transposed the way EXIF orientation `orientation` asks (1 = unchanged)."""
+    return im.transpose(_ORIENTATION_FIX[orientation]) if orientation in _ORIENTATION_FIX else im
+
+
+def _to_8bit_gray_or_color(im: Image.Image) -> Image.Image:
+    """16-bit and float modes to 8-bit "L" by full-range scaling (65535 -> 255); others unchanged."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        # 16-bit data are scaled by their container range, not per image, so that every image
+        # keeps the same intensity meaning (a per-image stretch would change contrast between images).
+        top = 65535.0 if im.mode != "F" or values.max() > 1.0 else 1.0
+        return Image.fromarray(np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8), mode="L")
+    return im
+
+
+def image_to_array(im: Image.Image, *, image_mode: str) -> np.ndarray:
+    """Any decoded image -> uint8 array: (H, W, 3) for image_mode "RGB", (H, W) for "L".
+
+    Transparency is dropped (alpha is not composited: segmentation labels refer to the pixels, and a
+    transparent region in a photo is rare and has no right colour). Palette images use their colours.
+    """
+    im = _to_8bit_gray_or_color(im)
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        im = im.convert("RGB" if im.mode == "RGBA" else "L")
+    return np.asarray(im.convert(image_mode), dtype=np.uint8)
+
+
+def _mask_channel(im: Image.Image) -> tuple[np.ndarray, bool]:
+    """One uint8 channel from a mask, and whether its values are palette class ids.
+
+    Colour masks use the max over channels, so a pure red (255, 0, 0) annotation counts as bright and
+    a lossy JPEG mask with slightly unequal channels gives one clean value per pixel.
+    """
+    im = _to_8bit_gray_or_color(im)
+    if im.mode == "1":
+        return np.asarray(im, dtype=np.uint8), True
+    if im.mode == "P":
+        palette = np.asarray(im.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+        indices = np.asarray(im, dtype=np.uint8)
+        used = palette[np.unique(indices)] if len(palette) else np.zeros((0, 3))
+        if len(used) and (used == used[:, :1]).all():
+            return used[:, 0][np.searchsorted(np.unique(indices), indices)], False  # gray palette: its levels
+        return indices, True  # colour palette (e.g. VOC style): indices are the class ids
+    if im.mode in ("LA", "PA"):
+        im = im.convert("L")
+    if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "HSV", "LAB"):
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).max(axis=2), False
+    return np.asarray(im.convert("L"), dtype=np.uint8), False
+
+
+def mask_to_class_ids(im: Image.Image, *, num_classes: int, threshold: int, invert: bool,
+                      max_gray_fraction: float, lossy: bool) -> np.ndarray:
+    """A decoded mask -> uint8 class ids of shape (H, W). Raises ValueError saying what is wrong.
+
+    Binary (`num_classes == 1`): values in {0, 1} are taken as ids; anything else is thresholded
+    (`value >= threshold` is foreground), which handles {0, 255} masks and lossy JPEG masks. A mask
+    whose pixels are mostly mid-gray (more than `max_gray_fraction` in 32..223) is not a binary mask,
+    nor is a lossless one with small values like {0, 1, 2} (class ids of a multi-class mask).
+    `invert` swaps foreground and background (for datasets that mark the background in white).
+
+    Multi-class: single-channel values (or palette indices) are the class ids; each must be
+    < num_classes. Colour masks need a class-colour mapping, which is not supported.
+    """
+    values, is_index = _mask_channel(im)
+    if num_classes == 1:
+        present = np.unique(values)
+        if set(present.tolist()) <= {0, 1}:
+            foreground = values == 1
+        else:
+            gray = float(np.mean((values >= 32) & (values <= 223)))
+            if gray > max_gray_fraction:
+                raise ValueError(
+                    f"not a binary mask: {gray:.1%} of its pixels are mid-gray (32..223), more than "
+                    f"convert.max_gray_fraction={max_gray_fraction}; expected values {{0,1}} or {{0,255}} "
+                    "(lossy JPEG noise is fine). If it is multi-class, set num_classes")
+            if present.max() < threshold and not lossy:
+                raise ValueError(
+                    f"unexpected mask values {present.tolist()[:10]} for a binary task (num_classes: 1); "
+                    "expected {0,1} or {0,255}. These look like class ids: set num_classes to the number "
+                    "of classes, or fix the mask")
+            foreground = values >= threshold
+        if invert:
+            foreground = ~foreground
+        return foreground.astype(np.uint8)
+    if not is_index and im.mode not in ("L", "I;16", "I", "F") and im.getbands() not in (("L",),):
+        raise ValueError(
+            f"colour mask (mode {im.mode}) for a multi-class task; expected a single-channel or palette "
+            "PNG whose values are class ids 0..num_classes-1")
+    too_big = np.unique(values[values >= num_classes])
+    if too_big.size:
+        raise ValueError(
+            f"class ids {too_big.tolist()[:10]} out of range for num_classes={num_classes}; expected "
+            f"values 0..{num_classes - 1}")
+    if invert:
+        raise ValueError("convert.invert_mask only applies to binary tasks (num_classes: 1)")
+    return values.astype(np.uint8)
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    """Writes a uint8 (H, W) or (H, W, 3) array as PNG with no metadata (byte-identical reruns)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="PNG", optimize=False, compress_level=6)

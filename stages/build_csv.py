@@ -1,0 +1,109 @@
+"""build-csv: turn the converted PNG pairs into train/valid/test CSV files.
+
+Reads:   --png-dir/manifest.csv (written by convert-to-png).
+Writes:  --output-dir/train.csv, valid.csv, test.csv with columns
+         id, image_path, mask_path, group, height, width, foreground_fraction; sorted by id; paths are
+         POSIX and relative to the repo root (the folder dvc runs in) when --png-dir is relative.
+         test.csv has only the header unless the raw data has a test/ split.
+Params:  seed; build_csv.valid_fraction, build_csv.stratify_bins.
+
+A split given by the raw data (train/ + valid/) is kept. Without one, a seeded split takes
+`valid_fraction` of the images, stratified by group, or by foreground-fraction quantile bins
+(`stratify_bins`) when there is a single group. A given train/ without valid/ is split the same way.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segpipe.balancing import foreground_bin_edges, foreground_bins
+from segpipe.cli import run_stage
+from segpipe.outputs import write_csv
+from segpipe.params import load_section, load_shared
+
+SCHEMA = {
+    "valid_fraction": dict(kind=float, minimum=0.01, maximum=0.9),
+    "stratify_bins": dict(kind=int, minimum=1),
+}
+COLUMNS = ["id", "image_path", "mask_path", "group", "height", "width", "foreground_fraction"]
+
+
+def _largest_remainder(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Integer shares of `total` proportional to `sizes` that add up to `total`, each <= its size."""
+    exact = sizes * total / sizes.sum()
+    shares = np.floor(exact).astype(int)
+    for index in np.argsort(-(exact - shares), kind="stable")[: total - shares.sum()]:
+        shares[index] += 1
+    return np.minimum(shares, sizes)
+
+
+def stratified_split(frame: pd.DataFrame, *, valid_fraction: float, stratify_bins: int,
+                     seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seeded split of `frame` into (train, valid), stratified by group or foreground bins.
+
+    Args:
+        frame: rows with at least id, group, foreground_fraction.
+        valid_fraction: share of rows for validation; at least one row goes each way.
+        stratify_bins: foreground-fraction quantile bins used when there is a single group.
+        seed: the random seed; the same inputs and seed give the same split.
+    """
+    if len(frame) < 2:
+        raise ValueError(f"cannot split {len(frame)} image(s) into train and valid; add images "
+                         "(at least 2, realistically dozens).")
+    frame = frame.sort_values("id").reset_index(drop=True)
+    if frame["group"].nunique() > 1:
+        strata = frame["group"].astype(str).to_numpy()
+    else:
+        edges = foreground_bin_edges(frame["foreground_fraction"], num_bins=stratify_bins)
+        strata = foreground_bins(frame["foreground_fraction"], edges).astype(str)
+    names, sizes = np.unique(strata, return_counts=True)
+    total_valid = int(min(len(frame) - 1, max(1, round(len(frame) * valid_fraction))))
+    shares = _largest_remainder(sizes, total_valid)
+    rng = np.random.default_rng(seed)
+    is_valid = np.zeros(len(frame), dtype=bool)
+    for name, share in zip(names, shares):
+        members = np.flatnonzero(strata == name)
+        is_valid[rng.permutation(members)[:share]] = True
+    return frame[~is_valid], frame[is_valid]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--png-dir", type=Path, required=True)
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--params", type=Path, required=True)
+    args = parser.parse_args(argv)
+    params = load_section(args.params, "build_csv", SCHEMA)
+    seed = load_shared(args.params, "seed", kind=int)
+
+    manifest_path = args.png_dir / "manifest.csv"
+    if not manifest_path.is_file():
+        raise ValueError(f"'{manifest_path}' not found; run the convert-to-png stage first (dvc repro).")
+    manifest = pd.read_csv(manifest_path, dtype={"id": str, "split": str, "group": str}, keep_default_na=False)
+    for column in ("image_path", "mask_path"):
+        manifest[column] = [(args.png_dir / p).as_posix() for p in manifest[column]]
+
+    given = set(manifest["split"]) - {""}
+    if given:
+        train = manifest[manifest["split"] == "train"]
+        valid = manifest[manifest["split"] == "valid"]
+        if valid.empty:
+            train, valid = stratified_split(train, valid_fraction=params["valid_fraction"],
+                                            stratify_bins=params["stratify_bins"], seed=seed)
+    else:
+        train, valid = stratified_split(manifest, valid_fraction=params["valid_fraction"],
+                                        stratify_bins=params["stratify_bins"], seed=seed)
+    test = manifest[manifest["split"] == "test"]
+    leaked = set(train["id"]) & set(valid["id"])
+    assert not leaked, f"ids in both train and valid: {sorted(leaked)[:5]}"
+
+    for name, frame in (("train", train), ("valid", valid), ("test", test)):
+        write_csv(args.output_dir / f"{name}.csv", frame.sort_values("id")[COLUMNS])
+    print(f"build-csv: {len(train)} train, {len(valid)} valid, {len(test)} test rows in {args.output_dir}")
+
+
+if __name__ == "__main__":
+    run_stage("build-csv", main)

@@ -1,0 +1,171 @@
+"""convert-to-png: decode every raw image/mask pair into clean, same-size PNG pairs.
+
+Reads:   --raw-dir, in any layout of segpipe/raw_layout.py (pooled images/+masks/ or a given
+         train/valid[/test] split, optional group subfolders), any of JPEG, PNG, BMP, TIFF, GIF, WebP.
+Writes:  --output-dir/images/<id>.png  8-bit RGB (or L, see convert.image_mode), EXIF orientation applied;
+         --output-dir/masks/<id>.png   single-channel class ids: {0, 1} for binary tasks, 0..num_classes-1
+                                       otherwise; same size as its image (orientation applied alike);
+         --output-dir/manifest.csv     id, split, group, image_path, mask_path (relative to the output
+                                       dir), height, width, foreground_fraction, source_image, source_mask;
+         --skipped                     CSV (path, reason) of inputs skipped under on_error: skip; header
+                                       only when nothing was skipped.
+Params:  num_classes; convert.image_mode, mask_stem_pattern, mask_threshold, invert_mask,
+         max_gray_fraction, on_error (fail | skip), num_workers (0 = all available cores).
+
+Every problem is collected before anything is written. With on_error: fail (the default) the stage
+fails with one message listing them all, and the previous output stays as it was.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from segpipe.cli import run_stage
+from segpipe.image_io import (LOSSY_FORMATS, apply_orientation, exif_orientation, image_to_array,
+                              mask_to_class_ids, open_image, write_png)
+from segpipe.outputs import replace_dir, write_csv
+from segpipe.params import load_section, load_shared
+from segpipe.raw_layout import Pair, Problem, find_pairs
+
+SCHEMA = {
+    "image_mode": dict(kind=str, choices=("RGB", "L")),
+    "mask_stem_pattern": dict(kind=str, check=lambda s: "{stem}" in s,
+                              hint="It must contain '{stem}', e.g. '{stem}_mask'."),
+    "mask_threshold": dict(kind=int, minimum=1, maximum=255),
+    "invert_mask": dict(kind=bool),
+    "max_gray_fraction": dict(kind=float, minimum=0.0, maximum=1.0),
+    "on_error": dict(kind=str, choices=("fail", "skip")),
+    "num_workers": dict(kind=int, minimum=0),
+}
+MANIFEST_COLUMNS = ["id", "split", "group", "image_path", "mask_path", "height", "width",
+                    "foreground_fraction", "source_image", "source_mask"]
+
+
+def _orient_pair(image, mask):
+    """Applies EXIF orientation to the image, and the same to the mask unless it carries its own.
+
+    Most annotation tools read the stored pixels and ignore EXIF, so a mask without its own tag is
+    taken to be drawn on the stored image and gets the image's transpose. A mask that already has
+    the upright size (drawn on the rotated picture) is left as it is; for square images the two
+    cases cannot be told apart and the transpose is applied.
+    """
+    image_orientation = exif_orientation(image)
+    mask_orientation = exif_orientation(mask)
+    upright = apply_orientation(image, image_orientation)
+    if mask_orientation != 1:
+        return upright, apply_orientation(mask, mask_orientation)
+    if image_orientation != 1:
+        turned = apply_orientation(mask, image_orientation)
+        if turned.size == upright.size or mask.size != upright.size:
+            return upright, turned
+    return upright, mask
+
+
+def convert_pair(pair: Pair, *, output_dir: Path, raw_dir: Path, image_mode: str, num_classes: int,
+                 mask_threshold: int, invert_mask: bool, max_gray_fraction: float):
+    """Converts one pair into output_dir. Returns (manifest row or None, list of Problem)."""
+    problems = []
+    try:
+        image = open_image(pair.image_path)
+    except ValueError as err:
+        problems.append(Problem(pair.image_path, f"unreadable image: {err}; replace or remove the file"))
+    try:
+        mask = open_image(pair.mask_path)
+    except ValueError as err:
+        problems.append(Problem(pair.mask_path, f"unreadable mask: {err}; replace or remove the file"))
+    if problems:
+        return None, problems
+    lossy = mask.format in LOSSY_FORMATS
+    image, mask = _orient_pair(image, mask)
+    if image.size != mask.size:
+        return None, [Problem(pair.mask_path, f"size mismatch: mask is {mask.size[0]}x{mask.size[1]} (WxH) "
+                              f"but image '{pair.image_path}' is {image.size[0]}x{image.size[1]}; "
+                              "masks must have their image's size")]
+    try:
+        class_ids = mask_to_class_ids(mask, num_classes=num_classes, threshold=mask_threshold,
+                                      invert=invert_mask, max_gray_fraction=max_gray_fraction, lossy=lossy)
+    except ValueError as err:
+        return None, [Problem(pair.mask_path, str(err))]
+    pixels = image_to_array(image, image_mode=image_mode)
+    image_rel, mask_rel = f"images/{pair.id}.png", f"masks/{pair.id}.png"
+    write_png(output_dir / image_rel, pixels)
+    write_png(output_dir / mask_rel, class_ids)
+    row = {
+        "id": pair.id, "split": pair.split, "group": pair.group,
+        "image_path": image_rel, "mask_path": mask_rel,
+        "height": pixels.shape[0], "width": pixels.shape[1],
+        "foreground_fraction": round(float(np.count_nonzero(class_ids)) / class_ids.size, 6),
+        "source_image": pair.image_path.relative_to(raw_dir).as_posix(),
+        "source_mask": pair.mask_path.relative_to(raw_dir).as_posix(),
+    }
+    return row, []
+
+
+def _available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def convert_all(pairs: list[Pair], *, num_workers: int, **options) -> tuple[list[dict], list[Problem]]:
+    """Runs convert_pair over all pairs, in parallel when worthwhile, in input order."""
+    workers = min(num_workers or _available_cores(), max(1, len(pairs) // 8))
+    work = partial(convert_pair, **options)
+    progress = dict(total=len(pairs), desc="convert-to-png", unit="pair", mininterval=1.0)
+    if workers <= 1:
+        results = [work(p) for p in tqdm(pairs, **progress)]
+    else:
+        # spawn, not fork: the caller may have TensorFlow loaded, which is not fork-safe.
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            results = list(tqdm(pool.map(work, pairs, chunksize=4), **progress))
+    rows = [row for row, _ in results if row is not None]
+    return rows, [problem for _, found in results for problem in found]
+
+
+def format_problems(problems: list[Problem], raw_dir: Path) -> str:
+    lines = [f"  - {p.path}: {p.reason}" for p in sorted(problems, key=lambda p: (str(p.path), p.reason))]
+    return (f"convert-to-png found {len(problems)} problem(s) in '{raw_dir}'; nothing was written:\n"
+            + "\n".join(lines)
+            + "\nFix or remove these files, or set convert.on_error: skip in params.yaml to skip them "
+              "(they are then listed in the skipped-files report).")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--raw-dir", type=Path, required=True)
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--skipped", type=Path, required=True)
+    parser.add_argument("--params", type=Path, required=True)
+    args = parser.parse_args(argv)
+    params = load_section(args.params, "convert", SCHEMA)
+    num_classes = load_shared(args.params, "num_classes", kind=int, minimum=1)
+
+    pairs, problems = find_pairs(args.raw_dir, mask_stem_pattern=params["mask_stem_pattern"])
+    if problems and params["on_error"] == "fail":
+        raise ValueError(format_problems(problems, args.raw_dir))
+    with replace_dir(args.output_dir) as tmp_dir:
+        rows, bad = convert_all(
+            pairs, num_workers=params["num_workers"], output_dir=tmp_dir, raw_dir=args.raw_dir,
+            image_mode=params["image_mode"], num_classes=num_classes,
+            mask_threshold=params["mask_threshold"], invert_mask=params["invert_mask"],
+            max_gray_fraction=params["max_gray_fraction"])
+        problems += bad
+        if problems and params["on_error"] == "fail":
+            raise ValueError(format_problems(problems, args.raw_dir))
+        if not rows:
+            raise ValueError(f"no usable image/mask pair left in '{args.raw_dir}' after skipping "
+                             f"{len(problems)} problem(s):\n" + format_problems(problems, args.raw_dir))
+        write_csv(tmp_dir / "manifest.csv", pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
+    skipped = pd.DataFrame([(p.path.as_posix(), p.reason) for p in problems], columns=["path", "reason"])
+    write_csv(args.skipped, skipped.sort_values(["path", "reason"]))
+    print(f"convert-to-png: {len(rows)} pairs written to {args.output_dir}, {len(problems)} problem(s) skipped")
+
+
+if __name__ == "__main__":
+    run_stage("convert-to-png", main)

@@ -1,0 +1,88 @@
+"""split-balanced: split train.csv into balancing subsets for weighted sampling.
+
+Reads:   --train-csv (from build-csv).
+Writes:  --output-dir/<NN>_<name>.csv, one per subset, same columns as train.csv;
+         --summary JSON: {"key": "group" | "foreground", "bin_edges": [...] (foreground key only),
+                          "total_rows": N, "subsets": [{"name", "file", "rows", "groups",
+                          "foreground_min", "foreground_max"}, ...]} in file order.
+Params:  split_balanced.key (auto | group | foreground), split_balanced.num_bins.
+
+Contract with train: the input pipeline builds one repeated, shuffled dataset per subset file listed
+in the summary and draws from them with `tf.data.Dataset.sample_from_datasets` (weights from the
+train params, equal by default), so a small group is seen as often as a large one. Augmented rows are
+assigned to subsets by the same key: their group, or their foreground_fraction binned with
+`bin_edges` (segpipe.balancing.foreground_bins). `key: auto` means group when train.csv has more than
+one group, otherwise foreground-fraction quantile bins.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from segpipe.balancing import foreground_bin_edges, foreground_bins, safe_name
+from segpipe.cli import run_stage
+from segpipe.outputs import replace_dir, write_csv, write_json
+from segpipe.params import load_section
+
+SCHEMA = {
+    "key": dict(kind=str, choices=("auto", "group", "foreground")),
+    "num_bins": dict(kind=int, minimum=1),
+}
+
+
+def split_into_subsets(train: pd.DataFrame, *, key: str, num_bins: int) -> tuple[dict, list[pd.DataFrame]]:
+    """Returns (summary dict, subset frames in summary order). See the module docstring."""
+    if key == "auto":
+        key = "group" if train["group"].nunique() > 1 else "foreground"
+    edges = None
+    if key == "group":
+        labels = train["group"].astype(str)
+        names = sorted(labels.unique())
+    else:
+        edges = foreground_bin_edges(train["foreground_fraction"], num_bins=num_bins)
+        labels = pd.Series(foreground_bins(train["foreground_fraction"], edges), index=train.index)
+        names = sorted(labels.unique())
+    subsets, frames = [], []
+    for index, name in enumerate(names):
+        frame = train[labels == name].sort_values("id")
+        display = str(name) if key == "group" else f"foreground_bin_{name}"
+        subsets.append({
+            "name": display, "file": f"{index:02d}_{safe_name(display)}.csv", "rows": len(frame),
+            "groups": sorted(frame["group"].astype(str).unique()),
+            "foreground_min": float(frame["foreground_fraction"].min()),
+            "foreground_max": float(frame["foreground_fraction"].max()),
+        })
+        frames.append(frame)
+    summary = {"key": key, "bin_edges": edges, "total_rows": len(train), "subsets": subsets}
+    return summary, frames
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--train-csv", type=Path, required=True)
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--summary", type=Path, required=True)
+    parser.add_argument("--params", type=Path, required=True)
+    args = parser.parse_args(argv)
+    params = load_section(args.params, "split_balanced", SCHEMA)
+
+    if not args.train_csv.is_file():
+        raise ValueError(f"'{args.train_csv}' not found; run the build-csv stage first (dvc repro).")
+    train = pd.read_csv(args.train_csv, dtype={"id": str, "group": str}, keep_default_na=False)
+    if train.empty:
+        raise ValueError(f"'{args.train_csv}' has no rows; there is nothing to train on.")
+    if params["key"] == "group" and train["group"].nunique() < 2:
+        print("split-balanced: warning: key 'group' but train.csv has a single group; one subset")
+    summary, frames = split_into_subsets(train, key=params["key"], num_bins=params["num_bins"])
+    with replace_dir(args.output_dir) as tmp_dir:
+        for subset, frame in zip(summary["subsets"], frames):
+            write_csv(tmp_dir / subset["file"], frame)
+    write_json(args.summary, summary)
+    counts = ", ".join(f"{s['name']}={s['rows']}" for s in summary["subsets"])
+    print(f"split-balanced: key '{summary['key']}', {len(frames)} subsets ({counts})")
+
+
+if __name__ == "__main__":
+    run_stage("split-balanced", main)
