@@ -73,6 +73,8 @@ def _pair_folder(images_dir: Path, masks_dir: Path, split: str, mask_stem_patter
 
     pairs, used_masks = [], set()
     for (group, stem_key), image_paths in sorted(images.items()):
+        mask_key = (group, mask_stem_pattern.format(stem=image_paths[0].stem).lower())
+        used_masks.add(mask_key)  # reported with its image(s) below, not again as an orphan
         if len(image_paths) > 1:
             for path in image_paths:
                 problems.append(Problem(path, "several images share this stem ("
@@ -80,9 +82,7 @@ def _pair_folder(images_dir: Path, masks_dir: Path, split: str, mask_stem_patter
                                         + "), so their masks and outputs would collide; rename all but one"))
             continue
         image_path = image_paths[0]
-        mask_key = (group, mask_stem_pattern.format(stem=image_path.stem).lower())
         candidates = masks.get(mask_key, [])
-        used_masks.add(mask_key)
         if not candidates:
             expected = masks_dir / ("" if group == NO_GROUP else group) / mask_stem_pattern.format(stem=image_path.stem)
             problems.append(Problem(image_path, f"image without mask: expected '{expected}.<ext>' "

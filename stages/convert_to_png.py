@@ -147,8 +147,7 @@ def main(argv=None) -> None:
     num_classes = load_shared(args.params, "num_classes", kind=int, minimum=1)
 
     pairs, problems = find_pairs(args.raw_dir, mask_stem_pattern=params["mask_stem_pattern"])
-    if problems and params["on_error"] == "fail":
-        raise ValueError(format_problems(problems, args.raw_dir))
+    # Pairs are decoded even when pairing already found problems, so that one run reports them all.
     with replace_dir(args.output_dir) as tmp_dir:
         rows, bad = convert_all(
             pairs, num_workers=params["num_workers"], output_dir=tmp_dir, raw_dir=args.raw_dir,

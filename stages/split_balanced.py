@@ -70,7 +70,10 @@ def main(argv=None) -> None:
 
     if not args.train_csv.is_file():
         raise ValueError(f"'{args.train_csv}' not found; run the build-csv stage first (dvc repro).")
-    train = pd.read_csv(args.train_csv, dtype={"id": str, "group": str}, keep_default_na=False)
+    try:
+        train = pd.read_csv(args.train_csv, dtype={"id": str, "group": str}, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        train = pd.DataFrame()
     if train.empty:
         raise ValueError(f"'{args.train_csv}' has no rows; there is nothing to train on.")
     if params["key"] == "group" and train["group"].nunique() < 2:

@@ -1,0 +1,64 @@
+"""Shared test helpers: params files and tiny synthetic datasets written into tmp_path."""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def write_params(folder: Path, **overrides) -> Path:
+    """Writes the repo's params.yaml into `folder` with `section={key: value}` or `key=value` overrides."""
+    params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            params[key].update(value)
+        else:
+            params[key] = value
+    path = Path(folder) / "params.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def pattern_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A uint8 RGB image (H, W, 3) with distinct values, so misplaced pixels are detectable."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def box_mask(height: int, width: int, top: int = 2, left: int = 3, size: int = 5) -> np.ndarray:
+    """A bool mask (H, W) with one filled square."""
+    mask = np.zeros((height, width), dtype=bool)
+    mask[top:top + size, left:left + size] = True
+    return mask
+
+
+def save_pair(root: Path, rel_image: str, rel_mask: str, *, height: int = 16, width: int = 20, seed: int = 0):
+    """Writes a PNG image and a {0,255} PNG mask under root; returns (image array, bool mask)."""
+    image, mask = pattern_image(height, width, seed), box_mask(height, width)
+    for rel in (rel_image, rel_mask):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(root / rel_image)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(root / rel_mask)
+    return image, mask
+
+
+@pytest.fixture
+def pooled_dataset(tmp_path: Path) -> Path:
+    """raw/images/<group>/*.png + raw/masks/<group>/*.png: 6 'big' and 3 'small' pairs."""
+    raw = tmp_path / "raw"
+    for group, count in (("big", 6), ("small", 3)):
+        for index in range(count):
+            save_pair(raw, f"images/{group}/{group}{index}.png", f"masks/{group}/{group}{index}.png", seed=index)
+    return raw

@@ -1,0 +1,86 @@
+"""The whole DAG through `dvc repro` in a temporary git copy of the repo, on a small demo dataset."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+
+
+def sh(args: list[str], cwd: Path) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               DVC_NO_ANALYTICS="1", PYTHONPATH="")
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def ran_stages(log: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", log)
+
+
+def set_param(repo: Path, section: str, key: str, value) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params[section][key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory) -> Path:
+    """A git repo holding the project's files (as `git ls-files` sees them) and a small demo dataset."""
+    repo = tmp_path_factory.mktemp("dag") / "repo"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, repo / name)
+    sh(["git", "init", "-q"], repo)
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo)
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], repo)
+    sh([sys.executable, "-m", "stages.make_demo_data", "--output", "data/raw", "--scale", "0.3"], repo)
+    return repo
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_data_stages_and_is_incremental(repo_copy):
+    repo = repo_copy
+    log = sh(["dvc", "repro"], repo)
+    assert ran_stages(log)[:3] == ["convert-to-png", "build-csv", "split-balanced"]
+    train = pd.read_csv(repo / "data/csv/train.csv")
+    valid = pd.read_csv(repo / "data/csv/valid.csv")
+    assert len(train) + len(valid) == len(list((repo / "data/raw/images").rglob("*.*")))
+    assert train["image_path"].str.startswith("data/png/images/").all()
+    assert all((repo / p).is_file() for p in train["image_path"])
+    assert set(train["group"]) == {"hands", "closeups"}
+    assert (repo / "data/subsets.json").is_file()
+    assert pd.read_csv(repo / "data/convert_skipped.csv").empty
+
+    log = sh(["dvc", "repro"], repo)
+    assert ran_stages(log) == [], log
+
+    set_param(repo, "split_balanced", "key", "foreground")
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["split-balanced"]
+
+    set_param(repo, "build_csv", "valid_fraction", 0.3)
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["build-csv", "split-balanced"]
+
+    # A param that does not change the converted bytes reruns convert only: its outputs are identical.
+    set_param(repo, "convert", "num_workers", 1)
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["convert-to-png"]
+
+    # Gray images change data/png but not the CSVs, so split-balanced stays cached.
+    set_param(repo, "convert", "image_mode", "L")
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["convert-to-png", "build-csv"]
+
+    set_param(repo, "convert", "invert_mask", True)  # changes every foreground_fraction
+    assert ran_stages(sh(["dvc", "repro"], repo))[:3] == ["convert-to-png", "build-csv", "split-balanced"]
+    assert pd.read_csv(repo / "data/csv/train.csv")["foreground_fraction"].min() > 0.5
