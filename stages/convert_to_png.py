@@ -18,20 +18,17 @@ fails with one message listing them all, and the previous output stays as it was
 from __future__ import annotations
 
 import argparse
-import os
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from segpipe.cli import run_stage
 from segpipe.image_io import (LOSSY_FORMATS, apply_orientation, exif_orientation, image_to_array,
                               mask_to_class_ids, open_image, write_png)
 from segpipe.outputs import replace_dir, write_csv
+from segpipe.parallel import map_in_order
 from segpipe.params import load_section, load_shared
 from segpipe.raw_layout import Pair, Problem, find_pairs
 
@@ -109,21 +106,9 @@ def convert_pair(pair: Pair, *, output_dir: Path, raw_dir: Path, image_mode: str
     return row, []
 
 
-def _available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def convert_all(pairs: list[Pair], *, num_workers: int, **options) -> tuple[list[dict], list[Problem]]:
     """Runs convert_pair over all pairs, in parallel when worthwhile, in input order."""
-    workers = min(num_workers or _available_cores(), max(1, len(pairs) // 8))
-    work = partial(convert_pair, **options)
-    progress = dict(total=len(pairs), desc="convert-to-png", unit="pair", mininterval=1.0)
-    if workers <= 1:
-        results = [work(p) for p in tqdm(pairs, **progress)]
-    else:
-        # spawn, not fork: the caller may have TensorFlow loaded, which is not fork-safe.
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            results = list(tqdm(pool.map(work, pairs, chunksize=4), **progress))
+    results = map_in_order(partial(convert_pair, **options), pairs, num_workers=num_workers, desc="convert-to-png")
     rows = [row for row, _ in results if row is not None]
     return rows, [problem for _, found in results for problem in found]
 

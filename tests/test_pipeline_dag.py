@@ -54,7 +54,7 @@ def repo_copy(tmp_path_factory) -> Path:
 def test_dvc_repro_runs_the_data_stages_and_is_incremental(repo_copy):
     repo = repo_copy
     log = sh(["dvc", "repro"], repo)
-    assert ran_stages(log)[:3] == ["convert-to-png", "build-csv", "split-balanced"]
+    assert ran_stages(log) == ["convert-to-png", "build-csv", "split-balanced", "augment"]
     train = pd.read_csv(repo / "data/csv/train.csv")
     valid = pd.read_csv(repo / "data/csv/valid.csv")
     assert len(train) + len(valid) == len(list((repo / "data/raw/images").rglob("*.*")))
@@ -63,24 +63,31 @@ def test_dvc_repro_runs_the_data_stages_and_is_incremental(repo_copy):
     assert set(train["group"]) == {"hands", "closeups"}
     assert (repo / "data/subsets.json").is_file()
     assert pd.read_csv(repo / "data/convert_skipped.csv").empty
+    augmented = pd.read_csv(repo / "data/augmented/augmented.csv")
+    copies = yaml.safe_load((repo / "params.yaml").read_text())["augment"]["copies"]
+    assert len(augmented) == copies * len(train)
+    assert all((repo / p).is_file() for p in augmented["mask_path"])
 
     log = sh(["dvc", "repro"], repo)
     assert ran_stages(log) == [], log
+
+    set_param(repo, "augment", "copies", 1)
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["augment"]
 
     set_param(repo, "split_balanced", "key", "foreground")
     assert ran_stages(sh(["dvc", "repro"], repo)) == ["split-balanced"]
 
     set_param(repo, "build_csv", "valid_fraction", 0.3)
-    assert ran_stages(sh(["dvc", "repro"], repo)) == ["build-csv", "split-balanced"]
+    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"build-csv", "split-balanced", "augment"}
 
     # A param that does not change the converted bytes reruns convert only: its outputs are identical.
     set_param(repo, "convert", "num_workers", 1)
     assert ran_stages(sh(["dvc", "repro"], repo)) == ["convert-to-png"]
 
-    # Gray images change data/png but not the CSVs, so split-balanced stays cached.
+    # Gray images change data/png (read by build-csv and augment) but not the CSVs: split-balanced stays cached.
     set_param(repo, "convert", "image_mode", "L")
-    assert ran_stages(sh(["dvc", "repro"], repo)) == ["convert-to-png", "build-csv"]
+    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"convert-to-png", "build-csv", "augment"}
 
     set_param(repo, "convert", "invert_mask", True)  # changes every foreground_fraction
-    assert ran_stages(sh(["dvc", "repro"], repo))[:3] == ["convert-to-png", "build-csv", "split-balanced"]
+    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"convert-to-png", "build-csv", "split-balanced", "augment"}
     assert pd.read_csv(repo / "data/csv/train.csv")["foreground_fraction"].min() > 0.5

@@ -1,0 +1,46 @@
+"""Build an albumentations pipeline from the list of transforms in params.yaml (its own serialisation)."""
+from __future__ import annotations
+
+import os
+import warnings
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at import
+
+import albumentations as A
+from albumentations.core.serialization import SERIALIZABLE_REGISTRY
+
+
+def valid_transform_names() -> list[str]:
+    """Names usable as `__class_fullname__` for image+mask transforms."""
+    return sorted(name for name, cls in SERIALIZABLE_REGISTRY.items()
+                  if isinstance(cls, type) and issubclass(cls, (A.DualTransform, A.ImageOnlyTransform))
+                  and not name.startswith(("Basic", "Dual", "ImageOnly", "NoOp")))
+
+
+def build_compose(transforms: list[dict], *, param_name: str = "augment.transforms") -> A.Compose:
+    """A seeded-ready `A.Compose` from serialised transforms ({"__class_fullname__": "HorizontalFlip", "p": 0.5}).
+
+    Raises:
+        ValueError naming the transform and the valid choices for an unknown name, and naming the
+        argument for an invalid one (albumentations only warns there; a typo must not be ignored).
+    """
+    if not isinstance(transforms, list):
+        raise ValueError(f"param '{param_name}' must be a list of transforms, got {transforms!r}.")
+    built = []
+    for index, spec in enumerate(transforms):
+        where = f"param '{param_name}[{index}]'"
+        if not isinstance(spec, dict) or "__class_fullname__" not in spec:
+            raise ValueError(f"{where} must be a mapping with '__class_fullname__' (e.g. "
+                             f"{{__class_fullname__: HorizontalFlip, p: 0.5}}), got {spec!r}.")
+        name = spec["__class_fullname__"]
+        if name not in SERIALIZABLE_REGISTRY:
+            raise ValueError(f"{where}: unknown transform '{name}'; valid choices: {', '.join(valid_transform_names())}.")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                # a missing probability defaulting to 0.5 is documented albumentations behaviour, not a typo
+                warnings.filterwarnings("ignore", message=".*has no 'p' parameter")
+                built.append(A.from_dict({"transform": spec}))
+        except (Warning, TypeError, ValueError) as err:
+            raise ValueError(f"{where}: invalid arguments for transform '{name}': {err}".strip()) from None
+    return A.Compose(built)

@@ -1,0 +1,189 @@
+"""The tf.data input pipeline: CSV rows -> batches of (image, mask), used by train and evaluate.
+
+Yields images as float32 in [0, 1], shape (batch, height, width, channels), and masks as uint8 class
+ids, shape (batch, height, width, 1); the model casts the images to its compute dtype, so the same
+pipeline feeds float32 and mixed-precision models. `batch_size` here is the GLOBAL batch: with a
+distribution strategy pass per-replica batch x replicas; the dataset is auto-sharded by DATA for
+multi-worker training.
+
+Training (`training_dataset`) follows the split-balanced contract: one dataset per subset, each
+decoded, cached, shuffled (seeded) and repeated, drawn with `sample_from_datasets` by weight, then
+optional in-graph flips/90-degree turns with stateless seeded ops, batched and prefetched. It is
+infinite: pass `steps_per_epoch` to `model.fit`.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from PIL import Image
+
+from segpipe.balancing import foreground_bins
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def read_rows(csv_path: Path) -> pd.DataFrame:
+    """A train/valid/subset/augmented CSV as a DataFrame (empty with columns if it has only a header)."""
+    if not Path(csv_path).is_file():
+        raise ValueError(f"'{csv_path}' not found; run the earlier stages first (dvc repro).")
+    return pd.read_csv(csv_path, dtype={"id": str, "group": str}, keep_default_na=False)
+
+
+def check_files(rows: pd.DataFrame, *, source: str) -> None:
+    """Raises ValueError naming missing files or files that are not PNGs, before TF sees them."""
+    problems = []
+    for column in ("image_path", "mask_path"):
+        for path in rows[column]:
+            try:
+                with open(path, "rb") as fh:
+                    if fh.read(8) != PNG_SIGNATURE:
+                        problems.append(f"'{path}' is not a PNG file")
+            except OSError:
+                problems.append(f"'{path}' does not exist")
+    if problems:
+        raise ValueError(f"{len(problems)} bad file(s) listed in {source}: " + "; ".join(problems[:10])
+                         + ("; ..." if len(problems) > 10 else "")
+                         + ". Rerun the data stages (dvc repro) so the CSVs match the files.")
+
+
+def find_undecodable(rows: pd.DataFrame) -> list[str]:
+    """Paths among the rows that PIL cannot fully decode (used to name the file behind a TF error)."""
+    bad = []
+    for path in list(rows["image_path"]) + list(rows["mask_path"]):
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except (OSError, SyntaxError, ValueError):
+            bad.append(path)
+    return bad
+
+
+@contextmanager
+def naming_bad_files(rows: pd.DataFrame):
+    """Turns a TF decode error while iterating over `rows` into a ValueError that names the files."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as err:
+        bad = find_undecodable(rows)
+        if not bad:
+            raise
+        raise ValueError(f"cannot decode {len(bad)} PNG file(s): {', '.join(bad[:10])} "
+                         f"(TensorFlow said: {err.message.splitlines()[0]}). Rerun the data stages "
+                         "(dvc repro) or remove these rows.") from None
+
+
+def _decode(image_path, mask_path, *, image_size: tuple[int, int], channels: int):
+    image = tf.io.decode_png(tf.io.read_file(image_path), channels=channels)
+    mask = tf.io.decode_png(tf.io.read_file(mask_path), channels=1)
+    image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
+    mask = tf.image.resize(mask, image_size, method="nearest")
+    # Cached as uint8 (4x less memory than float32); normalised after the cache.
+    return tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8), tf.cast(mask, tf.uint8)
+
+
+def _normalise(image, mask):
+    return tf.cast(image, tf.float32) / 255.0, mask
+
+
+def resolve_cache(cache: str, *, num_rows: int, image_size: tuple[int, int], channels: int,
+                  memory_budget_bytes: int) -> bool:
+    """Whether to cache decoded rows in memory: `auto` caches when they fit in the budget."""
+    if cache not in ("auto", "memory", "none"):
+        raise ValueError(f"param 'cache' must be one of ['auto', 'memory', 'none'], got {cache!r}.")
+    if cache != "auto":
+        return cache == "memory"
+    return num_rows * image_size[0] * image_size[1] * (channels + 1) <= memory_budget_bytes
+
+
+def _decoded(rows: pd.DataFrame, *, image_size, channels: int, cache: bool, deterministic: bool):
+    dataset = tf.data.Dataset.from_tensor_slices((rows["image_path"].to_numpy(str), rows["mask_path"].to_numpy(str)))
+    dataset = dataset.map(lambda i, m: _decode(i, m, image_size=image_size, channels=channels),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    return dataset.cache() if cache else dataset
+
+
+def _augment_online(image, mask, seed):
+    """Random horizontal/vertical flips and 90-degree turns, identical for image and mask."""
+    both = tf.concat([image, mask], axis=-1)
+    both = tf.image.stateless_random_flip_left_right(both, seed=seed)
+    both = tf.image.stateless_random_flip_up_down(both, seed=seed + 1)
+    turns = tf.random.stateless_uniform([], seed=seed + 2, maxval=4, dtype=tf.int32)
+    if image.shape[0] == image.shape[1]:  # 90-degree turns keep the shape only for square inputs
+        both = tf.image.rot90(both, k=turns)
+    return both[..., :-1], both[..., -1:]
+
+
+def _with_options(dataset, *, deterministic: bool):
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def training_dataset(subsets: list[pd.DataFrame], *, weights: list[float] | None, image_size: tuple[int, int],
+                     channels: int, batch_size: int, seed: int, cache: bool, online_augment: bool,
+                     deterministic: bool) -> tf.data.Dataset:
+    """Infinite, balanced training batches. See the module docstring.
+
+    Args:
+        subsets: one DataFrame of rows (image_path, mask_path, ...) per balancing subset; none empty.
+        weights: sampling weight per subset (normalised here); None = equal.
+        image_size: (height, width) the rows are resized to.
+        channels: 3 for RGB PNGs, 1 for gray.
+        batch_size: the global batch size.
+
+    Returns:
+        Dataset of (float32 (B, H, W, C) in [0, 1], uint8 (B, H, W, 1) class ids).
+    """
+    weights = [1.0] * len(subsets) if weights is None else list(weights)
+    if len(weights) != len(subsets) or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"sampling weights {weights} must be {len(subsets)} non-negative numbers (one per "
+                         "subset in data/subsets.json) with a positive sum.")
+    streams = []
+    for index, rows in enumerate(subsets):
+        stream = _decoded(rows, image_size=image_size, channels=channels, cache=cache, deterministic=deterministic)
+        streams.append(stream.shuffle(len(rows), seed=seed + index, reshuffle_each_iteration=True).repeat())
+    total = float(sum(weights))
+    dataset = tf.data.Dataset.sample_from_datasets(streams, weights=[w / total for w in weights], seed=seed)
+    if online_augment:
+        counter = tf.data.Dataset.counter()
+        dataset = tf.data.Dataset.zip((dataset, counter)).map(
+            lambda pair, step: _augment_online(pair[0], pair[1], tf.stack([tf.cast(seed, tf.int64), step * 3])),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    dataset = dataset.map(_normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return _with_options(dataset, deterministic=deterministic)
+
+
+def evaluation_dataset(rows: pd.DataFrame, *, image_size: tuple[int, int], channels: int, batch_size: int,
+                       cache: bool) -> tf.data.Dataset:
+    """Batches of every row once, in CSV order (no shuffle, no augmentation); same dtypes as training."""
+    dataset = _decoded(rows, image_size=image_size, channels=channels, cache=cache, deterministic=True)
+    dataset = dataset.map(_normalise, num_parallel_calls=tf.data.AUTOTUNE)
+    return _with_options(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE), deterministic=True)
+
+
+def steps_per_epoch(*, num_rows: int, batch_size: int, requested: int) -> int:
+    """`requested` if > 0, else the number of training rows / batch size (at least 1)."""
+    return requested if requested > 0 else max(1, num_rows // batch_size)
+
+
+def assign_subsets(rows: pd.DataFrame, summary: dict) -> list[pd.DataFrame]:
+    """Splits rows (original + augmented) into the subsets of data/subsets.json, in its order.
+
+    Rows go to the subset of their group (key "group") or of their foreground bin (key "foreground").
+    """
+    if summary["key"] == "group":
+        labels = rows["group"].astype(str).to_numpy()
+        names = [s["name"] for s in summary["subsets"]]
+    else:
+        labels = foreground_bins(rows["foreground_fraction"], summary["bin_edges"])
+        names = [int(s["name"].rsplit("_", 1)[1]) for s in summary["subsets"]]
+    unknown = sorted(set(map(str, labels)) - set(map(str, names)))
+    if unknown:
+        raise ValueError(f"rows with subset {unknown} not in data/subsets.json; rerun split-balanced (dvc repro).")
+    return [rows[labels == name].reset_index(drop=True) for name in names]

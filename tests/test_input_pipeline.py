@@ -1,0 +1,146 @@
+"""The tf.data pipeline: dtypes/shapes/ranges, balanced sampling, determinism, alignment, errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from segpipe import input_pipeline as ip
+
+
+def write_rows(folder: Path, group: str, count: int, value: int, size=(12, 16)) -> pd.DataFrame:
+    """Rows of constant images (every pixel = value, so a drawn sample tells its group) and box masks."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(count):
+        image = np.full(size + (3,), value, np.uint8)
+        image[..., 2] = index  # distinct images within a group
+        mask = np.zeros(size, np.uint8)
+        mask[2:6, 3:9] = 1
+        image_path, mask_path = folder / f"{group}{index}_i.png", folder / f"{group}{index}_m.png"
+        Image.fromarray(image).save(image_path)
+        Image.fromarray(mask).save(mask_path)
+        rows.append({"id": f"{group}{index}", "image_path": str(image_path), "mask_path": str(mask_path),
+                     "group": group, "height": size[0], "width": size[1], "foreground_fraction": mask.mean()})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def three_groups(tmp_path_factory) -> list[pd.DataFrame]:
+    folder = tmp_path_factory.mktemp("rows")
+    return [write_rows(folder, "a", 40, 20), write_rows(folder, "b", 8, 120), write_rows(folder, "c", 2, 220)]
+
+
+def make_training(subsets, **overrides):
+    options = dict(weights=None, image_size=(8, 8), channels=3, batch_size=100, seed=1, cache=True,
+                   online_augment=False, deterministic=True) | overrides
+    return ip.training_dataset(subsets, **options)
+
+
+def test_batches_have_documented_shapes_dtypes_and_ranges(three_groups):
+    images, masks = next(iter(make_training(three_groups, batch_size=4, image_size=(8, 10))))
+    assert images.dtype == tf.float32 and images.shape == (4, 8, 10, 3)
+    assert masks.dtype == tf.uint8 and masks.shape == (4, 8, 10, 1)
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+    assert set(np.unique(masks.numpy())) <= {0, 1}
+
+
+def test_equal_weights_balance_unequal_groups(three_groups):
+    values = np.concatenate([batch[0][:, 0, 0, 0].numpy() for batch in make_training(three_groups).take(60)])
+    assert values.size == 6000
+    shares = np.array([np.mean(np.isclose(values, v / 255, atol=0.01)) for v in (20, 120, 220)])
+    assert shares.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(shares, 1 / 3, rtol=0.05)  # 40 : 8 : 2 rows, drawn 1 : 1 : 1
+
+
+def test_weights_set_the_proportions(three_groups):
+    values = np.concatenate([b[0][:, 0, 0, 0].numpy() for b in make_training(three_groups, weights=[2, 1, 1]).take(40)])
+    assert np.mean(np.isclose(values, 20 / 255, atol=0.01)) == pytest.approx(0.5, abs=0.03)
+    with pytest.raises(ValueError, match="one per subset"):
+        make_training(three_groups, weights=[1, 1])
+
+
+def test_seeded_and_deterministic(three_groups):
+    first = [b[0].numpy() for b in make_training(three_groups, batch_size=8).take(3)]
+    second = [b[0].numpy() for b in make_training(three_groups, batch_size=8).take(3)]
+    other = [b[0].numpy() for b in make_training(three_groups, batch_size=8, seed=2).take(3)]
+    assert all(np.array_equal(x, y) for x, y in zip(first, second))
+    assert not all(np.array_equal(x, y) for x, y in zip(first, other))
+
+
+def test_online_augmentation_moves_image_and_mask_together(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for index in range(4):
+        red = rng.integers(0, 2, (16, 16)).astype(bool)
+        image = np.dstack([red * 255, np.zeros((16, 16)), np.zeros((16, 16))]).astype(np.uint8)
+        Image.fromarray(image).save(tmp_path / f"{index}_i.png")
+        Image.fromarray(red.astype(np.uint8)).save(tmp_path / f"{index}_m.png")
+        rows.append({"image_path": str(tmp_path / f"{index}_i.png"), "mask_path": str(tmp_path / f"{index}_m.png")})
+    plain = make_training([pd.DataFrame(rows)], image_size=(16, 16), batch_size=4, online_augment=False)
+    augmented = make_training([pd.DataFrame(rows)], image_size=(16, 16), batch_size=4, online_augment=True)
+    changed = 0
+    for (image, mask), (plain_image, _) in zip(augmented.take(10), plain.take(10)):
+        np.testing.assert_array_equal(mask.numpy()[..., 0], (image.numpy()[..., 0] > 0.5).astype(np.uint8))
+        changed += not np.array_equal(image.numpy(), plain_image.numpy())
+    assert changed > 5  # the flips and turns really happen
+
+
+def test_evaluation_dataset_keeps_order_and_all_rows(three_groups):
+    rows = three_groups[1]
+    batches = list(ip.evaluation_dataset(rows, image_size=(8, 8), channels=3, batch_size=3, cache=False))
+    assert [len(b[0]) for b in batches] == [3, 3, 2]
+    blue = np.concatenate([b[0][:, 0, 0, 2].numpy() for b in batches])
+    np.testing.assert_allclose(blue * 255, np.arange(8), atol=0.01)
+
+
+def test_missing_and_non_png_files_are_named(three_groups, tmp_path):
+    rows = three_groups[2].copy()
+    rows.loc[0, "image_path"] = str(tmp_path / "gone.png")
+    (tmp_path / "fake.png").write_bytes(b"GIF89a not a png")
+    rows.loc[1, "mask_path"] = str(tmp_path / "fake.png")
+    with pytest.raises(ValueError) as error:
+        ip.check_files(rows, source="'train.csv'")
+    assert f"'{tmp_path / 'gone.png'}' does not exist" in str(error.value)
+    assert f"'{tmp_path / 'fake.png'}' is not a PNG file" in str(error.value)
+
+
+def test_truncated_png_error_names_the_file(three_groups, tmp_path):
+    rows = three_groups[2].copy()
+    data = Path(rows.loc[0, "image_path"]).read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    rows.loc[0, "image_path"] = str(tmp_path / "cut.png")
+    ip.check_files(rows, source="x")  # the signature is fine: only decoding finds it
+    with pytest.raises(ValueError, match=f"cannot decode 1 PNG file.*{tmp_path / 'cut.png'}"):
+        with ip.naming_bad_files(rows):
+            list(ip.evaluation_dataset(rows, image_size=(8, 8), channels=3, batch_size=2, cache=False))
+
+
+def test_cache_resolution():
+    fits = dict(num_rows=10, image_size=(8, 8), channels=3)
+    assert ip.resolve_cache("auto", **fits, memory_budget_bytes=10 * 8 * 8 * 4)
+    assert not ip.resolve_cache("auto", **fits, memory_budget_bytes=100)
+    assert ip.resolve_cache("memory", **fits, memory_budget_bytes=0)
+    assert not ip.resolve_cache("none", **fits, memory_budget_bytes=10**12)
+    with pytest.raises(ValueError, match="'cache' must be one of"):
+        ip.resolve_cache("disk", **fits, memory_budget_bytes=0)
+
+
+def test_assign_subsets_for_original_and_augmented_rows():
+    rows = pd.DataFrame({"group": ["a", "b", "a"], "foreground_fraction": [0.0, 0.5, 0.9]})
+    by_group = {"key": "group", "bin_edges": None, "subsets": [{"name": "a"}, {"name": "b"}]}
+    assert [len(s) for s in ip.assign_subsets(rows, by_group)] == [2, 1]
+    by_bins = {"key": "foreground", "bin_edges": [0.4], "subsets": [{"name": "foreground_bin_0"}, {"name": "foreground_bin_1"}]}
+    assert [len(s) for s in ip.assign_subsets(rows, by_bins)] == [1, 2]
+    with pytest.raises(ValueError, match=r"subset \['c'\]"):
+        ip.assign_subsets(pd.DataFrame({"group": ["c"], "foreground_fraction": [0.1]}), by_group)
+
+
+def test_steps_per_epoch():
+    assert ip.steps_per_epoch(num_rows=50, batch_size=8, requested=0) == 6
+    assert ip.steps_per_epoch(num_rows=3, batch_size=8, requested=0) == 1
+    assert ip.steps_per_epoch(num_rows=50, batch_size=8, requested=20) == 20
