@@ -83,6 +83,8 @@ def test_online_augmentation_moves_image_and_mask_together(tmp_path):
         rows.append({"image_path": str(tmp_path / f"{index}_i.png"), "mask_path": str(tmp_path / f"{index}_m.png")})
     plain = make_training([pd.DataFrame(rows)], image_size=(16, 16), batch_size=4, online_augment=False)
     augmented = make_training([pd.DataFrame(rows)], image_size=(16, 16), batch_size=4, online_augment=True)
+    # static shapes survive the random turns (an unknown shape makes every training step slower)
+    assert augmented.element_spec[0].shape == (4, 16, 16, 3) and augmented.element_spec[1].shape == (4, 16, 16, 1)
     changed = 0
     for (image, mask), (plain_image, _) in zip(augmented.take(10), plain.take(10)):
         np.testing.assert_array_equal(mask.numpy()[..., 0], (image.numpy()[..., 0] > 0.5).astype(np.uint8))
