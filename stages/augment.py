@@ -44,11 +44,9 @@ def copy_seed(seed: int, row_id: str, copy: int) -> int:
     return zlib.crc32(f"{seed}/{row_id}/{copy}".encode()) & 0x7FFFFFFF
 
 
-def augment_row(task: tuple[dict, int], *, transforms: list[dict], seed: int, output_dir: Path,
-                output_prefix: str) -> list[dict]:
-    """Writes `copies` augmented versions of one row; returns their CSV rows."""
+def augment_row(task: tuple[dict, int], *, compose, seed: int, output_dir: Path, output_prefix: str) -> list[dict]:
+    """Writes `copies` augmented versions of one row with `compose` (an A.Compose); returns their CSV rows."""
     row, copies = task
-    compose = build_compose(transforms)
     image = np.asarray(Image.open(row["image_path"]))
     mask = np.asarray(Image.open(row["mask_path"]))
     class_ids = set(np.unique(mask).tolist())
@@ -85,7 +83,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     params = load_section(args.params, "augment", SCHEMA)
     seed = load_shared(args.params, "seed", kind=int)
-    build_compose(params["transforms"])  # fail on bad transforms before any work
+    compose = build_compose(params["transforms"])  # built once: fails on bad transforms before any work
 
     train = pd.read_csv(args.train_csv, dtype={"id": str, "group": str}, keep_default_na=False)
     check_multipliers(params["group_multipliers"], set(train["group"]))
@@ -97,7 +95,7 @@ def main(argv=None) -> None:
         raise ValueError(f"{len(missing)} image(s) listed in '{args.train_csv}' do not exist (e.g. "
                          f"'{missing[0]}'); rerun the earlier stages (dvc repro).")
     with replace_dir(args.output_dir) as tmp_dir:
-        work = partial(augment_row, transforms=params["transforms"], seed=seed, output_dir=tmp_dir,
+        work = partial(augment_row, compose=compose, seed=seed, output_dir=tmp_dir,
                        output_prefix=args.output_dir.as_posix())
         results = map_in_order(work, tasks, num_workers=params["num_workers"], desc="augment",
                                min_items_per_worker=4)
