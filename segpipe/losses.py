@@ -1,0 +1,98 @@
+"""Segmentation losses, and their weighted sum from params (`train.loss: {bce: 1.0, dice: 1.0}`).
+
+Every loss takes `y_true` as class ids (batch, H, W, 1), any int or float dtype, and `y_pred` as
+probabilities (batch, H, W, C) from the model's float32 head: C = 1 (sigmoid, binary) or
+C = num_classes (softmax). Binary losses are about the foreground (class 1); multi-class losses
+one-hot the ids and average over the classes.
+
+Dice and Jaccard are "soft" (computed on probabilities) and pooled over the whole batch and all
+pixels before the ratio, with a smoothing of 1: pooling keeps them defined and stable when an image
+has no foreground, which per-image ratios are not.
+"""
+from __future__ import annotations
+
+from keras import ops
+
+LOSS_NAMES = ("bce", "dice", "jaccard", "focal")
+EPSILON = 1e-7
+SMOOTH = 1.0
+
+
+def _one_hot(y_true, y_pred):
+    """Class ids -> float targets of y_pred's shape (binary: the ids themselves as 0/1)."""
+    channels = y_pred.shape[-1]
+    ids = ops.cast(y_true[..., 0], "int32")
+    if channels == 1:
+        return ops.cast(ids, y_pred.dtype)[..., None]
+    return ops.one_hot(ids, channels, dtype=y_pred.dtype)
+
+
+def _probabilities(y_pred):
+    return ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0 - EPSILON)
+
+
+def cross_entropy(y_true, y_pred):
+    """Binary cross-entropy for one sigmoid channel; categorical cross-entropy for softmax outputs."""
+    p = _probabilities(y_pred)
+    t = _one_hot(y_true, p)
+    if p.shape[-1] == 1:
+        return -ops.mean(t * ops.log(p) + (1.0 - t) * ops.log(1.0 - p))
+    return -ops.mean(ops.sum(t * ops.log(p), axis=-1))
+
+
+def _overlaps(y_true, y_pred):
+    """Per-class (intersection, sum of truth, sum of prediction), pooled over batch and pixels."""
+    p = ops.cast(y_pred, "float32")
+    t = _one_hot(y_true, p)
+    axes = tuple(range(len(p.shape) - 1))
+    return ops.sum(t * p, axis=axes), ops.sum(t, axis=axes), ops.sum(p, axis=axes)
+
+
+def dice_loss(y_true, y_pred):
+    """1 - soft Dice; multi-class: mean over classes of (1 - Dice of that class)."""
+    intersection, truth, predicted = _overlaps(y_true, y_pred)
+    dice = (2.0 * intersection + SMOOTH) / (truth + predicted + SMOOTH)
+    return 1.0 - ops.mean(dice)
+
+
+def jaccard_loss(y_true, y_pred):
+    """1 - soft IoU (Jaccard); multi-class: mean over classes."""
+    intersection, truth, predicted = _overlaps(y_true, y_pred)
+    iou = (intersection + SMOOTH) / (truth + predicted - intersection + SMOOTH)
+    return 1.0 - ops.mean(iou)
+
+
+def focal_loss(y_true, y_pred, *, gamma: float = 2.0):
+    """Focal loss (Lin et al. 2017) without class weighting: cross-entropy scaled by (1 - p_true)**gamma,
+    so confidently right pixels count less and hard ones (thin structures, borders) more."""
+    p = _probabilities(y_pred)
+    t = _one_hot(y_true, p)
+    if p.shape[-1] == 1:
+        p_true = t * p + (1.0 - t) * (1.0 - p)
+        return -ops.mean(ops.power(1.0 - p_true, gamma) * ops.log(p_true))
+    return -ops.mean(ops.sum(t * ops.power(1.0 - p, gamma) * ops.log(p), axis=-1))
+
+
+def make_loss(*, weights: dict[str, float], focal_gamma: float = 2.0):
+    """The weighted sum of named losses, e.g. {"bce": 1.0, "dice": 1.0}.
+
+    Names: bce (binary cross-entropy, or categorical for num_classes > 1), dice, jaccard, focal.
+    """
+    unknown = sorted(set(weights) - set(LOSS_NAMES))
+    if not weights or unknown:
+        raise ValueError(f"param 'train.loss' must map loss names to weights, e.g. {{bce: 1.0, dice: 1.0}}; "
+                         f"unknown {unknown or 'none given'}, valid names: {list(LOSS_NAMES)}.")
+    for name, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ValueError(f"param 'train.loss.{name}' must be a non-negative number, got {weight!r}.")
+    functions = {"bce": cross_entropy, "dice": dice_loss, "jaccard": jaccard_loss,
+                 "focal": lambda t, p: focal_loss(t, p, gamma=focal_gamma)}
+    terms = [(functions[name], float(weight)) for name, weight in sorted(weights.items()) if weight > 0]
+    if not terms:
+        raise ValueError("param 'train.loss' has only zero weights; give at least one loss a positive weight.")
+
+    def loss(y_true, y_pred):
+        return sum(weight * function(y_true, y_pred) for function, weight in terms)
+
+    loss.__name__ = "_".join(name for name in sorted(weights) if weights[name] > 0) + "_loss"
+    return loss

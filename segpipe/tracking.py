@@ -1,0 +1,192 @@
+"""MLflow tracking that never breaks training: one run per training, one store for every way of running.
+
+Where runs go (first that applies):
+1. MLFLOW_TRACKING_URI, when set (a server, a database, a folder: anything MLflow accepts);
+2. sqlite:///<project>/mlflow.db, where <project> is the DVC
+   project the user works in. `dvc exp run --queue/--temp` run the stages in a copy under
+   <project>/.dvc/tmp/exps/; DVC passes the real project in DVC_ROOT, and the path of such a copy
+   also names it, so every run lands in the same store (a relative mlflow.db in the copy would be lost).
+With a sqlite store, artifacts (history, metrics, model) go to mlartifacts/ beside the database file.
+
+Every MLflow call goes through `Tracker`: the first failure (bad URI, server down, locked database)
+prints ONE warning naming the cause and turns tracking off for the rest of the run; training and its
+DVC outputs are unaffected.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+# Fail fast on an unreachable server instead of MLflow's default of minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+
+EXPERIMENT_NAME = "segpipe"
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The DVC project the user works in, also from inside a DVC experiment's temporary copy."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path(start or Path.cwd()).resolve()
+    parts = here.parts
+    for index in range(len(parts) - 2):
+        if parts[index:index + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:index])
+    for folder in (here, *here.parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    return here
+
+
+def default_tracking_uri(root: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set, else the project's sqlite store (see the module docstring)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
+
+
+def flatten_params(params: dict, prefix: str = "") -> dict[str, str]:
+    """{"train": {"loss": {"bce": 1}}} -> {"train.loss.bce": "1"}; lists as their text, cut to MLflow's limit."""
+    flat = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_LENGTH]
+    return flat
+
+
+def git_tags(root: Path) -> dict[str, str]:
+    """mlflow.source.git.commit, git dirty flag, DVC experiment name and baseline when run by `dvc exp`."""
+    tags = {}
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20)
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        if commit.returncode == 0:
+            tags["mlflow.source.git.commit"] = commit.stdout.strip()
+            # Under `dvc exp run` the workspace holds the experiment's param changes, so "dirty" is expected.
+            status = git("status", "--porcelain", "--untracked-files=no")
+            tags["git_dirty"] = str(bool(status.stdout.strip())).lower()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc_baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+    return tags
+
+
+class Tracker:
+    """A failure-tolerant MLflow run. Methods do nothing after the first failure (or when disabled)."""
+
+    def __init__(self, *, enabled: bool = True, tracking_uri: str | None = None, stage: str = "train"):
+        self.enabled = enabled
+        self.stage = stage
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.run_id: str | None = None
+        self.error: str | None = None
+
+    def _call(self, what: str, function, *args, **kwargs):
+        if not self.enabled:
+            return None
+        try:
+            return function(*args, **kwargs)
+        except Exception as err:  # any tracking failure must not stop training
+            self.enabled = False
+            self.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            print(f"{self.stage}: warning: MLflow tracking to '{self.tracking_uri}' failed while {what} "
+                  f"({self.error}); training goes on and writes its DVC outputs, but this run is not tracked. "
+                  "Fix MLFLOW_TRACKING_URI (or unset it for the project's mlflow.db).", file=sys.stderr)
+            return None
+
+    def start(self, *, params: dict, tags: dict[str, str], run_id: str | None = None,
+              artifact_root: Path | None = None) -> str | None:
+        """Starts (or, with run_id, resumes) the run; returns its id or None if tracking is off."""
+
+        def start():
+            import mlflow
+
+            mlflow.set_tracking_uri(self.tracking_uri)
+            if run_id:
+                run = mlflow.start_run(run_id=run_id)
+            else:
+                experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
+                if experiment is None:
+                    location = None
+                    if self.tracking_uri.startswith("sqlite:///"):
+                        # Beside the database, not relative to the working dir (a DVC temp copy).
+                        database = Path(self.tracking_uri[len("sqlite:///"):])
+                        location = (artifact_root or database.parent / "mlartifacts").resolve().as_uri()
+                    experiment_id = mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=location)
+                else:
+                    experiment_id = experiment.experiment_id
+                run = mlflow.start_run(experiment_id=experiment_id, run_name=tags.get("dvc_experiment"))
+                mlflow.log_params(flatten_params(params))
+            mlflow.set_tags(tags)
+            return run.info.run_id
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.run_id = self._call("starting the run", start)
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
+        def log():
+            import mlflow
+
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+        self._call("logging metrics", log)
+
+    def log_artifact(self, path: Path) -> None:
+        def log():
+            import mlflow
+
+            mlflow.log_artifact(str(path))
+
+        self._call(f"logging artifact '{path}'", log)
+
+    def log_keras_model(self, model, *, example_input) -> None:
+        """The model in MLflow's TensorFlow/Keras flavour, with a signature from an example batch."""
+
+        def log():
+            import mlflow
+            from mlflow.models import infer_signature
+
+            output = model.predict(example_input, verbose=0)
+            mlflow.tensorflow.log_model(model, name="model", signature=infer_signature(example_input, output),
+                                        pip_requirements=_pip_requirements())
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._call("logging the model", log)
+
+    def end(self, status: str = "FINISHED") -> None:
+        def end():
+            import mlflow
+
+            mlflow.end_run(status=status)
+
+        self._call("ending the run", end)
+
+
+def _pip_requirements() -> list[str]:
+    """The installed TF/Keras pins, given explicitly (MLflow's inference reloads the model in a subprocess)."""
+    from importlib import metadata
+
+    pins = []
+    for package in ("tensorflow", "tensorflow-cpu", "keras"):
+        try:
+            pins.append(f"{package}=={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return pins

@@ -1,0 +1,172 @@
+"""Training loop pieces: optimizer and learning-rate schedule from params, and the callback that keeps
+the best model, the history, early stopping and the wall-clock budget, all resumable.
+
+Resume: a run keeps its state in a backup folder (DVC `persist: true`, so it survives between
+`dvc repro` runs): Keras' BackupAndRestore (weights, optimizer, epoch) in <backup>/keras/, and
+ours in <backup>/state.json (history rows, best value and epoch, epochs since best, MLflow run id)
+plus <backup>/best.keras. A killed run continues from its last finished epoch; a run that finished
+(or stopped early) clears the folder, so the next one starts fresh. A backup made with other params
+or data (its fingerprint differs) is discarded with a message instead of being resumed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import keras
+
+from segpipe.outputs import write_json
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "plateau")
+
+
+def make_optimizer(*, optimizer: str, learning_rate: float, schedule: str, warmup_epochs: int, epochs: int,
+                   steps_per_epoch: int, weight_decay: float, momentum: float) -> keras.optimizers.Optimizer:
+    """Adam / AdamW / SGD+momentum with a constant or cosine-with-warm-up learning rate.
+
+    `plateau` uses a constant rate here; the ReduceLROnPlateau callback lowers it (see `plateau_callback`).
+    Cosine: linear warm-up from 0 over `warmup_epochs`, then cosine decay to 1% of the rate at `epochs`.
+    """
+    if schedule == "cosine":
+        warmup_steps = warmup_epochs * steps_per_epoch
+        decay_steps = max(1, (epochs - warmup_epochs) * steps_per_epoch)
+        rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup_steps else learning_rate, decay_steps=decay_steps, alpha=0.01,
+            warmup_target=learning_rate if warmup_steps else None, warmup_steps=warmup_steps)
+    elif schedule in ("constant", "plateau"):
+        rate = learning_rate
+    else:
+        raise ValueError(f"param 'train.schedule' must be one of {list(SCHEDULES)}, got {schedule!r}.")
+    if optimizer == "adam":
+        return keras.optimizers.Adam(rate)
+    if optimizer == "adamw":
+        return keras.optimizers.AdamW(rate, weight_decay=weight_decay)
+    if optimizer == "sgd":
+        return keras.optimizers.SGD(rate, momentum=momentum, nesterov=True)
+    raise ValueError(f"param 'train.optimizer' must be one of {list(OPTIMIZERS)}, got {optimizer!r}.")
+
+
+def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    rate = optimizer.learning_rate
+    return float(keras.ops.convert_to_numpy(rate))
+
+
+def fingerprint(*, params: dict, files: list[Path]) -> str:
+    """Hash of what a resumed run must share with the interrupted one: its params and input files."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for path in sorted(map(str, files)):
+        digest.update(path.encode())
+        with open(path, "rb") as fh:
+            digest.update(fh.read())
+    return digest.hexdigest()
+
+
+class ResumeState:
+    """The backup folder: load / check / clear the state of an interrupted run."""
+
+    def __init__(self, folder: Path, *, fingerprint: str):
+        self.folder = Path(folder)
+        self.fingerprint = fingerprint
+        self.keras_dir = self.folder / "keras"
+        self.best_model = self.folder / "best.keras"
+        self.state_file = self.folder / "state.json"
+
+    def load(self) -> dict | None:
+        """The saved state of an interrupted run with the same fingerprint, else None (and the folder is cleared)."""
+        if not self.state_file.is_file():
+            self.clear()
+            return None
+        state = json.loads(self.state_file.read_text())
+        if state.get("fingerprint") != self.fingerprint:
+            print(f"train: the interrupted run in '{self.folder}' used other params or data; starting afresh.")
+            self.clear()
+            return None
+        return state
+
+    def save(self, state: dict) -> None:
+        write_json(self.state_file, {**state, "fingerprint": self.fingerprint})
+
+    def clear(self) -> None:
+        """Empties the folder but keeps it: DVC expects the declared output to exist."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+
+def save_model_atomically(model: keras.Model, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Per epoch: history row, best model, early stopping, time budget, MLflow metrics, resume state.
+
+    Put it BEFORE keras.callbacks.BackupAndRestore in the callback list, so its state is saved first.
+    """
+
+    def __init__(self, *, resume: ResumeState, state: dict, monitor: str, mode: str, patience: int,
+                 max_minutes: float, images_per_epoch: int, tracker, is_chief: bool = True):
+        super().__init__()
+        self.resume, self.monitor, self.mode, self.patience = resume, monitor, mode, patience
+        self.max_seconds = max_minutes * 60.0
+        self.images_per_epoch, self.tracker, self.is_chief = images_per_epoch, tracker, is_chief
+        self.state = {"history": [], "best": None, "best_epoch": 0, "since_best": 0, "stop_reason": None,
+                      "train_seconds": 0.0, "elapsed_seconds": 0.0, **state}
+        self._first_epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch is None:
+            self._first_epoch = epoch
+            # Rows of epochs after the last Keras backup are redone: drop them.
+            self.state["history"] = [row for row in self.state["history"] if row["epoch"] <= epoch]
+            self._elapsed_before = self.state["history"][-1]["elapsed_seconds"] if self.state["history"] else 0.0
+            self._start = time.perf_counter()
+        self._epoch_start = time.perf_counter()
+        self._train_seconds = None
+
+    def on_test_begin(self, logs=None):
+        if self._train_seconds is None and getattr(self, "_epoch_start", None) is not None:
+            self._train_seconds = time.perf_counter() - self._epoch_start
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self.monitor not in logs:
+            raise ValueError(f"param 'train.monitor' is {self.monitor!r}, which training does not log; "
+                             f"choose one of {sorted(logs)}.")
+        seconds = time.perf_counter() - self._epoch_start
+        train_seconds = self._train_seconds or seconds
+        elapsed = self._elapsed_before + time.perf_counter() - self._start
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in sorted(logs.items())},
+               "learning_rate": current_learning_rate(self.model.optimizer),
+               "epoch_seconds": round(seconds, 3), "train_seconds": round(train_seconds, 3),
+               "elapsed_seconds": round(elapsed, 3)}
+        row.pop("lr", None)
+        self.state["history"].append(row)
+        value = logs[self.monitor]
+        best = self.state["best"]
+        improved = best is None or (value > best if self.mode == "max" else value < best)
+        if not math.isfinite(value):
+            improved = False
+        if improved:
+            self.state.update(best=float(value), best_epoch=epoch + 1, since_best=0)
+            if self.is_chief:
+                save_model_atomically(self.model, self.resume.best_model)
+        else:
+            self.state["since_best"] += 1
+        if self.patience and self.state["since_best"] >= self.patience:
+            self.state["stop_reason"] = f"early stopping: no {self.monitor} improvement in {self.patience} epochs"
+            self.model.stop_training = True
+        if self.max_seconds and elapsed >= self.max_seconds:
+            self.state["stop_reason"] = f"time budget of {self.max_seconds / 60:g} minutes spent"
+            self.model.stop_training = True
+        self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+        if self.is_chief:
+            self.resume.save(self.state)
