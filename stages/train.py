@@ -123,10 +123,15 @@ def main(argv=None) -> None:
 
     make_loss(weights=params["loss"], focal_gamma=params["focal_gamma"])  # validate before the slow part
 
-    # Devices before anything else touches TensorFlow's runtime.
+    import tensorflow as tf
+
+    if params["deterministic"]:
+        # Op determinism alone is not enough on CPU: ops run concurrently by the inter-op pool sum their
+        # float results in varying order (measured: a different loss in epoch 1). One inter-op thread fixes it.
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    # Devices and threads before anything else touches TensorFlow's runtime.
     placement = device_setup.setup_devices(params["devices"])
     import keras
-    import tensorflow as tf
 
     from segpipe import input_pipeline as pipeline
     from segpipe.keras_metrics import training_metrics

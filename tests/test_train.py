@@ -1,0 +1,200 @@
+"""The train stage end to end on a tiny project: outputs, MLflow, multi-device, resume, determinism,
+tracking failure. Each run is a subprocess, because devices and precision are fixed per process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, save_pair, write_params
+
+TINY_TRAIN = dict(image_size=[32, 32], batch_size=4, depth=2, base_filters=4, epochs=2, patience=0,
+                  warmup_epochs=0, cache="memory", precision="float32")
+
+
+def env_for(project: Path, **extra) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2",
+               MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
+    env.pop("DVC_EXP_NAME", None)
+    env.update(extra)
+    return env
+
+
+def run_stage(project: Path, module: str, *args: str, env=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"stages.{module}", *args], cwd=project, env=env or env_for(project),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def train_args(out: str = "out", params: str = "params.yaml") -> list[str]:
+    return ["--subsets-summary", "data/subsets.json", "--subsets-dir", "data/subsets", "--augmented-csv",
+            "data/augmented/augmented.csv", "--valid-csv", "data/csv/valid.csv", "--model", f"{out}/model.keras",
+            "--metrics", f"{out}/train.json", "--history", f"{out}/history.csv", "--run-info", f"{out}/run.json",
+            "--backup-dir", f"{out}/backup", "--params", params]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A project folder with the data stages already run on 2 groups of 32x40 images (boxes as masks)."""
+    project = tmp_path_factory.mktemp("train")
+    for group, count in (("big", 8), ("small", 4)):
+        for index in range(count):
+            save_pair(project / "data/raw", f"images/{group}/{group}{index}.png", f"masks/{group}/{group}{index}.png",
+                      height=32, width=40, seed=index + 10 * len(group))
+    write_params(project, augment={"copies": 1, "num_workers": 1}, convert={"num_workers": 1}, train=TINY_TRAIN)
+    for module, args in (
+            ("convert_to_png", ["--raw-dir", "data/raw", "--output-dir", "data/png", "--skipped", "data/skipped.csv"]),
+            ("build_csv", ["--png-dir", "data/png", "--output-dir", "data/csv"]),
+            ("split_balanced", ["--train-csv", "data/csv/train.csv", "--output-dir", "data/subsets",
+                                "--summary", "data/subsets.json"]),
+            ("augment", ["--train-csv", "data/csv/train.csv", "--output-dir", "data/augmented"])):
+        done = run_stage(project, module, *args, "--params", "params.yaml")
+        assert done.returncode == 0, done.stderr
+    return project
+
+
+def params_file(project: Path, name: str, **train) -> str:
+    folder = project / name
+    write_params(folder, augment={"copies": 1, "num_workers": 1}, convert={"num_workers": 1},
+                 train={**TINY_TRAIN, **train})
+    return f"{name}/params.yaml"
+
+
+def test_train_writes_model_metrics_history_and_tracks_in_mlflow(project):
+    params = params_file(project, "p_basic", epochs=3)
+    done = run_stage(project, "train", *train_args("basic", params),
+                     env=env_for(project, DVC_EXP_NAME="tiny-exp", DVC_EXP_BASELINE_REV="abc123"))
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((project / "basic/train.json").read_text())
+    history = pd.read_csv(project / "basic/history.csv")
+    assert list(history["epoch"]) == [1, 2, 3] and metrics["epochs_run"] == 3
+    best = history.loc[history["val_iou"].idxmax()]
+    assert metrics["best_epoch"] == best["epoch"] and metrics["best_val_iou"] == pytest.approx(best["val_iou"], abs=1e-6)
+    assert {"loss", "val_loss", "iou", "val_dice", "val_precision", "val_recall", "learning_rate"} <= set(history)
+    assert metrics["precision_policy"] == "float32" and metrics["devices"] == "/cpu:0" and metrics["num_replicas"] == 1
+    assert metrics["images_per_second"] > 0
+    assert list((project / "basic/backup").iterdir()) == []  # a finished run leaves no resume state
+
+    import keras
+
+    model = keras.models.load_model(project / "basic/model.keras", compile=False)
+    assert model.output_shape == (None, 32, 32, 1)
+
+    import mlflow
+
+    run_info = json.loads((project / "basic/run.json").read_text())
+    mlflow.set_tracking_uri(run_info["tracking_uri"])
+    run = mlflow.get_run(run_info["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "3" and run.data.params["train.loss.dice"] == "1.0"
+    assert run.data.tags["dvc_experiment"] == "tiny-exp" and run.data.tags["dvc_baseline_rev"] == "abc123"
+    assert run.data.tags["precision_policy"] == "float32"
+    curve = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "val_iou")
+    assert [m.step for m in curve] == [1, 2, 3]
+    assert run.info.artifact_uri.startswith((project / "mlartifacts").as_uri())
+    artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"history.csv", "train.json"} <= artifacts
+    logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    batch = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(logged.predict(batch)), model.predict(batch, verbose=0), atol=1e-5)
+
+
+def test_same_params_give_identical_metrics(project):
+    params = params_file(project, "p_det", online_augment=True, dropout=0.2)
+    runs = []
+    for out in ("det1", "det2"):
+        done = run_stage(project, "train", *train_args(out, params), env=env_for(project, MLFLOW_TRACKING_URI=""))
+        assert done.returncode == 0, done.stderr
+        runs.append(pd.read_csv(project / out / "history.csv"))
+    columns = ["loss", "val_loss", "iou", "val_iou", "val_dice"]
+    pd.testing.assert_frame_equal(runs[0][columns], runs[1][columns])
+
+
+def test_two_logical_cpu_devices_train_two_replicas(project):
+    params = params_file(project, "p_mirror", devices="cpu:2", batch_size=2, epochs=1)
+    done = run_stage(project, "train", *train_args("mirror", params), env=env_for(project, MLFLOW_TRACKING_URI=""))
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((project / "mirror/train.json").read_text())
+    assert metrics["num_replicas"] == 2 and metrics["devices"] == "/cpu:0,/cpu:1"
+    assert metrics["global_batch_size"] == 4  # batch_size is per replica
+    assert "global batch 4 (2 x 2 replica(s) on /cpu:0,/cpu:1)" in done.stdout
+
+
+def test_tracking_failure_does_not_fail_training(project):
+    params = params_file(project, "p_notrack", epochs=1)
+    done = run_stage(project, "train", *train_args("notrack", params),
+                     env=env_for(project, MLFLOW_TRACKING_URI="http://127.0.0.1:9"))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("warning: MLflow tracking to 'http://127.0.0.1:9' failed") == 1
+    assert (project / "notrack/model.keras").is_file() and (project / "notrack/train.json").is_file()
+    assert json.loads((project / "notrack/run.json").read_text())["run_id"] is None
+
+
+def test_killed_run_resumes_from_its_last_epoch(project):
+    params = params_file(project, "p_resume", epochs=6, steps_per_epoch=30, schedule="constant")
+    args = train_args("resume", params)
+    metadata = project / "resume/backup/keras/all_layers/training_metadata.json"
+    process = subprocess.Popen([sys.executable, "-m", "stages.train", *args], cwd=project, env=env_for(project),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if metadata.is_file() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    saved_epoch = json.loads(metadata.read_text())["epoch"]
+    assert 2 <= saved_epoch < 6, "the run finished or never got to epoch 2 before the kill"
+    before = json.loads((project / "resume/backup/state.json").read_text())["history"][:saved_epoch]
+
+    done = run_stage(project, "train", *args)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming the interrupted run after epoch" in done.stdout
+    history = pd.read_csv(project / "resume/history.csv")
+    assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6]  # no epoch twice, none missing
+    assert history["loss"].iloc[:saved_epoch].tolist() == pytest.approx([row["loss"] for row in before])
+    assert f"Epoch {saved_epoch + 1}/6" in done.stdout and "Epoch 1/6" not in done.stdout
+    assert list((project / "resume/backup").iterdir()) == []
+    # Both attempts are one MLflow run.
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    run_id = json.loads((project / "resume/run.json").read_text())["run_id"]
+    steps = [m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, "val_iou")]
+    assert sorted(set(steps)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_backup_from_other_params_is_not_resumed(project):
+    backup = project / "stale/backup"
+    backup.mkdir(parents=True)
+    (backup / "state.json").write_text(json.dumps({"fingerprint": "other", "history": [{"epoch": 1}]}))
+    done = run_stage(project, "train", *train_args("stale", params_file(project, "p_stale", epochs=1)),
+                     env=env_for(project, MLFLOW_TRACKING_URI=""))
+    assert done.returncode == 0, done.stderr
+    assert "used other params or data; starting afresh" in done.stdout
+    assert json.loads((project / "stale/train.json").read_text())["epochs_run"] == 1
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"image_size": [30, 30]}, r"image size 30x30 is not divisible by 2\*\*depth = 4"),
+    ({"loss": {"bce": 1, "lovasz": 1}}, r"unknown \['lovasz'\]"),
+    ({"devices": "gpu"}, r"train.devices' is 'gpu'"),
+    ({"sampling_weights": [1, 2, 3]}, r"sampling_weights' has 3 weights but .* lists 2 subsets"),
+    ({"monitor": "val_iuo"}, r"train.monitor' must be one of"),
+])
+def test_bad_params_fail_with_a_named_error(project, train, message):
+    name = f"p_bad_{abs(hash(str(train)))}"
+    done = run_stage(project, "train", *train_args(name, params_file(project, name, **train)),
+                     env=env_for(project, MLFLOW_TRACKING_URI=""))
+    errors = [line for line in done.stderr.splitlines() if line.startswith("train: error:")]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr  # one message, no traceback
+    assert "Traceback" not in done.stderr
+    assert __import__("re").search(message, done.stderr), done.stderr
+    assert not (project / name / "model.keras").exists()
