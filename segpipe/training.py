@@ -93,9 +93,12 @@ class ResumeState:
         write_json(self.state_file, {**state, "fingerprint": self.fingerprint})
 
     def clear(self) -> None:
-        """Empties the folder but keeps it: DVC expects the declared output to exist."""
+        """Empties the folder but keeps it, with a note: DVC expects the declared output to exist."""
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "README.txt").write_text(
+            "The train stage keeps the state of an unfinished run here (state.json, best.keras, keras/), so a\n"
+            "killed run resumes on the next `dvc repro`. Empty after a finished run. Safe to delete.\n")
 
 
 def save_model_atomically(model: keras.Model, path: Path) -> None:

@@ -47,14 +47,17 @@ def repo_copy(tmp_path_factory) -> Path:
     sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo)
     sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], repo)
     sh([sys.executable, "-m", "stages.make_demo_data", "--output", "data/raw", "--scale", "0.3"], repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"].update(image_size=[32, 32], depth=2, base_filters=4, epochs=2, warmup_epochs=0)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return repo
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_the_data_stages_and_is_incremental(repo_copy):
+def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
     repo = repo_copy
     log = sh(["dvc", "repro"], repo)
-    assert ran_stages(log) == ["convert-to-png", "build-csv", "split-balanced", "augment"]
+    assert ran_stages(log) == ["convert-to-png", "build-csv", "split-balanced", "augment", "train"]
     train = pd.read_csv(repo / "data/csv/train.csv")
     valid = pd.read_csv(repo / "data/csv/valid.csv")
     assert len(train) + len(valid) == len(list((repo / "data/raw/images").rglob("*.*")))
@@ -68,26 +71,35 @@ def test_dvc_repro_runs_the_data_stages_and_is_incremental(repo_copy):
     assert len(augmented) == copies * len(train)
     assert all((repo / p).is_file() for p in augmented["mask_path"])
 
+    metrics = yaml.safe_load(sh(["dvc", "metrics", "show", "--json"], repo))
+    assert metrics[""]["data"]["metrics/train.json"]["data"]["epochs_run"] == 2  # "" = the workspace
+    assert pd.read_csv(repo / "plots/train_history.csv")["epoch"].tolist() == [1, 2]
+    assert (repo / "models/model.keras").is_file() and (repo / "mlflow.db").is_file()
+
     log = sh(["dvc", "repro"], repo)
     assert ran_stages(log) == [], log
 
-    set_param(repo, "augment", "copies", 1)
-    assert ran_stages(sh(["dvc", "repro"], repo)) == ["augment"]
+    set_param(repo, "train", "learning_rate", 0.002)
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["train"]
+
+    set_param(repo, "augment", "copies", 2)
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["augment", "train"]
 
     set_param(repo, "split_balanced", "key", "foreground")
-    assert ran_stages(sh(["dvc", "repro"], repo)) == ["split-balanced"]
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["split-balanced", "train"]
 
     set_param(repo, "build_csv", "valid_fraction", 0.3)
-    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"build-csv", "split-balanced", "augment"}
+    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"build-csv", "split-balanced", "augment", "train"}
 
     # A param that does not change the converted bytes reruns convert only: its outputs are identical.
     set_param(repo, "convert", "num_workers", 1)
     assert ran_stages(sh(["dvc", "repro"], repo)) == ["convert-to-png"]
 
-    # Gray images change data/png (read by build-csv and augment) but not the CSVs: split-balanced stays cached.
+        # Gray images change data/png and the channels train reads from convert.image_mode.
     set_param(repo, "convert", "image_mode", "L")
-    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"convert-to-png", "build-csv", "augment"}
+    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"convert-to-png", "build-csv", "augment", "train"}
 
     set_param(repo, "convert", "invert_mask", True)  # changes every foreground_fraction
-    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"convert-to-png", "build-csv", "split-balanced", "augment"}
+    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"convert-to-png", "build-csv", "split-balanced", "augment",
+                                                           "train"}
     assert pd.read_csv(repo / "data/csv/train.csv")["foreground_fraction"].min() > 0.5
