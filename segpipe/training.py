@@ -116,11 +116,13 @@ class EpochRecorder(keras.callbacks.Callback):
     """
 
     def __init__(self, *, resume: ResumeState, state: dict, monitor: str, mode: str, patience: int,
-                 max_minutes: float, images_per_epoch: int, tracker, is_chief: bool = True):
+                 max_minutes: float, images_per_epoch: int, tracker, is_chief: bool = True,
+                 multi_worker_strategy=None):
         super().__init__()
         self.resume, self.monitor, self.mode, self.patience = resume, monitor, mode, patience
         self.max_seconds = max_minutes * 60.0
         self.images_per_epoch, self.tracker, self.is_chief = images_per_epoch, tracker, is_chief
+        self.multi_worker_strategy = multi_worker_strategy
         self.state = {"history": [], "best": None, "best_epoch": 0, "since_best": 0, "stop_reason": None,
                       "train_seconds": 0.0, "elapsed_seconds": 0.0, **state}
         self._first_epoch = None
@@ -170,6 +172,55 @@ class EpochRecorder(keras.callbacks.Callback):
         if self.max_seconds and elapsed >= self.max_seconds:
             self.state["stop_reason"] = f"time budget of {self.max_seconds / 60:g} minutes spent"
             self.model.stop_training = True
+        if self.multi_worker_strategy is not None:
+            self._agree_on_stopping()
         self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
         if self.is_chief:
             self.resume.save(self.state)
+
+    def _agree_on_stopping(self) -> None:
+        """Workers stop together: each worker's clock differs, and one stopping alone would hang the others."""
+        import tensorflow as tf
+
+        strategy = self.multi_worker_strategy
+        flag = strategy.run(lambda: tf.constant(float(bool(self.model.stop_training))))
+        if float(strategy.reduce(tf.distribute.ReduceOp.SUM, flag, axis=None)) > 0:
+            self.model.stop_training = True
+            self.state["stop_reason"] = self.state["stop_reason"] or "another worker stopped"
+
+
+def work_around_multi_worker_fit(model: keras.Model, strategy) -> None:
+    """Makes Keras 3's fit run under MultiWorkerMirroredStrategy (keras-team/keras#20585, open). Two spots:
+
+    1. fit first builds optimizer and metrics from a batch it MEAN-reduces across replicas, which fails
+       ("Attempt to convert a value (PerReplica...)"): build from this worker's first local batch instead,
+       which has the same shapes, all the build needs.
+    2. each step MEAN-reduces its logs along axis 0, which fails for scalar logs: reduce them with
+       axis=None (the loss tracker and our metrics are synchronised variables, so the workers' values
+       are equal and their mean is that value).
+    Both touch private Keras functions; tests/test_train.py runs two workers to catch a Keras change.
+    """
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    def local_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = keras.tree.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = local_build
+    original = getattr(tf_trainer.reduce_per_replica, "__wrapped__", tf_trainer.reduce_per_replica)
+
+    def reduce_per_replica(values, strategy_, reduction):
+        if reduction in ("auto", "mean") and isinstance(strategy_, tf.distribute.MultiWorkerMirroredStrategy):
+            return keras.tree.map_structure(
+                lambda v: strategy_.reduce("MEAN", v, axis=None if len(v.shape) == 0 else 0), values)
+        return original(values, strategy_, reduction)
+
+    reduce_per_replica.__wrapped__ = original
+    tf_trainer.reduce_per_replica = reduce_per_replica

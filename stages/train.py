@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -137,7 +137,8 @@ def main(argv=None) -> None:
     from segpipe.keras_metrics import training_metrics
     from segpipe.model import build_unet, encoder_layers
     from segpipe.tracking import Tracker, git_tags, project_root
-    from segpipe.training import EpochRecorder, ResumeState, fingerprint, make_optimizer
+    from segpipe.training import (EpochRecorder, ResumeState, fingerprint, make_optimizer,
+                                  work_around_multi_worker_fit)
 
     on_gpu = placement.device_names[0].startswith("/gpu")
     policy, reason = device_setup.resolve_precision(
@@ -185,8 +186,8 @@ def main(argv=None) -> None:
     input_files = [args.subsets_summary, args.augmented_csv, args.valid_csv] + [
         args.subsets_dir / s["file"] for s in summary["subsets"]]
     shared = {"seed": seed, "num_classes": num_classes, "channels": channels}
-    backup_dir = args.backup_dir if placement.is_chief else Path(
-        __import__("tempfile").mkdtemp(prefix="segpipe-worker-backup-"))
+    # Non-chief workers keep their (never resumed) state out of the DVC output.
+    backup_dir = args.backup_dir if placement.is_chief else Path(tempfile.mkdtemp(prefix="segpipe-worker-"))
     resume = ResumeState(backup_dir, fingerprint=fingerprint(params={**params, **shared}, files=input_files))
     state = resume.load() or {}
     if state:
@@ -210,7 +211,6 @@ def main(argv=None) -> None:
     phases.append(("all_layers", params["epochs"]))
     mode = "min" if params["monitor"].endswith("loss") else "max"
     verbose = 1 if sys.stdout.isatty() else 2
-    started = time.perf_counter()
     for phase, last_epoch in phases:
         done = state.setdefault("phases_done", [])
         weights_file = resume.folder / f"{phase}_done.weights.h5"
@@ -221,6 +221,9 @@ def main(argv=None) -> None:
         first_epoch = state.setdefault("phase_start", {}).setdefault(phase, len(state.get("history", [])))
         for layer in frozen_layers:
             layer.trainable = phase != "frozen_encoder"
+        trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+        print(f"train: epochs {first_epoch + 1}-{last_epoch} with {'the encoder frozen' if phase == 'frozen_encoder' else 'all layers trainable'}"
+              f" ({trainable:,} trainable weights)", flush=True)
         with placement.strategy.scope():
             optimizer = make_optimizer(optimizer=params["optimizer"], learning_rate=learning_rate,
                                        schedule=params["schedule"], warmup_epochs=params["warmup_epochs"],
@@ -229,9 +232,12 @@ def main(argv=None) -> None:
             model.compile(optimizer=optimizer, loss=make_loss(weights=params["loss"], focal_gamma=params["focal_gamma"]),
                           metrics=training_metrics(num_classes=num_classes, threshold=params["threshold"]),
                           jit_compile=params["jit_compile"])
+        if placement.num_workers > 1:
+            work_around_multi_worker_fit(model, placement.strategy)
         recorder = EpochRecorder(resume=resume, state=state, monitor=params["monitor"], mode=mode,
                                  patience=params["patience"], max_minutes=params["max_minutes"],
-                                 images_per_epoch=steps * global_batch, tracker=tracker, is_chief=placement.is_chief)
+                                 images_per_epoch=steps * global_batch, tracker=tracker, is_chief=placement.is_chief,
+                                 multi_worker_strategy=placement.strategy if placement.num_workers > 1 else None)
         callbacks = [recorder, keras.callbacks.BackupAndRestore(str(resume.keras_dir / phase)),
                      keras.callbacks.TerminateOnNaN()]
         if params["schedule"] == "plateau":
@@ -259,17 +265,16 @@ def main(argv=None) -> None:
             resume.save(state)
         if state["stop_reason"]:
             break
-    wall_seconds = time.perf_counter() - started
     if not placement.is_chief:
         return
     write_outputs(args, state=state, resume=resume, tracker=tracker, run_id=run_id, policy=policy,
                   devices_used=devices_used, num_replicas=placement.num_replicas, global_batch=global_batch,
-                  images_per_epoch=steps * global_batch, wall_seconds=wall_seconds, valid=valid,
+                  images_per_epoch=steps * global_batch, valid=valid,
                   image_size=image_size, channels=channels)
 
 
 def write_outputs(args, *, state, resume, tracker, run_id, policy, devices_used, num_replicas, global_batch,
-                  images_per_epoch, wall_seconds, valid, image_size, channels) -> None:
+                  images_per_epoch, valid, image_size, channels) -> None:
     """Model, history, metrics and run info from the finished state; then MLflow artifacts; then clear the backup."""
     import shutil
 

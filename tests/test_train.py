@@ -198,3 +198,57 @@ def test_bad_params_fail_with_a_named_error(project, train, message):
     assert "Traceback" not in done.stderr
     assert __import__("re").search(message, done.stderr), done.stderr
     assert not (project / name / "model.keras").exists()
+
+
+def test_pretrained_style_encoder_is_frozen_first_then_fine_tuned(project):
+    params = params_file(project, "p_freeze", encoder="mobilenetv2", freeze_encoder_epochs=1, epochs=2)
+    done = run_stage(project, "train", *train_args("freeze", params), env=env_for(project, MLFLOW_TRACKING_URI=""))
+    assert done.returncode == 0, done.stderr
+    import re
+
+    phases = re.findall(r"train: epochs (\d+)-(\d+) with (the encoder frozen|all layers trainable) \(([\d,]+) trainable",
+                        done.stdout)
+    assert [(a, b, what) for a, b, what, _ in phases] == [("1", "1", "the encoder frozen"),
+                                                          ("2", "2", "all layers trainable")]
+    frozen, full = (int(count.replace(",", "")) for *_, count in phases)
+    import keras
+
+    backbone = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
+    encoder_weights = sum(int(np.prod(w.shape)) for w in backbone.trainable_weights)
+    assert full - frozen == encoder_weights  # exactly the encoder was frozen
+    assert pd.read_csv(project / "freeze/history.csv")["epoch"].tolist() == [1, 2]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_workers_on_localhost_train_together(project):
+    """MultiWorkerMirroredStrategy: two processes on 127.0.0.1, one replica each; only the chief writes outputs."""
+    params = params_file(project, "p_workers", devices="cpu", batch_size=2, epochs=2)
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        env = env_for(project, TF_CONFIG=tf_config, MLFLOW_TRACKING_URI="")
+        processes.append(subprocess.Popen([sys.executable, "-m", "stages.train", *train_args(f"worker{index}", params)],
+                                          cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True))
+    outputs = []
+    for process in processes:
+        try:
+            outputs.append(process.communicate(timeout=300))
+        finally:
+            for other in processes:
+                if other.poll() is None and process.returncode is None:
+                    other.kill()
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    metrics = json.loads((project / "worker0/train.json").read_text())
+    assert metrics["num_replicas"] == 2 and metrics["global_batch_size"] == 4
+    assert metrics["devices"] == "/cpu:0 x 2 workers" and metrics["epochs_run"] == 2
+    assert not (project / "worker1/model.keras").exists()  # only the chief writes the DVC outputs
