@@ -89,3 +89,18 @@ def test_threshold_sweep_picks_the_threshold_that_separates_the_classes():
     assert at_04 == pytest.approx({"threshold": 0.4, "iou": 2 / 4, "f1": 4 / 6, "precision": 2 / 4, "recall": 1.0})
     shifted = threshold_sweep([probabilities + 0.2], [truth])
     assert best_threshold(shifted) == pytest.approx(0.7)
+
+
+def test_overlay_colours_the_right_pixels():
+    from segpipe.plots import FALSE_NEGATIVE, FALSE_POSITIVE, TRUE_POSITIVE, overlay
+
+    image = np.full((1, 4), 100, np.uint8)
+    predicted = np.array([[1, 1, 0, 0]], bool)
+    truth = np.array([[1, 0, 1, 0]], bool)
+    out = overlay(image, predicted, truth, alpha=1.0).astype(int)
+    assert out[0, 0].tolist() == list(TRUE_POSITIVE)
+    assert out[0, 1].tolist() == list(FALSE_POSITIVE)
+    assert out[0, 2].tolist() == list(FALSE_NEGATIVE)
+    assert out[0, 3].tolist() == [100, 100, 100]  # true negative: the gray image, untouched
+    half = overlay(image, predicted, truth, alpha=0.5).astype(int)
+    assert half[0, 0].tolist() == [50, 150, 50]

@@ -57,7 +57,7 @@ def repo_copy(tmp_path_factory) -> Path:
 def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
     repo = repo_copy
     log = sh(["dvc", "repro"], repo)
-    assert ran_stages(log) == ["convert-to-png", "build-csv", "split-balanced", "augment", "train"]
+    assert ran_stages(log) == ["convert-to-png", "build-csv", "split-balanced", "augment", "train", "evaluate"]
     train = pd.read_csv(repo / "data/csv/train.csv")
     valid = pd.read_csv(repo / "data/csv/valid.csv")
     assert len(train) + len(valid) == len(list((repo / "data/raw/images").rglob("*.*")))
@@ -79,17 +79,23 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
     log = sh(["dvc", "repro"], repo)
     assert ran_stages(log) == [], log
 
+    assert metrics[""]["data"]["metrics/evaluate.json"]["data"]["valid_iou"] >= 0
+    assert (repo / "plots/evaluate/png/threshold_curve.png").is_file()
+
+    set_param(repo, "evaluate", "worst_k", 2)
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["evaluate"]
+
     set_param(repo, "train", "learning_rate", 0.002)
-    assert ran_stages(sh(["dvc", "repro"], repo)) == ["train"]
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["train", "evaluate"]
 
     set_param(repo, "augment", "copies", 2)
-    assert ran_stages(sh(["dvc", "repro"], repo)) == ["augment", "train"]
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["augment", "train", "evaluate"]
 
     set_param(repo, "split_balanced", "key", "foreground")
-    assert ran_stages(sh(["dvc", "repro"], repo)) == ["split-balanced", "train"]
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["split-balanced", "train", "evaluate"]
 
     set_param(repo, "build_csv", "valid_fraction", 0.3)
-    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"build-csv", "split-balanced", "augment", "train"}
+    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"build-csv", "split-balanced", "augment", "train", "evaluate"}
 
     # A param that does not change the converted bytes reruns convert only: its outputs are identical.
     set_param(repo, "convert", "num_workers", 1)
@@ -97,9 +103,9 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
 
         # Gray images change data/png and the channels train reads from convert.image_mode.
     set_param(repo, "convert", "image_mode", "L")
-    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"convert-to-png", "build-csv", "augment", "train"}
+    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"convert-to-png", "build-csv", "augment", "train", "evaluate"}
 
     set_param(repo, "convert", "invert_mask", True)  # changes every foreground_fraction
     assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"convert-to-png", "build-csv", "split-balanced", "augment",
-                                                           "train"}
+                                                           "train", "evaluate"}
     assert pd.read_csv(repo / "data/csv/train.csv")["foreground_fraction"].min() > 0.5

@@ -252,3 +252,44 @@ def test_two_workers_on_localhost_train_together(project):
     assert metrics["num_replicas"] == 2 and metrics["global_batch_size"] == 4
     assert metrics["devices"] == "/cpu:0 x 2 workers" and metrics["epochs_run"] == 2
     assert not (project / "worker1/model.keras").exists()  # only the chief writes the DVC outputs
+
+
+def test_evaluate_measures_the_trained_model_and_logs_into_its_run(project):
+    params = params_file(project, "p_eval", epochs=1)
+    assert run_stage(project, "train", *train_args("eval", params)).returncode == 0
+    done = run_stage(project, "evaluate", "--model", "eval/model.keras", "--csv-dir", "data/csv", "--history",
+                     "eval/history.csv", "--run-info", "eval/run.json", "--metrics", "eval/evaluate.json",
+                     "--threshold", "eval/threshold.json", "--plots-dir", "eval/plots", "--params", params)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((project / "eval/evaluate.json").read_text())
+    for key in ("valid_iou", "valid_dice", "valid_precision", "valid_recall", "valid_pixel_accuracy",
+                "valid_specificity", "valid_mean_iou", "valid_frequency_weighted_iou", "valid_image_mean_boundary_f",
+                "valid_iou_at_best_threshold", "best_threshold"):
+        assert isinstance(metrics[key], float) and 0 <= metrics[key] <= 1, key
+    sweep = pd.read_csv(project / "eval/plots/threshold_curve.csv")
+    best = sweep.loc[sweep["iou"] == sweep["iou"].max(), "threshold"]
+    assert metrics["best_threshold"] in best.round(2).tolist()
+    assert metrics["valid_iou_at_best_threshold"] == pytest.approx(sweep["iou"].max(), abs=1e-6)
+    assert json.loads((project / "eval/threshold.json").read_text())["threshold"] == metrics["best_threshold"]
+    per_image = pd.read_csv(project / "eval/plots/per_image.csv")
+    assert list(per_image.columns) == ["id", "group", "foreground_fraction", "threshold", "iou", "dice", "boundary_f"]
+    assert len(per_image) == len(pd.read_csv(project / "data/csv/valid.csv"))
+    for name in ("threshold_curve", "precision_recall", "confusion_matrix", "per_image_iou", "learning_curves_loss"):
+        assert (project / f"eval/plots/png/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    overlays = list((project / "eval/plots/overlays").glob("*.png"))
+    assert overlays and all(Image_size(p) == (40, 32) for p in overlays)  # the images' own size, not the model's
+
+    import mlflow
+
+    run_info = json.loads((project / "eval/run.json").read_text())
+    mlflow.set_tracking_uri(run_info["tracking_uri"])
+    run = mlflow.get_run(run_info["run_id"])
+    assert run.data.metrics["eval_valid_iou"] == pytest.approx(metrics["valid_iou"])
+    assert run.data.metrics["best_val_iou"] >= 0  # the train metrics are in the same run
+
+
+def Image_size(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
