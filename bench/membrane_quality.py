@@ -134,7 +134,7 @@ def main(argv=None) -> None:
     run([py, "-m", "stages.train", "--subsets-summary", "data/subsets.json", "--subsets-dir", "data/subsets",
          "--augmented-csv", "data/augmented/augmented.csv", "--valid-csv", "data/csv/valid.csv",
          "--model", "models/model.keras", "--metrics", "metrics/train.json", "--history", "plots/history.csv",
-         "--run-info", "models/run.json", "--backup-dir", "models/backup", "--params", "params.yaml"], project, log)
+         "--run-info", "models/run.json", "--saved-model", "models/saved_model", "--backup-dir", "models/backup", "--params", "params.yaml"], project, log)
     train_seconds = time.perf_counter() - started
     ours = score_ours(project, split["val"])
     train_metrics = json.loads((project / "metrics/train.json").read_text())

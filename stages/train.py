@@ -108,6 +108,7 @@ def main(argv=None) -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--history", type=Path, required=True)
     parser.add_argument("--run-info", type=Path, required=True)
+    parser.add_argument("--saved-model", type=Path, required=True, help="TF SavedModel export for TF Serving")
     parser.add_argument("--backup-dir", type=Path, required=True)
     parser.add_argument("--tensorboard-dir", type=Path, default=Path("logs/tensorboard"))
     parser.add_argument("--params", type=Path, required=True)
@@ -273,6 +274,17 @@ def main(argv=None) -> None:
                   image_size=image_size, channels=channels)
 
 
+def export_saved_model(model_path: Path, folder: Path) -> None:
+    """The best model as a TF SavedModel (signature `serve`: float32 images in [0, 1] -> probabilities)."""
+    import keras
+
+    from segpipe.outputs import replace_dir
+
+    model = keras.models.load_model(model_path, compile=False)
+    with replace_dir(folder) as tmp:
+        model.export(str(tmp), format="tf_saved_model", verbose=False)
+
+
 def write_outputs(args, *, state, resume, tracker, run_id, policy, devices_used, num_replicas, global_batch,
                   images_per_epoch, valid, image_size, channels) -> None:
     """Model, history, metrics and run info from the finished state; then MLflow artifacts; then clear the backup."""
@@ -287,6 +299,7 @@ def write_outputs(args, *, state, resume, tracker, run_id, policy, devices_used,
     shutil.copyfile(resume.best_model, tmp_model)
     os.replace(tmp_model, args.model)
     write_csv(args.history, history)
+    export_saved_model(args.model, args.saved_model)
     # Steady-state speed: the first epoch of a process includes graph tracing.
     steady = history.iloc[1:] if len(history) > 1 else history
     metrics = {

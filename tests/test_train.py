@@ -37,6 +37,7 @@ def train_args(out: str = "out", params: str = "params.yaml") -> list[str]:
     return ["--subsets-summary", "data/subsets.json", "--subsets-dir", "data/subsets", "--augmented-csv",
             "data/augmented/augmented.csv", "--valid-csv", "data/csv/valid.csv", "--model", f"{out}/model.keras",
             "--metrics", f"{out}/train.json", "--history", f"{out}/history.csv", "--run-info", f"{out}/run.json",
+            "--saved-model", f"{out}/saved_model",
             "--backup-dir", f"{out}/backup", "--params", params]
 
 
@@ -293,3 +294,64 @@ def Image_size(path):
 
     with Image.open(path) as im:
         return im.size
+
+
+@pytest.fixture(scope="module")
+def trained(project) -> Path:
+    """A 1-epoch model with its SavedModel export and threshold.json beside it."""
+    params = params_file(project, "p_trained", epochs=1)
+    done = run_stage(project, "train", *train_args("trained", params), env=env_for(project, MLFLOW_TRACKING_URI=""))
+    assert done.returncode == 0, done.stderr
+    (project / "trained/threshold.json").write_text(json.dumps({"threshold": 0.35}))
+    return project / "trained"
+
+
+def test_saved_model_export_predicts_like_the_keras_model(trained):
+    import keras
+    import tensorflow as tf
+
+    model = keras.models.load_model(trained / "model.keras", compile=False)
+    batch = np.random.default_rng(3).random((2, 32, 32, 3), dtype=np.float32)
+    loaded = tf.saved_model.load(str(trained / "saved_model"))  # keep a reference: it owns the variables
+    served = loaded.serve(tf.constant(batch))
+    np.testing.assert_allclose(np.asarray(served), model.predict(batch, verbose=0), atol=1e-5)
+
+
+def test_predict_writes_masks_at_the_original_size_and_orientation(trained, tmp_path):
+    from PIL import Image
+
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 53, 3), np.uint8)).save(inputs / "odd.png")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (21, 30), np.uint8)).save(inputs / "sub/gray.bmp")
+    rotated = Image.fromarray(np.random.default_rng(2).integers(0, 255, (20, 44, 3), np.uint8))  # stored 44x20
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": upright it is 20 wide, 44 high
+    rotated.save(inputs / "phone.jpg", exif=exif)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "segpipe.predict", "--model", str(trained / "model.keras"),
+                           "--input", str(inputs), "--output", str(out), "--overlay", "--probabilities"],
+                          env=env_for(trained), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    sizes = {}
+    for name in ("odd", "sub/gray", "phone"):
+        with Image.open(out / f"{name}.png") as mask:
+            sizes[name] = mask.size
+            assert set(np.unique(np.asarray(mask))) <= {0, 255}
+        assert (out / f"{name}_overlay.png").is_file() and (out / f"{name}_probability.png").is_file()
+    assert sizes == {"odd": (53, 37), "sub/gray": (30, 21), "phone": (20, 44)}
+    assert json.loads((out / "predict.json").read_text())["threshold"] == 0.35  # the evaluated threshold by default
+
+    with Image.open(out / "odd_probability.png") as probability:
+        p = np.asarray(probability).astype(np.float64) / 65535
+    with Image.open(out / "odd.png") as mask:
+        np.testing.assert_array_equal(np.asarray(mask) == 255, p >= 0.35 - 1e-4)
+
+
+def test_predict_names_a_bad_input_file(trained, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/broken.png").write_bytes(b"not a png")
+    done = subprocess.run([sys.executable, "-m", "segpipe.predict", "--model", str(trained / "model.keras"),
+                           "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")],
+                          env=env_for(trained), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "broken.png': cannot decode as an image" in done.stderr
