@@ -99,7 +99,7 @@ class Tracker:
         if not self.enabled:
             return None
         try:
-            return function(*args, **kwargs)
+            return _retry_when_locked(function, *args, **kwargs)
         except Exception as err:  # any tracking failure must not stop training
             self.enabled = False
             self.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
@@ -177,6 +177,21 @@ class Tracker:
             mlflow.end_run(status=status)
 
         self._call("ending the run", end)
+
+
+def _retry_when_locked(function, *args, attempts: int = 8, first_wait: float = 0.25, **kwargs):
+    """Calls `function`, retrying while sqlite says "database is locked": parallel `dvc queue` workers share
+    one mlflow.db, and sqlite lets one writer in at a time. Other errors are raised at once."""
+    import random
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return function(*args, **kwargs)
+        except Exception as err:
+            if "database is locked" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(first_wait * 2 ** attempt * (0.5 + random.random()))
 
 
 def _pip_requirements() -> list[str]:
