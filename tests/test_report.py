@@ -1,0 +1,78 @@
+"""The Markdown report and the regression gate, in a temporary git + DVC repository with two commits."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def sh(args, cwd):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def commit(repo: Path, message: str, *, valid_iou: float, lr: float) -> None:
+    (repo / "metrics").mkdir(exist_ok=True)
+    (repo / "metrics/evaluate.json").write_text(json.dumps({"valid_iou": valid_iou, "valid_dice": 0.9}))
+    (repo / "params.yaml").write_text(f"train:\n  learning_rate: {lr}\n")
+    for args in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message]):
+        assert sh(args, repo).returncode == 0
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    assert sh(["git", "init", "-q", "-b", "main"], repo).returncode == 0
+    assert sh(["dvc", "init", "-q"], repo).returncode == 0
+    (repo / "dvc.yaml").write_text("metrics:\n  - metrics/evaluate.json\nparams:\n  - params.yaml\n")
+    commit(repo, "base", valid_iou=0.80, lr=0.001)
+    return repo
+
+
+def report(repo: Path, *args: str):
+    done = sh([sys.executable, "-m", "segpipe.report", *args], repo)
+    text = (repo / "report/report.md").read_text() if (repo / "report/report.md").exists() else ""
+    return done, text
+
+
+def test_two_commits_show_both_values_the_delta_and_the_param_change(repo):
+    plots = repo / "plots/evaluate/png"
+    plots.mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(plots / "threshold_curve.png")
+    commit(repo, "worse", valid_iou=0.75, lr=0.003)
+    done, text = report(repo, "--base", "main~1")
+    assert done.returncode == 0, done.stderr
+    assert "| `valid_iou` | 0.8000 | 0.7500 | -0.0500 🔴 |" in text
+    assert "| `learning_rate` | 0.0010 | 0.0030 |" in text or "| `train.learning_rate` | 0.0010 | 0.0030 |" in text
+    assert "![threshold_curve](images/threshold_curve.png)" in text and (repo / "report/images/threshold_curve.png").is_file()
+
+
+def test_same_commit_still_shows_the_values(repo):
+    done, text = report(repo, "--base", "main")
+    assert done.returncode == 0, done.stderr
+    assert "| `valid_iou` | 0.8000 | 0.8000 | 0 |" in text
+    assert "No param changes versus `main`." in text
+
+
+def test_gate_fails_on_a_regression_beyond_tolerance_and_passes_otherwise(repo):
+    commit(repo, "worse", valid_iou=0.75, lr=0.001)
+    done, text = report(repo, "--base", "main~1", "--gate", "valid_iou", "--tolerance", "0.01")
+    assert done.returncode == 3 and "gate FAILED" in done.stdout + text
+    assert "❌ gate FAILED: `valid_iou` went from 0.8000 to 0.7500, worse by 0.0500 > tolerance 0.01." in text
+    done, text = report(repo, "--base", "main~1", "--gate", "valid_iou", "--tolerance", "0.1")
+    assert done.returncode == 0 and "✅ gate passed" in text
+    done, _ = report(repo, "--base", "main~1", "--gate", "valid_iuo")
+    assert done.returncode == 3  # a misspelt gate metric fails loudly rather than passing
+
+
+def test_unknown_base_is_a_clear_error(repo):
+    done, _ = report(repo, "--base", "no-such-branch")
+    assert done.returncode == 2 and "report: error:" in done.stderr and "--base names a git revision" in done.stderr
