@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,18 @@ def pooled_dataset(tmp_path: Path) -> Path:
         for index in range(count):
             save_pair(raw, f"images/{group}/{group}{index}.png", f"masks/{group}/{group}{index}.png", seed=index)
     return raw
+
+
+@pytest.fixture(autouse=True)
+def restore_mlflow_uri():
+    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI in os.environ, which later subprocesses (dvc repro
+    in another test's repo) would inherit and log into the wrong store: restore it after every test."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        mlflow.set_tracking_uri(before)  # None clears both MLflow's global and the environment variable
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before

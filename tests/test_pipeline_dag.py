@@ -18,6 +18,7 @@ from conftest import REPO
 def sh(args: list[str], cwd: Path) -> str:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                DVC_NO_ANALYTICS="1", PYTHONPATH="")
+    env.pop("MLFLOW_TRACKING_URI", None)  # runs go to the copy's own mlflow.db
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
