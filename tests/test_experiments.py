@@ -61,3 +61,32 @@ def test_queued_experiment_lands_in_the_same_store(baseline):
     assert runs[0].data.params["train.learning_rate"] == "0.003"
     assert runs[0].info.artifact_uri.startswith((repo / "mlartifacts").as_uri())  # not inside .dvc/tmp/exps
     assert not list((repo / ".dvc/tmp/exps").rglob("mlflow.db"))
+
+
+@pytest.mark.slow
+def test_grid_on_two_parallel_workers_loses_no_run_and_can_be_compared_and_applied(baseline):
+    repo = baseline
+    before = {r.info.run_id for r in mlflow_runs(repo)}
+    sh(["dvc", "exp", "run", "--queue", "-S", "train.learning_rate=0.001,0.002", "-S", "train.epochs=1"], repo)
+    sh(["dvc", "queue", "start", "-j", "2"], repo)
+    deadline = time.time() + 480
+    while time.time() < deadline:
+        status = sh(["dvc", "queue", "status"], repo)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") >= 2 and "Failed" not in status, status
+    new = [r for r in mlflow_runs(repo) if r.info.run_id not in before]
+    assert sorted(r.data.params["train.learning_rate"] for r in new) == ["0.001", "0.002"]
+    assert all(r.info.status == "FINISHED" and "eval_valid_iou" in r.data.metrics for r in new)
+    names = [r.data.tags["dvc_experiment"] for r in new]
+    assert len(set(names)) == 2
+    shown = sh(["dvc", "exp", "show", "--only-changed", "--drop", ".*", "--keep",
+                "Experiment|valid_iou|best_val_iou|train.learning_rate"], repo)
+    assert all(name in shown for name in names) and "valid_iou" in shown
+    assert "train.learning_rate" in sh(["dvc", "exp", "diff", names[0], names[1]], repo)  # lists what differs
+    sh(["dvc", "exp", "apply", names[1]], repo)
+    import yaml
+
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["learning_rate"] == float(
+        new[1].data.params["train.learning_rate"])
