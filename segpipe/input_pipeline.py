@@ -76,17 +76,35 @@ def naming_bad_files(rows: pd.DataFrame):
                          "(dvc repro) or remove these rows.") from None
 
 
+def resize_image(image, image_size: tuple[int, int]):
+    """A uint8 image (H, W, C) to the model's size: bilinear with antialias, back to uint8.
+
+    The one definition of input resizing, shared by training, evaluate and segpipe.predict, so a model
+    sees new images exactly as it saw its training images."""
+    resized = tf.image.resize(image, image_size, method="bilinear", antialias=True)
+    return tf.cast(tf.round(tf.clip_by_value(resized, 0, 255)), tf.uint8)
+
+
+def to_unit_range(image):
+    """uint8 -> float32 in [0, 1], the model's input range."""
+    return tf.cast(image, tf.float32) / 255.0
+
+
+def resize_probabilities(probabilities, height: int, width: int):
+    """Model-size probabilities (h, w, C) back to an image's own size (bilinear), as a NumPy array."""
+    return tf.image.resize(probabilities, (height, width), method="bilinear").numpy()
+
+
 def _decode(image_path, mask_path, *, image_size: tuple[int, int], channels: int):
     image = tf.io.decode_png(tf.io.read_file(image_path), channels=channels)
     mask = tf.io.decode_png(tf.io.read_file(mask_path), channels=1)
-    image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
     mask = tf.image.resize(mask, image_size, method="nearest")
     # Cached as uint8 (4x less memory than float32); normalised after the cache.
-    return tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8), tf.cast(mask, tf.uint8)
+    return resize_image(image, image_size), tf.cast(mask, tf.uint8)
 
 
 def _normalise(image, mask):
-    return tf.cast(image, tf.float32) / 255.0, mask
+    return to_unit_range(image), mask
 
 
 def resolve_cache(cache: str, *, num_rows: int, image_size: tuple[int, int], channels: int,

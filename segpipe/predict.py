@@ -64,13 +64,12 @@ def predict_probabilities(model, images: list[np.ndarray]) -> list[np.ndarray]:
     """Probabilities (H, W, C) at each image's own size; inputs resized as the training pipeline does."""
     import tensorflow as tf
 
-    height, width = model.input_shape[1:3]
-    batch = []
-    for image in images:
-        resized = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
-        batch.append(tf.cast(tf.round(tf.clip_by_value(resized, 0, 255)), tf.uint8))
-    probabilities = model(tf.cast(tf.stack(batch), tf.float32) / 255.0, training=False)
-    return [tf.image.resize(p, image.shape[:2], method="bilinear").numpy() for p, image in zip(probabilities, images)]
+    from segpipe.input_pipeline import resize_image, resize_probabilities, to_unit_range
+
+    size = tuple(model.input_shape[1:3])
+    batch = to_unit_range(tf.stack([resize_image(image, size) for image in images]))
+    probabilities = model(batch, training=False)
+    return [resize_probabilities(p, *image.shape[:2]) for p, image in zip(probabilities, images)]
 
 
 def write_outputs(output: Path, stem: Path, image: np.ndarray, probability: np.ndarray, *, threshold: float,

@@ -42,9 +42,7 @@ SCHEMA = {
 
 def predict_native(model, rows: pd.DataFrame, *, batch_size: int) -> list[np.ndarray]:
     """Per row, probabilities (H, W, C) at the row's own size."""
-    import tensorflow as tf
-
-    from segpipe.input_pipeline import evaluation_dataset, naming_bad_files
+    from segpipe.input_pipeline import evaluation_dataset, naming_bad_files, resize_probabilities
 
     height, width, channels = model.input_shape[1:]
     dataset = evaluation_dataset(rows, image_size=(height, width), channels=channels, batch_size=batch_size,
@@ -54,8 +52,7 @@ def predict_native(model, rows: pd.DataFrame, *, batch_size: int) -> list[np.nda
         for images, _ in dataset:
             probabilities = model(images, training=False)
             for probability, (_, row) in zip(probabilities, rows.iloc[len(out):].iterrows()):
-                native = tf.image.resize(probability, (int(row["height"]), int(row["width"])), method="bilinear")
-                out.append(native.numpy())
+                out.append(resize_probabilities(probability, int(row["height"]), int(row["width"])))
     return out
 
 
