@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segpipe.outputs import write_text
+from segpipe.outputs import write_bytes, write_text
 
 TRUE_POSITIVE = (0, 200, 0)     # green: foreground found
 FALSE_POSITIVE = (255, 40, 40)  # red: predicted foreground that is background
@@ -87,12 +87,7 @@ def render_png(spec: dict, path: Path) -> None:
     """One Vega-Lite spec to a PNG file (atomically), offline."""
     import vl_convert
 
-    png = vl_convert.vegalite_to_png(json.dumps(spec), scale=1.5)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(png)
-    tmp.replace(path)
+    write_bytes(path, vl_convert.vegalite_to_png(json.dumps(spec), scale=1.5))
 
 
 def write_specs(specs: dict[str, dict], folder: Path) -> None:

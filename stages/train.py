@@ -27,7 +27,7 @@ import pandas as pd
 
 from segpipe import devices as device_setup
 from segpipe.cli import run_stage
-from segpipe.outputs import write_csv, write_json
+from segpipe.outputs import write_bytes, write_csv, write_json
 from segpipe.params import load_section, load_shared, read_params
 
 SCHEMA = {
@@ -274,13 +274,10 @@ def main(argv=None) -> None:
                   image_size=image_size, channels=channels)
 
 
-def export_saved_model(model_path: Path, folder: Path) -> None:
-    """The best model as a TF SavedModel (signature `serve`: float32 images in [0, 1] -> probabilities)."""
-    import keras
-
+def export_saved_model(model, folder: Path) -> None:
+    """The model as a TF SavedModel (signature `serve`: float32 images in [0, 1] -> probabilities)."""
     from segpipe.outputs import replace_dir
 
-    model = keras.models.load_model(model_path, compile=False)
     with replace_dir(folder) as tmp:
         model.export(str(tmp), format="tf_saved_model", verbose=False)
 
@@ -288,18 +285,14 @@ def export_saved_model(model_path: Path, folder: Path) -> None:
 def write_outputs(args, *, state, resume, tracker, run_id, policy, devices_used, num_replicas, global_batch,
                   images_per_epoch, valid, image_size, channels) -> None:
     """Model, history, metrics and run info from the finished state; then MLflow artifacts; then clear the backup."""
-    import shutil
-
     import keras
 
     history = pd.DataFrame(state["history"])
     best_row = history[history["epoch"] == state["best_epoch"]].iloc[0]
-    args.model.parent.mkdir(parents=True, exist_ok=True)
-    tmp_model = args.model.with_name(f".{args.model.stem}.tmp.keras")
-    shutil.copyfile(resume.best_model, tmp_model)
-    os.replace(tmp_model, args.model)
+    write_bytes(args.model, resume.best_model.read_bytes())
     write_csv(args.history, history)
-    export_saved_model(args.model, args.saved_model)
+    best_model = keras.models.load_model(args.model, compile=False)  # once, for the export and MLflow
+    export_saved_model(best_model, args.saved_model)
     # Steady-state speed: the first epoch of a process includes graph tracing.
     steady = history.iloc[1:] if len(history) > 1 else history
     metrics = {
@@ -323,12 +316,11 @@ def write_outputs(args, *, state, resume, tracker, run_id, policy, devices_used,
         tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=len(history))
         tracker.log_artifact(args.history)
         tracker.log_artifact(args.metrics)
-        model = keras.models.load_model(args.model, compile=False)
         from segpipe.input_pipeline import evaluation_dataset
 
         example = next(iter(evaluation_dataset(valid.head(2), image_size=image_size, channels=channels,
                                                batch_size=2, cache=False)))[0].numpy()
-        tracker.log_keras_model(model, example_input=example)
+        tracker.log_keras_model(best_model, example_input=example)
         tracker.end()
     resume.clear()
     print(f"train: best epoch {metrics['best_epoch']} of {metrics['epochs_run']} "
