@@ -30,6 +30,16 @@ def mlflow_runs(repo: Path):
     return mlflow.search_runs(experiment_names=["segpipe"], output_format="list")
 
 
+def wait_for_queue(repo: Path, *, timeout: float) -> str:
+    """Polls `dvc queue status` until nothing is queued or running; returns the last status text."""
+    deadline = time.time() + timeout
+    while True:
+        status = sh(["dvc", "queue", "status"], repo)
+        if ("Queued" not in status and "Running" not in status) or time.time() > deadline:
+            return status
+        time.sleep(3)
+
+
 @pytest.mark.slow
 def test_exp_run_reruns_train_and_evaluate_and_lands_in_mlflow(baseline):
     repo = baseline
@@ -49,12 +59,7 @@ def test_queued_experiment_lands_in_the_same_store(baseline):
     sh(["dvc", "exp", "run", "--queue", "-S", "train.learning_rate=0.003", "-S", "train.epochs=1", "-n", "queued-lr"],
        repo)
     sh(["dvc", "queue", "start"], repo)
-    deadline = time.time() + 420
-    while time.time() < deadline:
-        status = sh(["dvc", "queue", "status"], repo)
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
+    status = wait_for_queue(repo, timeout=420)
     assert "Success" in status, status
     runs = [r for r in mlflow_runs(repo) if r.data.tags.get("dvc_experiment") == "queued-lr"]
     assert len(runs) == 1, status
@@ -69,12 +74,7 @@ def test_grid_on_two_parallel_workers_loses_no_run_and_can_be_compared_and_appli
     before = {r.info.run_id for r in mlflow_runs(repo)}
     sh(["dvc", "exp", "run", "--queue", "-S", "train.learning_rate=0.001,0.002", "-S", "train.epochs=1"], repo)
     sh(["dvc", "queue", "start", "-j", "2"], repo)
-    deadline = time.time() + 480
-    while time.time() < deadline:
-        status = sh(["dvc", "queue", "status"], repo)
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
+    status = wait_for_queue(repo, timeout=480)
     assert status.count("Success") >= 2 and "Failed" not in status, status
     new = [r for r in mlflow_runs(repo) if r.info.run_id not in before]
     assert sorted(r.data.params["train.learning_rate"] for r in new) == ["0.001", "0.002"]
