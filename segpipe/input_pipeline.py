@@ -6,10 +6,18 @@ pipeline feeds float32 and mixed-precision models. `batch_size` here is the GLOB
 distribution strategy pass per-replica batch x replicas; the dataset is auto-sharded by DATA for
 multi-worker training.
 
-Training (`training_dataset`) follows the split-balanced contract: one dataset per subset, each
-decoded, cached, shuffled (seeded) and repeated, drawn with `sample_from_datasets` by weight, then
-optional in-graph flips/90-degree turns with stateless seeded ops, batched and prefetched. It is
-infinite: pass `steps_per_epoch` to `model.fit`.
+Training (`training_dataset`) follows the split-balanced contract: one stream per subset, each
+decoded, cached and visited in a new seeded order every pass, drawn by weight, then optional in-graph
+flips/90-degree turns, batched and prefetched. It is infinite: pass `steps_per_epoch` to `model.fit`.
+
+Reproducibility: element k of the training stream is a pure function of (seed, k). Every random
+choice (which subset, the order of each pass over a subset, the flips and turns) comes from a
+stateless op keyed by the seed and a position, never from a random-op state that iterators share.
+That matters because Keras' fit makes two iterators over the dataset (one to build the model, one
+to train), and the first keeps prefetching in the background: with tf.data's seeded
+`shuffle(reshuffle_each_iteration=True)` it drew reshuffle seeds from the generator that the second
+iterator then used, so the batch order depended on thread timing (a loaded machine trained on other
+batches). It also lets a later phase or a resumed run start at any batch (`first_batch`).
 """
 from __future__ import annotations
 
@@ -117,19 +125,77 @@ def resolve_cache(cache: str, *, num_rows: int, image_size: tuple[int, int], cha
     return num_rows * image_size[0] * image_size[1] * (channels + 1) <= memory_budget_bytes
 
 
-def _decoded(rows: pd.DataFrame, *, image_size, channels: int, cache: bool, deterministic: bool):
+def _decoded(rows: pd.DataFrame, *, image_size, channels: int, deterministic: bool = True):
     dataset = tf.data.Dataset.from_tensor_slices((rows["image_path"].to_numpy(str), rows["mask_path"].to_numpy(str)))
-    dataset = dataset.map(lambda i, m: _decode(i, m, image_size=image_size, channels=channels),
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    return dataset.cache() if cache else dataset
+    return dataset.map(lambda i, m: _decode(i, m, image_size=image_size, channels=channels),
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
 
-def _augment_online(image, mask, seed):
+# What each stateless random stream is keyed by, besides the seed: distinct purposes never share numbers.
+SUBSET_CHOICE, PASS_ORDER, ONLINE_AUGMENT = 1, 2, 3
+
+
+def _key(seed: int, *path):
+    """A stateless-RNG seed (int64 vector of 2) for `seed` and a path of integers (scalars or tensors)."""
+    key = tf.constant([seed, 0], tf.int64)
+    for value in path:
+        key = tf.random.experimental.stateless_fold_in(key, tf.cast(value, tf.int64))
+    return key
+
+
+def _pass_order(num_rows: int, key) -> tf.Tensor:
+    """A permutation of range(num_rows) (int32), the same for the same key."""
+    return tf.argsort(tf.random.stateless_uniform([num_rows], seed=key), stable=True)
+
+
+def _subset_stream(rows: pd.DataFrame, *, index: int, seed: int, first_element: int, image_size, channels: int,
+                   cache: bool, deterministic: bool) -> tf.data.Dataset:
+    """Rows of one subset, endlessly, pass p in the order `_pass_order(key(seed, index, p))`, from element
+    `first_element` on. With `cache`, the decoded subset is kept in memory as one (n, H, W, C) element and
+    each pass slices it; without, each element is decoded from its file. Both give the same sequence."""
+    num_rows = len(rows)
+    first_pass, skip = divmod(first_element, num_rows)
+    orders = tf.data.Dataset.counter(start=first_pass).map(
+        lambda p: _pass_order(num_rows, _key(seed, PASS_ORDER, index, p)))
+    if cache:
+        table = _decoded(rows, image_size=image_size, channels=channels).batch(num_rows).cache().repeat()
+        stream = tf.data.Dataset.zip(orders, table).flat_map(
+            lambda order, decoded: tf.data.Dataset.from_tensor_slices(order).map(
+                lambda j: (decoded[0][j], decoded[1][j])))
+    else:
+        paths = tf.constant(rows["image_path"].to_numpy(str)), tf.constant(rows["mask_path"].to_numpy(str))
+        stream = orders.flat_map(tf.data.Dataset.from_tensor_slices).map(
+            lambda j: _decode(paths[0][j], paths[1][j], image_size=image_size, channels=channels),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    return stream.skip(skip)
+
+
+def _subset_draw(probabilities: list[float], *, seed: int, batch_size: int):
+    """batch index -> the subset of each of its elements (int64, shape (batch_size,)), keyed by the batch."""
+    cumulative = tf.constant(np.cumsum(probabilities)[:-1], tf.float32)
+
+    def draw(batch):
+        uniform = tf.random.stateless_uniform([batch_size], seed=_key(seed, SUBSET_CHOICE, batch))
+        return tf.searchsorted(cumulative, uniform, side="right", out_type=tf.int64)
+
+    return draw
+
+
+def _elements_drawn(draw, *, num_subsets: int, first_batch: int) -> list[int]:
+    """How many elements each subset gave in the batches before `first_batch` (to resume each stream there)."""
+    counts = tf.data.Dataset.range(first_batch).map(lambda b: tf.math.bincount(
+        tf.cast(draw(b), tf.int32), minlength=num_subsets, maxlength=num_subsets, dtype=tf.int64)).reduce(
+        tf.zeros([num_subsets], tf.int64), lambda total, count: total + count)
+    return [int(c) for c in counts.numpy()]
+
+
+def _augment_online(image, mask, key):
     """Random horizontal/vertical flips and 90-degree turns, identical for image and mask."""
+    keys = tf.random.experimental.stateless_split(key, num=3)
     both = tf.concat([image, mask], axis=-1)
-    both = tf.image.stateless_random_flip_left_right(both, seed=seed)
-    both = tf.image.stateless_random_flip_up_down(both, seed=seed + 1)
-    turns = tf.random.stateless_uniform([], seed=seed + 2, maxval=4, dtype=tf.int32)
+    both = tf.image.stateless_random_flip_left_right(both, seed=keys[0])
+    both = tf.image.stateless_random_flip_up_down(both, seed=keys[1])
+    turns = tf.random.stateless_uniform([], seed=keys[2], maxval=4, dtype=tf.int32)
     if image.shape[0] == image.shape[1]:  # 90-degree turns keep the shape only for square inputs
         both = tf.image.rot90(both, k=turns)
     return both[..., :-1], both[..., -1:]
@@ -144,7 +210,7 @@ def _with_options(dataset, *, deterministic: bool):
 
 def training_dataset(subsets: list[pd.DataFrame], *, weights: list[float] | None, image_size: tuple[int, int],
                      channels: int, batch_size: int, seed: int, cache: bool, online_augment: bool,
-                     deterministic: bool) -> tf.data.Dataset:
+                     deterministic: bool, first_batch: int = 0) -> tf.data.Dataset:
     """Infinite, balanced training batches. See the module docstring.
 
     Args:
@@ -153,6 +219,9 @@ def training_dataset(subsets: list[pd.DataFrame], *, weights: list[float] | None
         image_size: (height, width) the rows are resized to.
         channels: 3 for RGB PNGs, 1 for gray.
         batch_size: the global batch size.
+        seed: keys every random choice; the same seed gives the same batches.
+        deterministic: keep element order in parallel maps (False trades reproducibility for speed).
+        first_batch: start at this batch of the stream (a later training phase, a resumed run).
 
     Returns:
         Dataset of (float32 (B, H, W, C) in [0, 1], uint8 (B, H, W, 1) class ids).
@@ -161,16 +230,17 @@ def training_dataset(subsets: list[pd.DataFrame], *, weights: list[float] | None
     if len(weights) != len(subsets) or min(weights) < 0 or sum(weights) <= 0:
         raise ValueError(f"sampling weights {weights} must be {len(subsets)} non-negative numbers (one per "
                          "subset in data/subsets.json) with a positive sum.")
-    streams = []
-    for index, rows in enumerate(subsets):
-        stream = _decoded(rows, image_size=image_size, channels=channels, cache=cache, deterministic=deterministic)
-        streams.append(stream.shuffle(len(rows), seed=seed + index, reshuffle_each_iteration=True).repeat())
-    total = float(sum(weights))
-    dataset = tf.data.Dataset.sample_from_datasets(streams, weights=[w / total for w in weights], seed=seed)
+    draw = _subset_draw([w / sum(weights) for w in weights], seed=seed, batch_size=batch_size)
+    choices = tf.data.Dataset.counter(start=first_batch).map(draw).unbatch()
+    drawn = _elements_drawn(draw, num_subsets=len(subsets), first_batch=first_batch)
+    streams = [_subset_stream(rows, index=index, seed=seed, first_element=drawn[index], image_size=image_size,
+                              channels=channels, cache=cache, deterministic=deterministic)
+               for index, rows in enumerate(subsets)]
+    dataset = tf.data.Dataset.choose_from_datasets(streams, choices)
     if online_augment:
-        counter = tf.data.Dataset.counter()
-        dataset = tf.data.Dataset.zip((dataset, counter)).map(
-            lambda pair, step: _augment_online(pair[0], pair[1], tf.stack([tf.cast(seed, tf.int64), step * 3])),
+        positions = tf.data.Dataset.counter(start=first_batch * batch_size)
+        dataset = tf.data.Dataset.zip(dataset, positions).map(
+            lambda pair, k: _augment_online(*pair, _key(seed, ONLINE_AUGMENT, k)),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.map(_normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -180,7 +250,8 @@ def training_dataset(subsets: list[pd.DataFrame], *, weights: list[float] | None
 def evaluation_dataset(rows: pd.DataFrame, *, image_size: tuple[int, int], channels: int, batch_size: int,
                        cache: bool) -> tf.data.Dataset:
     """Batches of every row once, in CSV order (no shuffle, no augmentation); same dtypes as training."""
-    dataset = _decoded(rows, image_size=image_size, channels=channels, cache=cache, deterministic=True)
+    dataset = _decoded(rows, image_size=image_size, channels=channels)
+    dataset = dataset.cache() if cache else dataset
     dataset = dataset.map(_normalise, num_parallel_calls=tf.data.AUTOTUNE)
     return _with_options(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE), deterministic=True)
 

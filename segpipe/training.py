@@ -89,6 +89,11 @@ class ResumeState:
             return None
         return state
 
+    def keras_epoch(self, phase: str) -> int | None:
+        """The epoch at which Keras' BackupAndRestore resumes `phase` (from its training_metadata.json), or None."""
+        metadata = self.keras_dir / phase / "training_metadata.json"
+        return json.loads(metadata.read_text())["epoch"] if metadata.is_file() else None
+
     def save(self, state: dict) -> None:
         write_json(self.state_file, {**state, "fingerprint": self.fingerprint})
 
@@ -99,6 +104,22 @@ class ResumeState:
         (self.folder / "README.txt").write_text(
             "The train stage keeps the state of an unfinished run here (state.json, best.keras, keras/), so a\n"
             "killed run resumes on the next `dvc repro`. Empty after a finished run. Safe to delete.\n")
+
+
+def random_state(model: keras.Model) -> dict[str, list[int]]:
+    """The state of every Keras SeedGenerator in the model (the dropout masks' random stream).
+
+    `model.save_weights`, and so BackupAndRestore, leaves these out: without them a resumed run draws
+    the dropout masks of epoch 1 again and drifts from the run it continues."""
+    return {v.path: [int(x) for x in keras.ops.convert_to_numpy(v).ravel()]
+            for v in model.variables if v.path.endswith("seed_generator_state")}
+
+
+def set_random_state(model: keras.Model, states: dict[str, list[int]]) -> None:
+    for variable in model.variables:
+        if variable.path in states:
+            variable.assign(keras.ops.reshape(keras.ops.array(states[variable.path], dtype=variable.dtype),
+                                              variable.shape))
 
 
 def save_model_atomically(model: keras.Model, path: Path) -> None:
@@ -155,6 +176,11 @@ class EpochRecorder(keras.callbacks.Callback):
                "elapsed_seconds": round(elapsed, 3)}
         row.pop("lr", None)
         self.state["history"].append(row)
+        # Per epoch, so a resume from Keras' backup (saved just after this) finds the state of its epoch.
+        states = self.state.setdefault("random_states", {})
+        states[str(epoch + 1)] = random_state(self.model)
+        for old in sorted(states, key=int)[:-2]:
+            del states[old]
         value = logs[self.monitor]
         best = self.state["best"]
         improved = best is None or (value > best if self.mode == "max" else value < best)

@@ -126,11 +126,7 @@ def main(argv=None) -> None:
 
     import tensorflow as tf
 
-    if params["deterministic"]:
-        # Op determinism alone is not enough on CPU: ops run concurrently by the inter-op pool sum their
-        # float results in varying order (measured: a different loss in epoch 1). One inter-op thread fixes it.
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    # Devices and threads before anything else touches TensorFlow's runtime.
+    # Devices before anything else touches TensorFlow's runtime.
     placement = device_setup.setup_devices(params["devices"])
     import keras
 
@@ -138,7 +134,7 @@ def main(argv=None) -> None:
     from segpipe.keras_metrics import training_metrics
     from segpipe.model import build_unet, encoder_layers
     from segpipe.tracking import Tracker, git_tags, project_root
-    from segpipe.training import (EpochRecorder, ResumeState, fingerprint, make_optimizer,
+    from segpipe.training import (EpochRecorder, ResumeState, fingerprint, make_optimizer, set_random_state,
                                   work_around_multi_worker_fit)
 
     on_gpu = placement.device_names[0].startswith("/gpu")
@@ -170,10 +166,6 @@ def main(argv=None) -> None:
     cache = pipeline.resolve_cache(params["cache"], num_rows=len(train_rows) + len(valid), image_size=image_size,
                                    channels=channels, memory_budget_bytes=memory_budget_bytes())
     learning_rate = params["learning_rate"] * (placement.num_replicas if params["scale_learning_rate"] else 1)
-    train_ds = pipeline.training_dataset(subsets, weights=params["sampling_weights"], image_size=image_size,
-                                         channels=channels, batch_size=global_batch, seed=seed, cache=cache,
-                                         online_augment=params["online_augment"],
-                                         deterministic=params["deterministic"])
     valid_ds = pipeline.evaluation_dataset(valid, image_size=image_size, channels=channels, batch_size=global_batch,
                                            cache=cache)
     devices_used = ",".join(placement.device_names) + (f" x {placement.num_workers} workers"
@@ -235,6 +227,14 @@ def main(argv=None) -> None:
                           jit_compile=params["jit_compile"])
         if placement.num_workers > 1:
             work_around_multi_worker_fit(model, placement.strategy)
+        # The batches continue where this phase (or the interrupted run it resumes) left the stream.
+        start_epoch = resume.keras_epoch(phase) or first_epoch
+        if str(start_epoch) in state.get("random_states", {}):
+            set_random_state(model, state["random_states"][str(start_epoch)])
+        train_ds = pipeline.training_dataset(subsets, weights=params["sampling_weights"], image_size=image_size,
+                                             channels=channels, batch_size=global_batch, seed=seed, cache=cache,
+                                             online_augment=params["online_augment"],
+                                             deterministic=params["deterministic"], first_batch=start_epoch * steps)
         recorder = EpochRecorder(resume=resume, state=state, monitor=params["monitor"], mode=mode,
                                  patience=params["patience"], max_minutes=params["max_minutes"],
                                  images_per_epoch=steps * global_batch, tracker=tracker, is_chief=placement.is_chief,

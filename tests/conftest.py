@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +80,15 @@ def restore_mlflow_uri():
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@contextmanager
+def cpu_load():
+    """Keeps every core busy (one spinning process each) for the duration: a shared, loaded machine."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()

@@ -1,6 +1,7 @@
 """The tf.data pipeline: dtypes/shapes/ranges, balanced sampling, determinism, alignment, errors."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,45 @@ def test_seeded_and_deterministic(three_groups):
     other = [b[0].numpy() for b in make_training(three_groups, batch_size=8, seed=2).take(3)]
     assert all(np.array_equal(x, y) for x, y in zip(first, second))
     assert not all(np.array_equal(x, y) for x, y in zip(first, other))
+
+
+def batches(dataset, count: int) -> list[np.ndarray]:
+    return [np.concatenate([images.numpy().ravel(), masks.numpy().ravel()]) for images, masks in dataset.take(count)]
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_an_earlier_iterator_does_not_change_the_batches(three_groups, cache):
+    """Keras' fit iterates a dataset twice (build, then train) while the first iterator keeps prefetching.
+    With a shared shuffle-seed state the second iterator's batches depended on how far the first got."""
+    dataset = make_training(three_groups, batch_size=8, online_augment=True, cache=cache)
+    alone = batches(dataset, 6)
+    for wait in (0.0, 0.5):
+        first = iter(dataset)
+        next(first)
+        time.sleep(wait)  # let the abandoned iterator prefetch (and pass the end of the 2-row subset)
+        assert all(np.array_equal(x, y) for x, y in zip(batches(dataset, 6), alone)), f"after {wait} s"
+        del first
+
+
+def test_cached_and_uncached_streams_are_the_same(three_groups):
+    cached = batches(make_training(three_groups, batch_size=8, online_augment=True, cache=True), 12)
+    uncached = batches(make_training(three_groups, batch_size=8, online_augment=True, cache=False), 12)
+    assert all(np.array_equal(x, y) for x, y in zip(cached, uncached))
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_first_batch_starts_the_same_stream_later(three_groups, cache):
+    whole = batches(make_training(three_groups, batch_size=8, online_augment=True, cache=cache), 9)
+    later = batches(make_training(three_groups, batch_size=8, online_augment=True, cache=cache, first_batch=5), 4)
+    assert all(np.array_equal(x, y) for x, y in zip(whole[5:], later))
+
+
+def test_each_pass_visits_every_row_once_in_a_new_order(three_groups):
+    rows = three_groups[0]  # 40 rows, blue channel = row index
+    blue = np.concatenate([b[0][:, 0, 0, 2].numpy() for b in make_training([rows], batch_size=10).take(8)])
+    passes = np.round(blue * 255).astype(int).reshape(2, 40)
+    assert sorted(passes[0]) == sorted(passes[1]) == list(range(40))
+    assert list(passes[0]) != list(passes[1])
 
 
 def test_online_augmentation_moves_image_and_mask_together(tmp_path):
