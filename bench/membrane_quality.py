@@ -133,11 +133,12 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     run([py, "-m", "stages.train", "--subsets-summary", "data/subsets.json", "--subsets-dir", "data/subsets",
          "--augmented-csv", "data/augmented/augmented.csv", "--valid-csv", "data/csv/valid.csv",
-         "--model", "models/model.keras", "--metrics", "metrics/train.json", "--history", "plots/history.csv",
+         "--model", "models/model.keras", "--metrics", "metrics/train.json", "--facts", "models/train_facts.json",
+         "--history", "plots/history.csv",
          "--run-info", "models/run.json", "--saved-model", "models/saved_model", "--backup-dir", "models/backup", "--params", "params.yaml"], project, log)
     train_seconds = time.perf_counter() - started
     ours = score_ours(project, split["val"])
-    train_metrics = json.loads((project / "metrics/train.json").read_text())
+    train_metrics = json.loads((project / "models/train_facts.json").read_text())
     theirs = reference["val_metrics_native"]
     print(f"\nbudget {args.minutes:g} min of training each; membrane class, 6 validation images, native 512x512")
     print(f"  reference keras-io: IoU {theirs['iou']:.4f}  Dice {theirs['dice']:.4f}  "

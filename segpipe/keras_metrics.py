@@ -1,6 +1,6 @@
 """Metrics tracked during training (Keras stateful metrics, pooled over all pixels of the epoch).
 
-Names are the same for binary and multi-class so `train.monitor: val_iou` works for both:
+Names are the same for binary and multi-class so `train.monitor: valid_iou` works for both:
 - binary (one sigmoid channel): iou, dice, precision, recall of the foreground at `threshold`;
 - multi-class (softmax): iou = mean IoU over all classes including background, dice = mean Dice,
   both from the argmax prediction.

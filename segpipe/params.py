@@ -24,6 +24,17 @@ def read_params(path: Path) -> dict:
     return params
 
 
+def flatten(values: dict, prefix: str = "") -> dict:
+    """{"train": {"loss": {"bce": 1}}} -> {"train.loss.bce": 1}; an empty mapping stays a value."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def check_value(name: str, value: Any, *, kind: type | tuple, choices=None, minimum=None, maximum=None,
                 check: Callable[[Any], bool] | None = None, hint: str = "") -> Any:
     """Returns `value` if it has the expected type and range, else raises ValueError naming the param."""

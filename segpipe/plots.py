@@ -47,9 +47,9 @@ def chart_specs(*, history: pd.DataFrame | None, sweep: pd.DataFrame, per_image:
     """{file stem: Vega-Lite spec} for the main plots."""
     specs = {}
     if history is not None and not history.empty:
-        specs["learning_curves_loss"] = _lines(history, x="epoch", ys=[c for c in ("loss", "val_loss") if c in history],
+        specs["learning_curves_loss"] = _lines(history, x="epoch", ys=[c for c in ("loss", "valid_loss") if c in history],
                                                title="Loss per epoch", y_title="loss")
-        specs["learning_curves_iou"] = _lines(history, x="epoch", ys=[c for c in ("iou", "val_iou") if c in history],
+        specs["learning_curves_iou"] = _lines(history, x="epoch", ys=[c for c in ("iou", "valid_iou") if c in history],
                                               title="IoU per epoch", y_title="IoU")
     if not sweep.empty:
         specs["threshold_curve"] = _lines(sweep, x="threshold", ys=["iou", "f1", "precision", "recall"],

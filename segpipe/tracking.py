@@ -1,4 +1,14 @@
-"""MLflow tracking that never breaks training: one run per training, one store for every way of running.
+"""MLflow tracking that never breaks training: one store for every way of running, one record per experiment.
+
+Records (MLflow experiment "segpipe"):
+- every run of the evaluate stage starts a NEW run named after the DVC experiment (`dvc exp run -n NAME`,
+  or the name DVC generates), or `workspace` for a plain `dvc repro`, tagged `dvc_experiment=<that name>`.
+  It holds all of params.yaml, the evaluation metrics and artifacts, and `training_run_id`: the run
+  that trained the evaluated model. That run may belong to an earlier experiment (DVC reused its model),
+  so evaluate never writes into it: no experiment changes another's record.
+- every training starts its own run, `<name>-train`, tagged `trained_in=<name>`, with the per-epoch curves,
+  the model, and the run facts. A resumed training continues its run.
+When DVC reruns nothing, no stage runs, so nothing new is recorded.
 
 Where runs go (first that applies):
 1. MLFLOW_TRACKING_URI, when set (a server, a database, a folder: anything MLflow accepts);
@@ -50,20 +60,20 @@ def default_tracking_uri(root: Path | None = None) -> str:
     return f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
 
 
-def flatten_params(params: dict, prefix: str = "") -> dict[str, str]:
+def flatten_params(params: dict) -> dict[str, str]:
     """{"train": {"loss": {"bce": 1}}} -> {"train.loss.bce": "1"}; lists as their text, cut to MLflow's limit."""
-    flat = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_params(value, f"{name}."))
-        else:
-            flat[name] = str(value)[:MAX_PARAM_LENGTH]
-    return flat
+    from segpipe.params import flatten
+
+    return {name: str(value)[:MAX_PARAM_LENGTH] for name, value in flatten(params).items()}
+
+
+def experiment_name() -> str:
+    """The DVC experiment being run (DVC passes DVC_EXP_NAME to `dvc exp run`), else `workspace` (`dvc repro`)."""
+    return os.environ.get("DVC_EXP_NAME") or "workspace"
 
 
 def git_tags(root: Path) -> dict[str, str]:
-    """mlflow.source.git.commit, git dirty flag, DVC experiment name and baseline when run by `dvc exp`."""
+    """mlflow.source.git.commit, git dirty flag, and the baseline commit when run by `dvc exp`."""
     tags = {}
 
     def git(*args):
@@ -78,8 +88,6 @@ def git_tags(root: Path) -> dict[str, str]:
             tags["git_dirty"] = str(bool(status.stdout.strip())).lower()
     except (OSError, subprocess.SubprocessError):
         pass
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
     if os.environ.get("DVC_EXP_BASELINE_REV"):
         tags["dvc_baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
     return tags
@@ -108,9 +116,9 @@ class Tracker:
                   "Fix MLFLOW_TRACKING_URI (or unset it for the project's mlflow.db).", file=sys.stderr)
             return None
 
-    def start(self, *, params: dict, tags: dict[str, str], run_id: str | None = None,
+    def start(self, *, params: dict, tags: dict[str, str], run_name: str, run_id: str | None = None,
               artifact_root: Path | None = None) -> str | None:
-        """Starts (or, with run_id, resumes) the run; returns its id or None if tracking is off."""
+        """Starts a run named `run_name` (or, with run_id, resumes that run); returns its id, None if tracking is off."""
 
         def start():
             import mlflow
@@ -129,7 +137,7 @@ class Tracker:
                     experiment_id = mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=location)
                 else:
                     experiment_id = experiment.experiment_id
-                run = mlflow.start_run(experiment_id=experiment_id, run_name=tags.get("dvc_experiment"))
+                run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
                 mlflow.log_params(flatten_params(params))
             mlflow.set_tags(tags)
             return run.info.run_id
@@ -146,6 +154,14 @@ class Tracker:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
         self._call("logging metrics", log)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        def set_tags():
+            import mlflow
+
+            mlflow.set_tags(tags)
+
+        self._call("setting tags", set_tags)
 
     def log_artifact(self, path: Path) -> None:
         def log():

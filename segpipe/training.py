@@ -23,6 +23,8 @@ import keras
 from segpipe.outputs import write_json
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+# Per-epoch timings kept in the resume state and MLflow, not in the history CSV (they change every run).
+TIMING_COLUMNS = ("epoch_seconds", "train_seconds", "elapsed_seconds")
 SCHEDULES = ("constant", "cosine", "plateau")
 
 
@@ -50,6 +52,16 @@ def make_optimizer(*, optimizer: str, learning_rate: float, schedule: str, warmu
     if optimizer == "sgd":
         return keras.optimizers.SGD(rate, momentum=momentum, nesterov=True)
     raise ValueError(f"param 'train.optimizer' must be one of {list(OPTIMIZERS)}, got {optimizer!r}.")
+
+
+def history_name(keras_name: str) -> str:
+    """A Keras log name in the project's words: Keras says `val_iou`, segpipe says `valid_iou` everywhere."""
+    return "valid_" + keras_name[len("val_"):] if keras_name.startswith("val_") else keras_name
+
+
+def keras_name(name: str) -> str:
+    """The inverse of `history_name`, for Keras callbacks that watch a log by name."""
+    return "val_" + name[len("valid_"):] if name.startswith("valid_") else name
 
 
 def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
@@ -163,7 +175,7 @@ class EpochRecorder(keras.callbacks.Callback):
             self._train_seconds = time.perf_counter() - self._epoch_start
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
+        logs = {history_name(key): value for key, value in (logs or {}).items()}
         if self.monitor not in logs:
             raise ValueError(f"param 'train.monitor' is {self.monitor!r}, which training does not log; "
                              f"choose one of {sorted(logs)}.")

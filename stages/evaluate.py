@@ -1,12 +1,14 @@
 """evaluate: measure the trained model on the validation split (and test, if the raw data has one).
 
 Reads:   --model (from train), --csv-dir/{valid,test}.csv and their PNGs, --history (train's per-epoch
-         CSV, for the learning-curve picture), --run-info (train's MLflow run, to log into the same run).
+         CSV, for the learning-curve picture), --run-info (the MLflow id of the run that trained the model).
 Writes:  --metrics JSON (flat keys: <split>_<score> at threshold 0.5 and <split>_<score>_at_best_threshold),
          --threshold JSON (the best validation threshold by IoU; predict uses it by default),
          --plots-dir/{threshold_curve,per_image,worst,confusion}.csv (declared as DVC plots),
          --plots-dir/overlays/*.png (TP green / FP red / FN blue), --plots-dir/png/*.png rendered offline.
-Params:  num_classes; evaluate.boundary_tolerance, num_samples, worst_k, confusion_pixels, batch_size.
+Params:  seed, num_classes, mlflow; evaluate.boundary_tolerance, num_samples, worst_k, confusion_pixels,
+         batch_size. MLflow: a new record of this experiment per run (all params, these metrics, a link
+         to the training run), never a write into the training run (segpipe/tracking.py).
 
 Predictions are made at the model's input size, and their probabilities resized (bilinear) back to each
 image's own size, so every score is measured on the original masks. Metric conventions: segpipe/metrics.py.
@@ -122,6 +124,7 @@ def main(argv=None) -> None:
     params = load_section(args.params, "evaluate", SCHEMA)
     num_classes = load_shared(args.params, "num_classes", kind=int, minimum=1)
     seed = load_shared(args.params, "seed", kind=int)
+    track = load_shared(args.params, "mlflow", kind=bool)
     if not args.model.is_file():
         raise ValueError(f"model '{args.model}' not found; run the train stage first (dvc repro).")
 
@@ -129,7 +132,7 @@ def main(argv=None) -> None:
 
     from segpipe.input_pipeline import check_files, read_rows
     from segpipe.plots import chart_specs, overlay, write_specs
-    from segpipe.tracking import Tracker
+    from segpipe.tracking import Tracker, experiment_name, git_tags, project_root
 
     model = keras.models.load_model(args.model, compile=False)
     if model.output_shape[-1] != max(1, num_classes):
@@ -194,17 +197,17 @@ def main(argv=None) -> None:
                                 if num_classes == 1 else "argmax (multi-class: no threshold)"})
     write_json(args.metrics, flat)
 
-    run_info = json.loads(args.run_info.read_text()) if args.run_info.is_file() else {}
-    tracker = Tracker(enabled=True, stage="evaluate")
-    if run_info.get("run_id") or not run_info:
-        run_id = tracker.start(params=read_params(args.params), tags={"evaluated": "true"},
-                               run_id=run_info.get("run_id"))
-        if run_id:
-            tracker.log_metrics({f"eval_{k}": v for k, v in flat.items()}, step=0)
-            for path in [args.metrics, args.threshold, *sorted(args.plots_dir.rglob("*.png")),
-                         args.plots_dir / "per_image.csv", args.plots_dir / "worst.csv"]:
-                tracker.log_artifact(path)
-            tracker.end()
+    training_run_id = json.loads(args.run_info.read_text()).get("run_id") if args.run_info.is_file() else None
+    tracker = Tracker(enabled=track, stage="evaluate")
+    run_id = tracker.start(params=read_params(args.params), run_name=experiment_name(),
+                           tags={**git_tags(project_root()), "stage": "evaluate", "dvc_experiment": experiment_name(),
+                                 "training_run_id": training_run_id or "none (trained without MLflow)"})
+    if run_id:
+        tracker.log_metrics(flat, step=0)
+        for path in [args.metrics, args.threshold, *sorted(args.plots_dir.rglob("*.png")),
+                     args.plots_dir / "per_image.csv", args.plots_dir / "worst.csv"]:
+            tracker.log_artifact(path)
+        tracker.end()
     headline = ", ".join(f"{k} {flat[k]:.4f}" for k in ("valid_iou", "valid_dice", "valid_image_mean_boundary_f",
                                                         "valid_iou_at_best_threshold", "valid_mean_iou")
                          if k in flat)

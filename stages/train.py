@@ -2,12 +2,14 @@
 
 Reads:   --subsets-summary (data/subsets.json) and the subset CSVs in --subsets-dir, --augmented-csv,
          --valid-csv, and the PNGs they list.
-Writes:  --model (best epoch by train.monitor, .keras), --metrics JSON (best epoch and its values,
-         epochs run, train time, images/s, precision and devices used), --history CSV (one row per
-         epoch: losses, metrics, learning rate, seconds), --run-info JSON (MLflow tracking URI and run
-         id, for evaluate); persists --backup-dir between runs to resume an interrupted one
-         (segpipe/training.py); optional TensorBoard logs in --tensorboard-dir.
-Params:  seed, num_classes, convert.image_mode (channels), train.* (see params.yaml).
+Writes:  --model (best epoch by train.monitor, .keras), --metrics JSON (quality only: the train and
+         valid values at the best epoch, `best_valid_iou`, `best_train_loss`, ...), --facts JSON (how
+         the run went: best epoch, epochs run, stop reason, seconds, images/s, precision, devices; not
+         a DVC metric, so `dvc metrics diff` shows no timing noise), --history CSV (one row per epoch:
+         losses, metrics, learning rate), --run-info JSON (the MLflow run id, for evaluate); persists
+         --backup-dir between runs to resume an interrupted one (segpipe/training.py); optional
+         TensorBoard logs in --tensorboard-dir.
+Params:  seed, num_classes, mlflow, convert.image_mode (channels), train.* (see params.yaml).
 
 Distribution: train.batch_size is per replica; the global batch is batch_size x replicas, and with
 train.scale_learning_rate the learning rate is multiplied by the replicas (linear scaling rule).
@@ -59,15 +61,15 @@ SCHEMA = {
     "epochs": dict(kind=int, minimum=1),
     "max_minutes": dict(kind=float, minimum=0.0),
     "patience": dict(kind=int, minimum=0),
-    "monitor": dict(kind=str, choices=tuple(f"{p}{m}" for p in ("val_", "") for m in
-                                            ("iou", "dice", "precision", "recall", "loss"))),
+    "monitor": dict(kind=str, choices=tuple(f"{p}{m}" for p in ("valid_", "") for m in
+                                            ("iou", "dice", "precision", "recall", "loss")),
+                    hint="(The validation split is `valid` everywhere: val_iou is now valid_iou.)"),
     "threshold": dict(kind=float, minimum=0.0, maximum=1.0),
     "precision": dict(kind=str, choices=device_setup.PRECISIONS),
     "devices": dict(kind=(str, list)),
     "jit_compile": dict(kind=bool),
     "deterministic": dict(kind=bool),
     "tensorboard": dict(kind=bool),
-    "mlflow": dict(kind=bool),
 }
 
 
@@ -106,6 +108,7 @@ def main(argv=None) -> None:
     parser.add_argument("--valid-csv", type=Path, required=True)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--facts", type=Path, required=True)
     parser.add_argument("--history", type=Path, required=True)
     parser.add_argument("--run-info", type=Path, required=True)
     parser.add_argument("--saved-model", type=Path, required=True, help="TF SavedModel export for TF Serving")
@@ -117,6 +120,7 @@ def main(argv=None) -> None:
     params = load_section(args.params, "train", SCHEMA)
     seed = load_shared(args.params, "seed", kind=int)
     num_classes = load_shared(args.params, "num_classes", kind=int, minimum=1)
+    track = load_shared(args.params, "mlflow", kind=bool)
     image_mode = read_params(args.params).get("convert", {}).get("image_mode", "RGB")
     channels = 1 if image_mode == "L" else 3
     device_setup.parse_devices(params["devices"])
@@ -133,9 +137,9 @@ def main(argv=None) -> None:
     from segpipe import input_pipeline as pipeline
     from segpipe.keras_metrics import training_metrics
     from segpipe.model import build_unet, encoder_layers
-    from segpipe.tracking import Tracker, git_tags, project_root
-    from segpipe.training import (EpochRecorder, ResumeState, fingerprint, make_optimizer, set_random_state,
-                                  work_around_multi_worker_fit)
+    from segpipe.tracking import Tracker, experiment_name, git_tags, project_root
+    from segpipe.training import (EpochRecorder, ResumeState, fingerprint, keras_name, make_optimizer,
+                                  set_random_state, work_around_multi_worker_fit)
 
     on_gpu = placement.device_names[0].startswith("/gpu")
     policy, reason = device_setup.resolve_precision(
@@ -187,10 +191,12 @@ def main(argv=None) -> None:
         print(f"train: resuming the interrupted run after epoch {state['history'][-1]['epoch'] if state.get('history') else 0}"
               f" (state in '{backup_dir}')", flush=True)
 
-    tracker = Tracker(enabled=params["mlflow"] and placement.is_chief)
+    tracker = Tracker(enabled=track and placement.is_chief)
+    # The experiment's own record is evaluate's run (segpipe/tracking.py): this one is named after it.
     run_id = tracker.start(params=read_params(args.params), run_id=state.get("mlflow_run_id"),
-                           tags={**git_tags(project_root()), "stage": "train", "precision_policy": policy,
-                                 "devices": devices_used})
+                           run_name=f"{experiment_name()}-train",
+                           tags={**git_tags(project_root()), "stage": "train", "trained_in": experiment_name(),
+                                 "precision_policy": policy, "devices": devices_used})
     state["mlflow_run_id"] = run_id
 
     with placement.strategy.scope():
@@ -242,7 +248,7 @@ def main(argv=None) -> None:
         callbacks = [recorder, keras.callbacks.BackupAndRestore(str(resume.keras_dir / phase)),
                      keras.callbacks.TerminateOnNaN()]
         if params["schedule"] == "plateau":
-            callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=params["monitor"], mode=mode, factor=0.5,
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=keras_name(params["monitor"]), mode=mode, factor=0.5,
                                                                patience=params["plateau_patience"], min_lr=1e-6))
         if params["tensorboard"]:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(args.tensorboard_dir)))
@@ -284,23 +290,25 @@ def export_saved_model(model, folder: Path) -> None:
 
 def write_outputs(args, *, state, resume, tracker, run_id, policy, devices_used, num_replicas, global_batch,
                   images_per_epoch, valid, image_size, channels) -> None:
-    """Model, history, metrics and run info from the finished state; then MLflow artifacts; then clear the backup."""
+    """Model, history, metrics, facts and run info from the finished state; then MLflow; then clear the backup."""
     import keras
+
+    from segpipe.training import TIMING_COLUMNS
 
     history = pd.DataFrame(state["history"])
     best_row = history[history["epoch"] == state["best_epoch"]].iloc[0]
     write_bytes(args.model, resume.best_model.read_bytes())
-    write_csv(args.history, history)
+    write_csv(args.history, history.drop(columns=list(TIMING_COLUMNS)))
     best_model = keras.models.load_model(args.model, compile=False)  # once, for the export and MLflow
     export_saved_model(best_model, args.saved_model)
+    metrics = {f"best_{key}" if key.startswith("valid_") else f"best_train_{key}": round(float(best_row[key]), 6)
+               for key in best_row.index if key not in ("epoch", "learning_rate", *TIMING_COLUMNS)}
     # Steady-state speed: the first epoch of a process includes graph tracing.
     steady = history.iloc[1:] if len(history) > 1 else history
-    metrics = {
+    facts = {
         "best_epoch": int(state["best_epoch"]),
         "epochs_run": int(len(history)),
         "stop_reason": state["stop_reason"] or "all epochs run",
-        **{f"best_{key}" if key.startswith("val_") else f"best_train_{key}": round(float(best_row[key]), 6) for key in best_row.index
-           if key not in ("epoch", "learning_rate", "epoch_seconds", "train_seconds", "elapsed_seconds")},
         "train_seconds": round(float(history["train_seconds"].sum()), 2),
         "wall_seconds": round(float(history["elapsed_seconds"].iloc[-1]), 2),
         "images_per_second": round(len(steady) * images_per_epoch / float(steady["train_seconds"].sum()), 2),
@@ -310,12 +318,14 @@ def write_outputs(args, *, state, resume, tracker, run_id, policy, devices_used,
         "global_batch_size": global_batch,
     }
     write_json(args.metrics, metrics)
-    write_json(args.run_info, {"tracking_uri": tracker.tracking_uri if run_id else None, "run_id": run_id,
-                               "tracking_error": tracker.error})
+    write_json(args.facts, facts)
+    write_json(args.run_info, {"run_id": run_id})  # no tracking URI: it is machine-specific, and DVC caches this
     if run_id:
-        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=len(history))
-        tracker.log_artifact(args.history)
-        tracker.log_artifact(args.metrics)
+        tracker.log_metrics({**metrics, **{k: v for k, v in facts.items() if isinstance(v, (int, float))}},
+                            step=len(history))
+        tracker.set_tags({"stop_reason": facts["stop_reason"]})
+        for path in (args.history, args.metrics, args.facts):
+            tracker.log_artifact(path)
         from segpipe.input_pipeline import evaluation_dataset
 
         example = next(iter(evaluation_dataset(valid.head(2), image_size=image_size, channels=channels,
@@ -323,10 +333,10 @@ def write_outputs(args, *, state, resume, tracker, run_id, policy, devices_used,
         tracker.log_keras_model(best_model, example_input=example)
         tracker.end()
     resume.clear()
-    print(f"train: best epoch {metrics['best_epoch']} of {metrics['epochs_run']} "
-          f"({metrics['stop_reason']}); " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                                                      if k.startswith("best_val_")) +
-          f"; {metrics['images_per_second']} images/s; model -> {args.model}"
+    print(f"train: best epoch {facts['best_epoch']} of {facts['epochs_run']} "
+          f"({facts['stop_reason']}); " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                                    if k.startswith("best_valid_")) +
+          f"; {facts['images_per_second']} images/s; model -> {args.model}"
           + (f"; MLflow run {run_id}" if run_id else ""), flush=True)
 
 

@@ -1,5 +1,6 @@
-"""`dvc exp run` in a temporary git copy of the repo: only train and evaluate rerun, the metrics reach
-`dvc exp show`, and every experiment (workspace and queued) lands in the project's one MLflow store."""
+"""`dvc exp run` in a temporary git copy of the repo: only the stages a change touches rerun, the metrics reach
+`dvc exp show`, every experiment (workspace and queued) leaves one record in the project's one MLflow store,
+and no experiment changes another's record."""
 from __future__ import annotations
 
 import json
@@ -30,6 +31,51 @@ def mlflow_runs(repo: Path):
     return mlflow.search_runs(experiment_names=["segpipe"], output_format="list")
 
 
+def records(repo: Path, experiment: str):
+    """The experiment's record: evaluate's run tagged with its name."""
+    return [r for r in mlflow_runs(repo) if r.data.tags.get("dvc_experiment") == experiment]
+
+
+def snapshot(repo: Path, run_id: str) -> dict:
+    """Everything a later experiment must not change in a run: params, tags, each metric's history, artifacts."""
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    run = client.get_run(run_id)
+
+    def artifacts(path=None):
+        found = []
+        for item in client.list_artifacts(run_id, path):
+            found += artifacts(item.path) if item.is_dir else [(item.path, item.file_size)]
+        return found
+
+    return {"params": run.data.params, "tags": run.data.tags, "status": run.info.status,
+            "metrics": {name: [(m.step, m.value) for m in client.get_metric_history(run_id, name)]
+                        for name in run.data.metrics},
+            "artifacts": sorted(artifacts())}
+
+
+@pytest.mark.slow
+def test_an_evaluate_only_experiment_gets_its_own_record_and_changes_no_other(baseline):
+    repo = baseline
+    [base_record] = records(repo, "workspace")  # from the baseline's plain `dvc repro`
+    training_run_id = base_record.data.tags["training_run_id"]
+    before = {run_id: snapshot(repo, run_id) for run_id in (base_record.info.run_id, training_run_id)}
+    assert before[training_run_id]["tags"]["trained_in"] == "workspace"
+
+    log = sh(["dvc", "exp", "run", "-S", "evaluate.boundary_tolerance=4", "-n", "tolerance-4"], repo)
+    assert ran_stages(log) == ["evaluate"], log  # the model is reused: train did not run
+    assert {run_id: snapshot(repo, run_id) for run_id in before} == before
+    [record] = records(repo, "tolerance-4")
+    assert record.info.run_name == "tolerance-4" and record.data.tags["training_run_id"] == training_run_id
+    assert record.data.params["evaluate.boundary_tolerance"] == "4" and record.data.params["train.epochs"] == "2"
+    assert "valid_iou" in record.data.metrics
+    assert record.data.metrics["valid_image_mean_boundary_f"] > base_record.data.metrics["valid_image_mean_boundary_f"]
+    count = len(mlflow_runs(repo))
+    assert ran_stages(sh(["dvc", "repro"], repo)) == [] and len(mlflow_runs(repo)) == count  # nothing ran: no record
+    assert not (repo / "models/mlflow_run.json").read_text().count("sqlite")  # no machine-specific URI in DVC outputs
+
+
 def wait_for_queue(repo: Path, *, timeout: float) -> str:
     """Polls `dvc queue status` until nothing is queued or running; returns the last status text."""
     deadline = time.time() + timeout
@@ -47,10 +93,13 @@ def test_exp_run_reruns_train_and_evaluate_and_lands_in_mlflow(baseline):
     assert ran_stages(log) == ["train", "evaluate"], log
     shown = json.loads(sh(["dvc", "exp", "show", "--json"], repo))
     text = json.dumps(shown)
-    assert "one-epoch" in text and "valid_iou" in text and "best_val_iou" in text
-    runs = [r for r in mlflow_runs(repo) if r.data.tags.get("dvc_experiment") == "one-epoch"]
+    assert "one-epoch" in text and "valid_iou" in text and "best_valid_iou" in text
+    assert "images_per_second" not in text  # run facts are no DVC metric
+    runs = records(repo, "one-epoch")
     assert len(runs) == 1 and runs[0].data.params["train.epochs"] == "1"
-    assert "eval_valid_iou" in runs[0].data.metrics  # evaluate logged into the same run
+    assert "valid_iou" in runs[0].data.metrics
+    [training] = [r for r in mlflow_runs(repo) if r.info.run_id == runs[0].data.tags["training_run_id"]]
+    assert training.data.tags["trained_in"] == "one-epoch" and "best_valid_iou" in training.data.metrics
 
 
 @pytest.mark.slow
@@ -61,7 +110,7 @@ def test_queued_experiment_lands_in_the_same_store(baseline):
     sh(["dvc", "queue", "start"], repo)
     status = wait_for_queue(repo, timeout=420)
     assert "Success" in status, status
-    runs = [r for r in mlflow_runs(repo) if r.data.tags.get("dvc_experiment") == "queued-lr"]
+    runs = records(repo, "queued-lr")
     assert len(runs) == 1, status
     assert runs[0].data.params["train.learning_rate"] == "0.003"
     assert runs[0].info.artifact_uri.startswith((repo / "mlartifacts").as_uri())  # not inside .dvc/tmp/exps
@@ -76,13 +125,13 @@ def test_grid_on_two_parallel_workers_loses_no_run_and_can_be_compared_and_appli
     sh(["dvc", "queue", "start", "-j", "2"], repo)
     status = wait_for_queue(repo, timeout=480)
     assert status.count("Success") >= 2 and "Failed" not in status, status
-    new = [r for r in mlflow_runs(repo) if r.info.run_id not in before]
+    new = [r for r in mlflow_runs(repo) if r.info.run_id not in before and r.data.tags["stage"] == "evaluate"]
     assert sorted(r.data.params["train.learning_rate"] for r in new) == ["0.001", "0.002"]
-    assert all(r.info.status == "FINISHED" and "eval_valid_iou" in r.data.metrics for r in new)
+    assert all(r.info.status == "FINISHED" and "valid_iou" in r.data.metrics for r in new)
     names = [r.data.tags["dvc_experiment"] for r in new]
     assert len(set(names)) == 2
     shown = sh(["dvc", "exp", "show", "--only-changed", "--drop", ".*", "--keep",
-                "Experiment|valid_iou|best_val_iou|train.learning_rate"], repo)
+                "Experiment|valid_iou|best_valid_iou|train.learning_rate"], repo)
     assert all(name in shown for name in names) and "valid_iou" in shown
     assert "train.learning_rate" in sh(["dvc", "exp", "diff", names[0], names[1]], repo)  # lists what differs
     sh(["dvc", "exp", "apply", names[1]], repo)

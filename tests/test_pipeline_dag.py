@@ -1,6 +1,7 @@
 """The whole DAG through `dvc repro` in a temporary git copy of the repo, on a small demo dataset."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -73,12 +74,22 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
     assert all((repo / p).is_file() for p in augmented["mask_path"])
 
     metrics = yaml.safe_load(sh(["dvc", "metrics", "show", "--json"], repo))
-    assert metrics[""]["data"]["metrics/train.json"]["data"]["epochs_run"] == 2  # "" = the workspace
+    assert set(metrics[""]["data"]["metrics/train.json"]["data"]) >= {"best_valid_iou", "best_train_loss"}  # "" = workspace
+    assert json.loads((repo / "models/train_facts.json").read_text())["epochs_run"] == 2
     assert pd.read_csv(repo / "plots/train_history.csv")["epoch"].tolist() == [1, 2]
     assert (repo / "models/model.keras").is_file() and (repo / "mlflow.db").is_file()
 
     log = sh(["dvc", "repro"], repo)
     assert ran_stages(log) == [], log
+
+    # `dvc plots show` draws exactly the charts dvc.yaml defines, and the overlay pictures.
+    shown = json.loads(sh(["dvc", "plots", "show", "--json"], repo))
+    charts = {name for name, plots in shown.items() if any(p["type"] == "vega" for p in plots)}
+    images = {name for name, plots in shown.items() if all(p["type"] == "image" for p in plots)}
+    assert charts == {"Loss", "IoU", "Learning rate", "Threshold curve (validation)", "Precision-recall (validation)",
+                      "Confusion matrix (pixel sample)", "IoU per validation image"}, sorted(shown)
+    assert images and all(name.startswith("plots/evaluate/overlays/") for name in images), sorted(images)
+    assert set(shown) == charts | images
 
     assert metrics[""]["data"]["metrics/evaluate.json"]["data"]["valid_iou"] >= 0
     assert (repo / "plots/evaluate/png/threshold_curve.png").is_file()

@@ -76,3 +76,45 @@ def test_gate_fails_on_a_regression_beyond_tolerance_and_passes_otherwise(repo):
 def test_unknown_base_is_a_clear_error(repo):
     done, _ = report(repo, "--base", "no-such-branch")
     assert done.returncode == 2 and "report: error:" in done.stderr and "--base names a git revision" in done.stderr
+
+
+def write_train_metrics(repo: Path, metrics: dict) -> None:
+    (repo / "metrics/train.json").write_text(json.dumps(metrics))
+    (repo / "dvc.yaml").write_text("metrics:\n  - metrics/evaluate.json\n  - metrics/train.json\nparams:\n  - params.yaml\n")
+
+
+def test_only_metrics_with_a_direction_are_coloured_and_renamed_keys_still_compare(repo):
+    # The base still has the old names and run facts in its metrics (the first PR after the rename).
+    write_train_metrics(repo, {"best_val_iou": 0.70, "best_val_loss": 0.5, "epochs_run": 10, "images_per_second": 9.5,
+                               "best_threshold": 0.5, "devices": "/cpu:0"})
+    commit(repo, "old keys", valid_iou=0.80, lr=0.001)
+    write_train_metrics(repo, {"best_valid_iou": 0.72, "best_valid_loss": 0.4, "best_threshold": 0.6})
+    commit(repo, "new keys", valid_iou=0.80, lr=0.001)
+    done, text = report(repo, "--base", "main~1")
+    assert done.returncode == 0, done.stderr
+    assert "| `best_valid_iou` | 0.7000 | 0.7200 | +0.0200 🟢 |" in text
+    assert "| `best_valid_loss` | 0.5000 | 0.4000 | -0.1000 🟢 |" in text  # lower is better for a loss
+    assert "| `best_threshold` | 0.5000 | 0.6000 | +0.1000 |" in text  # no better direction: no colour
+    assert "best_val_iou" not in text
+    assert "no longer DVC metrics" in text and "`epochs_run`" in text and "`images_per_second`" in text
+    assert "the metrics committed at that revision" in text  # provenance of the base column
+    done, text = report(repo, "--base", "main~1", "--gate", "best_valid_iou", "--tolerance", "0")
+    assert done.returncode == 0 and "✅ gate passed" in text
+    done, text = report(repo, "--base", "main~1", "--gate", "best_threshold")
+    assert done.returncode == 3 and "has no better direction" in text
+
+
+def test_base_reproduced_in_another_checkout_is_compared_and_named(repo, tmp_path):
+    base = tmp_path / "base"
+    assert sh(["git", "clone", "-q", str(repo), str(base)], tmp_path).returncode == 0
+    (base / "metrics").mkdir(exist_ok=True)
+    (base / "metrics/evaluate.json").write_text(json.dumps({"valid_iou": 0.81, "valid_dice": 0.9}))  # its own repro
+    commit(repo, "change", valid_iou=0.78, lr=0.002)
+    done, text = report(repo, "--base-dir", str(base), "--base-label", "origin/main", "--gate", "valid_iou",
+                        "--tolerance", "0.01")
+    assert done.returncode == 3, done.stderr
+    assert "| `valid_iou` | 0.8100 | 0.7800 | -0.0300 🔴 |" in text
+    assert "| `train.learning_rate` | 0.0010 | 0.0020 |" in text
+    assert "both columns were reproduced by `dvc repro` on this machine, in this job: `origin/main`" in text
+    done, _ = report(repo, "--base-dir", str(tmp_path / "nothing"))
+    assert done.returncode == 2 and "has no dvc.yaml" in done.stderr

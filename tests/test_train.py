@@ -37,7 +37,8 @@ def run_stage(project: Path, module: str, *args: str, env=None, timeout=300) -> 
 def train_args(out: str = "out", params: str = "params.yaml") -> list[str]:
     return ["--subsets-summary", "data/subsets.json", "--subsets-dir", "data/subsets", "--augmented-csv",
             "data/augmented/augmented.csv", "--valid-csv", "data/csv/valid.csv", "--model", f"{out}/model.keras",
-            "--metrics", f"{out}/train.json", "--history", f"{out}/history.csv", "--run-info", f"{out}/run.json",
+            "--metrics", f"{out}/train.json", "--facts", f"{out}/facts.json", "--history", f"{out}/history.csv",
+            "--run-info", f"{out}/run.json",
             "--saved-model", f"{out}/saved_model",
             "--backup-dir", f"{out}/backup", "--params", params]
 
@@ -75,13 +76,18 @@ def test_train_writes_model_metrics_history_and_tracks_in_mlflow(project):
                      env=env_for(project, DVC_EXP_NAME="tiny-exp", DVC_EXP_BASELINE_REV="abc123"))
     assert done.returncode == 0, done.stderr
     metrics = json.loads((project / "basic/train.json").read_text())
+    facts = json.loads((project / "basic/facts.json").read_text())
     history = pd.read_csv(project / "basic/history.csv")
-    assert list(history["epoch"]) == [1, 2, 3] and metrics["epochs_run"] == 3
-    best = history.loc[history["val_iou"].idxmax()]
-    assert metrics["best_epoch"] == best["epoch"] and metrics["best_val_iou"] == pytest.approx(best["val_iou"], abs=1e-6)
-    assert {"loss", "val_loss", "iou", "val_dice", "val_precision", "val_recall", "learning_rate"} <= set(history)
-    assert metrics["precision_policy"] == "float32" and metrics["devices"] == "/cpu:0" and metrics["num_replicas"] == 1
-    assert metrics["images_per_second"] > 0
+    assert list(history["epoch"]) == [1, 2, 3] and facts["epochs_run"] == 3
+    best = history.loc[history["valid_iou"].idxmax()]
+    assert facts["best_epoch"] == best["epoch"] and metrics["best_valid_iou"] == pytest.approx(best["valid_iou"], abs=1e-6)
+    assert {"loss", "valid_loss", "iou", "valid_dice", "valid_precision", "valid_recall", "learning_rate"} <= set(history)
+    assert not any(column.startswith("val_") or column.endswith("seconds") for column in history)
+    # quality numbers only in the DVC metrics; how the run went in the facts
+    assert all(isinstance(v, float) and k.startswith(("best_valid_", "best_train_")) for k, v in metrics.items())
+    assert facts["precision_policy"] == "float32" and facts["devices"] == "/cpu:0" and facts["num_replicas"] == 1
+    assert facts["images_per_second"] > 0 and facts["stop_reason"] == "all epochs run"
+    assert json.loads((project / "basic/run.json").read_text()).keys() == {"run_id"}  # no machine-specific URI
     assert [p.name for p in (project / "basic/backup").iterdir()] == ["README.txt"]  # a finished run leaves no resume state
 
     import keras
@@ -91,18 +97,19 @@ def test_train_writes_model_metrics_history_and_tracks_in_mlflow(project):
 
     import mlflow
 
-    run_info = json.loads((project / "basic/run.json").read_text())
-    mlflow.set_tracking_uri(run_info["tracking_uri"])
-    run = mlflow.get_run(run_info["run_id"])
-    assert run.info.status == "FINISHED"
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    run = mlflow.get_run(json.loads((project / "basic/run.json").read_text())["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "tiny-exp-train"
     assert run.data.params["train.epochs"] == "3" and run.data.params["train.loss.dice"] == "1.0"
-    assert run.data.tags["dvc_experiment"] == "tiny-exp" and run.data.tags["dvc_baseline_rev"] == "abc123"
+    assert run.data.tags["trained_in"] == "tiny-exp" and run.data.tags["dvc_baseline_rev"] == "abc123"
+    assert "dvc_experiment" not in run.data.tags  # that tag marks the experiment's record (evaluate's run)
     assert run.data.tags["precision_policy"] == "float32"
-    curve = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "val_iou")
+    assert run.data.metrics["images_per_second"] == facts["images_per_second"]
+    curve = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "valid_iou")
     assert [m.step for m in curve] == [1, 2, 3]
     assert run.info.artifact_uri.startswith((project / "mlartifacts").as_uri())
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id)}
-    assert {"history.csv", "train.json"} <= artifacts
+    assert {"history.csv", "train.json", "facts.json"} <= artifacts
     logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     batch = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
     np.testing.assert_allclose(np.asarray(logged.predict(batch)), model.predict(batch, verbose=0), atol=1e-5)
@@ -117,7 +124,7 @@ def test_same_params_give_identical_metrics_on_a_loaded_machine(project):
             done = run_stage(project, "train", *train_args(out, params), env=env_for(project, MLFLOW_TRACKING_URI=""))
         assert done.returncode == 0, done.stderr
         runs.append(pd.read_csv(project / out / "history.csv"))
-    columns = ["loss", "val_loss", "iou", "val_iou", "val_dice"]
+    columns = ["loss", "valid_loss", "iou", "valid_iou", "valid_dice"]
     pd.testing.assert_frame_equal(runs[0][columns], runs[1][columns])
 
 
@@ -125,7 +132,7 @@ def test_two_logical_cpu_devices_train_two_replicas(project):
     params = params_file(project, "p_mirror", devices="cpu:2", batch_size=2, epochs=1)
     done = run_stage(project, "train", *train_args("mirror", params), env=env_for(project, MLFLOW_TRACKING_URI=""))
     assert done.returncode == 0, done.stderr
-    metrics = json.loads((project / "mirror/train.json").read_text())
+    metrics = json.loads((project / "mirror/facts.json").read_text())
     assert metrics["num_replicas"] == 2 and metrics["devices"] == "/cpu:0,/cpu:1"
     assert metrics["global_batch_size"] == 4  # batch_size is per replica
     assert "global batch 4 (2 x 2 replica(s) on /cpu:0,/cpu:1)" in done.stdout
@@ -169,14 +176,14 @@ def test_killed_run_resumes_from_its_last_epoch(project):
     # The resumed run continues the same batch stream from the saved weights: it equals an uninterrupted run.
     done = run_stage(project, "train", *train_args("uninterrupted", params), env=env_for(project, MLFLOW_TRACKING_URI=""))
     assert done.returncode == 0, done.stderr
-    columns = ["loss", "val_loss", "iou", "val_iou", "val_dice"]
+    columns = ["loss", "valid_loss", "iou", "valid_iou", "valid_dice"]
     pd.testing.assert_frame_equal(history[columns], pd.read_csv(project / "uninterrupted/history.csv")[columns])
     # Both attempts are one MLflow run.
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     run_id = json.loads((project / "resume/run.json").read_text())["run_id"]
-    steps = [m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, "val_iou")]
+    steps = [m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, "valid_iou")]
     assert sorted(set(steps)) == [1, 2, 3, 4, 5, 6]
 
 
@@ -188,7 +195,7 @@ def test_backup_from_other_params_is_not_resumed(project):
                      env=env_for(project, MLFLOW_TRACKING_URI=""))
     assert done.returncode == 0, done.stderr
     assert "used other params or data; starting afresh" in done.stdout
-    assert json.loads((project / "stale/train.json").read_text())["epochs_run"] == 1
+    assert json.loads((project / "stale/facts.json").read_text())["epochs_run"] == 1
 
 
 @pytest.mark.parametrize("train, message", [
@@ -196,7 +203,8 @@ def test_backup_from_other_params_is_not_resumed(project):
     ({"loss": {"bce": 1, "lovasz": 1}}, r"unknown \['lovasz'\]"),
     ({"devices": "gpu"}, r"train.devices' is 'gpu'"),
     ({"sampling_weights": [1, 2, 3]}, r"sampling_weights' has 3 weights but .* lists 2 subsets"),
-    ({"monitor": "val_iuo"}, r"train.monitor' must be one of"),
+    ({"monitor": "valid_iuo"}, r"train.monitor' must be one of"),
+    ({"monitor": "val_iou"}, r"val_iou is now valid_iou"),
 ])
 def test_bad_params_fail_with_a_named_error(project, train, message):
     name = f"p_bad_{abs(hash(str(train)))}"
@@ -257,7 +265,7 @@ def test_two_workers_on_localhost_train_together(project):
                 if other.poll() is None and process.returncode is None:
                     other.kill()
     assert [p.returncode for p in processes] == [0, 0], outputs
-    metrics = json.loads((project / "worker0/train.json").read_text())
+    metrics = json.loads((project / "worker0/facts.json").read_text())
     assert metrics["num_replicas"] == 2 and metrics["global_batch_size"] == 4
     assert metrics["devices"] == "/cpu:0 x 2 workers" and metrics["epochs_run"] == 2
     assert not (project / "worker1/model.keras").exists()  # only the chief writes the DVC outputs
@@ -290,11 +298,17 @@ def test_evaluate_measures_the_trained_model_and_logs_into_its_run(project):
 
     import mlflow
 
-    run_info = json.loads((project / "eval/run.json").read_text())
-    mlflow.set_tracking_uri(run_info["tracking_uri"])
-    run = mlflow.get_run(run_info["run_id"])
-    assert run.data.metrics["eval_valid_iou"] == pytest.approx(metrics["valid_iou"])
-    assert run.data.metrics["best_val_iou"] >= 0  # the train metrics are in the same run
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    training_run_id = json.loads((project / "eval/run.json").read_text())["run_id"]
+    training_run = mlflow.get_run(training_run_id)
+    records = mlflow.search_runs(experiment_names=["segpipe"], output_format="list",
+                                 filter_string=f"tags.training_run_id = '{training_run_id}'")
+    assert len(records) == 1  # a record of its own, linked to the training run
+    record = records[0]
+    assert record.info.run_name == "workspace" and record.data.tags["dvc_experiment"] == "workspace"
+    assert record.data.tags["stage"] == "evaluate" and record.data.params["evaluate.boundary_tolerance"] == "2"
+    assert record.data.metrics["valid_iou"] == pytest.approx(metrics["valid_iou"])
+    assert not {"best_threshold", "valid_image_mean_boundary_f"} & set(training_run.data.metrics)  # not written into
 
 
 def Image_size(path):
