@@ -1,12 +1,14 @@
-"""Training throughput benchmark: images/s of the default model, float32 vs the `auto` precision,
-measured side by side in one run (each configuration in its own process: the precision policy and
-device setup are per process). On a GPU it also compares mixed_float16 and XLA (jit_compile).
+"""Training throughput benchmark: images/s of the default model, float32 vs the `auto` precision, and
+`auto` with vs without `deterministic: true` (TensorFlow op determinism), measured side by side in one
+run (each configuration in its own process: the precision policy and device setup are per process).
+On a GPU it also compares mixed_float16 and XLA (jit_compile).
 
 The model and batch come from params.yaml (train.*: encoder, depth, base_filters, image_size,
 batch_size, loss); the batches are random, pre-loaded in memory, so only the training step is timed.
 
     .venv/bin/python bench/train_throughput.py [--steps 30] [--warmup 5] [--repeats 2]
-Target on the 2-core CPU machine: auto / float32 >= 1.3.
+Target on the 2-core CPU machine: auto / float32 >= 1.3. The determinism ratio says what exact
+reproducibility costs (the train stage applies op determinism whenever deterministic is true).
 """
 from __future__ import annotations
 
@@ -30,8 +32,6 @@ def measure(policy: str, jit_compile: bool, steps: int, warmup: int, determinist
 
     import tensorflow as tf
 
-    if deterministic:
-        tf.config.threading.set_inter_op_parallelism_threads(1)
     import keras
     import numpy as np
     import yaml
@@ -49,6 +49,8 @@ def measure(policy: str, jit_compile: bool, steps: int, warmup: int, determinist
                                            gpu_capabilities=devices.gpu_compute_capabilities())[0]
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
+    if deterministic:  # as the train stage does for train.deterministic: true
+        tf.config.experimental.enable_op_determinism()
     height, width = train["image_size"]
     channels = 1 if params["convert"]["image_mode"] == "L" else 3
     model = build_unet(input_shape=(height, width, channels), num_classes=params["num_classes"],
@@ -65,14 +67,14 @@ def measure(policy: str, jit_compile: bool, steps: int, warmup: int, determinist
     start = time.perf_counter()
     model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
     seconds = time.perf_counter() - start
-    return {"policy": policy, "jit_compile": jit_compile, "images_per_second": steps * batch / seconds,
-            "device": "gpu" if on_gpu else "cpu"}
+    return {"policy": policy, "jit_compile": jit_compile, "deterministic": deterministic,
+            "images_per_second": steps * batch / seconds, "device": "gpu" if on_gpu else "cpu"}
 
 
-def run_child(policy: str, jit_compile: bool, args) -> dict:
+def run_child(policy: str, jit_compile: bool, deterministic: bool, args) -> dict:
     command = [sys.executable, __file__, "--child", policy, "--jit" if jit_compile else "--no-jit",
                "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    if not args.deterministic:
+    if not deterministic:
         command.append("--no-deterministic")
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
@@ -91,7 +93,7 @@ def main(argv=None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
                         help="override a train.* param for this benchmark, e.g. --set base_filters=32")
     parser.add_argument("--no-deterministic", dest="deterministic", action="store_false",
-                        help="time without the one-inter-op-thread setting of train.deterministic")
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(measure(args.child, args.jit, args.steps, args.warmup, args.deterministic)))
@@ -105,26 +107,27 @@ def main(argv=None) -> None:
     import tensorflow as tf
 
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
-    configs = [("float32", False), ("auto", False)]
+    configs = [("float32", False, True), ("auto", False, True), ("auto", False, False)]
     if on_gpu:
-        configs += [("mixed_float16", False), ("float32", True), ("mixed_float16", True)]
+        configs += [("mixed_float16", False, True), ("float32", True, True), ("mixed_float16", True, True)]
     best: dict[tuple, dict] = {}
     for round_index in range(args.repeats):  # alternate configs so machine noise hits them alike
-        for policy, jit in configs:
-            result = run_child(policy, jit, args)
-            key = (policy, jit)
+        for policy, jit, deterministic in configs:
+            result = run_child(policy, jit, deterministic, args)
+            key = (policy, jit, deterministic)
             if key not in best or result["images_per_second"] > best[key]["images_per_second"]:
                 best[key] = result
             print(f"round {round_index + 1}: {policy:>14} (-> {result['policy']}) jit={jit!s:5} "
-                  f"{result['images_per_second']:8.2f} images/s", flush=True)
-    base = best[("float32", False)]["images_per_second"]
-    print(f"\ndevice: {best[('float32', False)]['device']}; best of {args.repeats} rounds, "
+                  f"deterministic={deterministic!s:5} {result['images_per_second']:8.2f} images/s", flush=True)
+    base = best[("float32", False, True)]["images_per_second"]
+    print(f"\ndevice: {best[('float32', False, True)]['device']}; best of {args.repeats} rounds, "
           f"{args.steps} timed steps each")
-    for (policy, jit), result in best.items():
-        print(f"  {policy:>14} -> {result['policy']:<15} jit={jit!s:5} {result['images_per_second']:8.2f} images/s"
-              f"  ratio vs float32 {result['images_per_second'] / base:5.2f}x")
-    auto = best[("auto", False)]
+    for (policy, jit, deterministic), result in best.items():
+        print(f"  {policy:>14} -> {result['policy']:<15} jit={jit!s:5} deterministic={deterministic!s:5} "
+              f"{result['images_per_second']:8.2f} images/s  ratio vs float32 {result['images_per_second'] / base:5.2f}x")
+    auto, fast = best[("auto", False, True)], best[("auto", False, False)]
     print(f"RATIO auto ({auto['policy']}) / float32: {auto['images_per_second'] / base:.2f}x (target >= 1.3 on CPU)")
+    print(f"RATIO deterministic / not, {auto['policy']}: {auto['images_per_second'] / fast['images_per_second']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from segpipe.cli import run_stage
 from segpipe.params import flatten
 
 
@@ -70,8 +70,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ValueError as err:
-        print(f"lockcheck: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_stage("lockcheck", main)

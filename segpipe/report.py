@@ -21,11 +21,11 @@ import argparse
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from segpipe.cli import run_stage
 from segpipe.outputs import write_text
 from segpipe.params import flatten
 
@@ -237,8 +237,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ValueError as err:
-        print(f"report: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_stage("report", main)

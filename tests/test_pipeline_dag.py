@@ -83,7 +83,9 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
     assert ran_stages(log) == [], log
 
     # `dvc plots show` draws exactly the charts dvc.yaml defines, and the overlay pictures.
-    shown = json.loads(sh(["dvc", "plots", "show", "--json"], repo))
+    output = json.loads(sh(["dvc", "plots", "show", "--json"], repo))
+    assert not output.get("errors"), output["errors"]
+    shown = output["data"]
     charts = {name for name, plots in shown.items() if any(p["type"] == "vega" for p in plots)}
     images = {name for name, plots in shown.items() if all(p["type"] == "image" for p in plots)}
     assert charts == {"Loss", "IoU", "Learning rate", "Threshold curve (validation)", "Precision-recall (validation)",
