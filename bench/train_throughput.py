@@ -32,8 +32,9 @@ def measure(policy: str, jit_compile: bool, steps: int, warmup: int, determinist
 
     import tensorflow as tf
 
+    if deterministic:  # as the train stage does for train.deterministic: true
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     import keras
-    import numpy as np
     import yaml
 
     from segpipe import devices
@@ -49,7 +50,7 @@ def measure(policy: str, jit_compile: bool, steps: int, warmup: int, determinist
                                            gpu_capabilities=devices.gpu_compute_capabilities())[0]
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
-    if deterministic:  # as the train stage does for train.deterministic: true
+    if deterministic:
         tf.config.experimental.enable_op_determinism()
     height, width = train["image_size"]
     channels = 1 if params["convert"]["image_mode"] == "L" else 3

@@ -128,6 +128,37 @@ def test_same_params_give_identical_metrics_on_a_loaded_machine(project):
     pd.testing.assert_frame_equal(runs[0][columns], runs[1][columns])
 
 
+@pytest.fixture(scope="module")
+def demo_project(tmp_path_factory) -> Path:
+    """The bundled demo data at full size through the data stages, with the default params (1 epoch, no MLflow)."""
+    project = tmp_path_factory.mktemp("demo")
+    assert run_stage(project, "make_demo_data", "--output", "data/raw").returncode == 0
+    write_params(project, mlflow=False, augment={"num_workers": 1}, convert={"num_workers": 1},
+                 train={"epochs": 1, "patience": 0})
+    for module, args in (
+            ("convert_to_png", ["--raw-dir", "data/raw", "--output-dir", "data/png", "--skipped", "data/skipped.csv"]),
+            ("build_csv", ["--png-dir", "data/png", "--output-dir", "data/csv"]),
+            ("split_balanced", ["--train-csv", "data/csv/train.csv", "--output-dir", "data/subsets",
+                                "--summary", "data/subsets.json"]),
+            ("augment", ["--train-csv", "data/csv/train.csv", "--output-dir", "data/augmented"])):
+        done = run_stage(project, module, *args, "--params", "params.yaml")
+        assert done.returncode == 0, done.stderr
+    return project
+
+
+@pytest.mark.slow
+def test_default_recipe_gives_identical_metrics_on_a_loaded_machine(demo_project):
+    """The default model and precision on the demo data: big enough that concurrent ops change the last bits
+    of their sums (the tiny model above is not), which one inter-op thread under deterministic: true prevents."""
+    histories = []
+    for out in ("quiet", "loaded"):
+        with cpu_load() if out == "loaded" else contextlib.nullcontext():
+            done = run_stage(demo_project, "train", *train_args(out), timeout=600)
+        assert done.returncode == 0, done.stderr
+        histories.append(pd.read_csv(demo_project / out / "history.csv"))
+    pd.testing.assert_frame_equal(histories[0], histories[1])
+
+
 def test_two_logical_cpu_devices_train_two_replicas(project):
     params = params_file(project, "p_mirror", devices="cpu:2", batch_size=2, epochs=1)
     done = run_stage(project, "train", *train_args("mirror", params), env=env_for(project, MLFLOW_TRACKING_URI=""))
