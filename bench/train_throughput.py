@@ -35,6 +35,7 @@ def measure(policy: str, jit_compile: bool, steps: int, warmup: int, determinist
     if deterministic:  # as the train stage does for train.deterministic: true
         tf.config.threading.set_inter_op_parallelism_threads(1)
     import keras
+    import numpy as np
     import yaml
 
     from segpipe import devices
