@@ -43,6 +43,18 @@ def train_args(out: str = "out", params: str = "params.yaml") -> list[str]:
             "--backup-dir", f"{out}/backup", "--params", params]
 
 
+def run_data_stages(project: Path) -> None:
+    """convert-to-png, build-csv, split-balanced and augment on project/data/raw with project/params.yaml."""
+    for module, args in (
+            ("convert_to_png", ["--raw-dir", "data/raw", "--output-dir", "data/png", "--skipped", "data/skipped.csv"]),
+            ("build_csv", ["--png-dir", "data/png", "--output-dir", "data/csv"]),
+            ("split_balanced", ["--train-csv", "data/csv/train.csv", "--output-dir", "data/subsets",
+                                "--summary", "data/subsets.json"]),
+            ("augment", ["--train-csv", "data/csv/train.csv", "--output-dir", "data/augmented"])):
+        done = run_stage(project, module, *args, "--params", "params.yaml")
+        assert done.returncode == 0, done.stderr
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A project folder with the data stages already run on 2 groups of 32x40 images (boxes as masks)."""
@@ -52,14 +64,7 @@ def project(tmp_path_factory) -> Path:
             save_pair(project / "data/raw", f"images/{group}/{group}{index}.png", f"masks/{group}/{group}{index}.png",
                       height=32, width=40, seed=index + 10 * len(group))
     write_params(project, augment={"copies": 1, "num_workers": 1}, convert={"num_workers": 1}, train=TINY_TRAIN)
-    for module, args in (
-            ("convert_to_png", ["--raw-dir", "data/raw", "--output-dir", "data/png", "--skipped", "data/skipped.csv"]),
-            ("build_csv", ["--png-dir", "data/png", "--output-dir", "data/csv"]),
-            ("split_balanced", ["--train-csv", "data/csv/train.csv", "--output-dir", "data/subsets",
-                                "--summary", "data/subsets.json"]),
-            ("augment", ["--train-csv", "data/csv/train.csv", "--output-dir", "data/augmented"])):
-        done = run_stage(project, module, *args, "--params", "params.yaml")
-        assert done.returncode == 0, done.stderr
+    run_data_stages(project)
     return project
 
 
@@ -135,14 +140,7 @@ def demo_project(tmp_path_factory) -> Path:
     assert run_stage(project, "make_demo_data", "--output", "data/raw").returncode == 0
     write_params(project, mlflow=False, augment={"num_workers": 1}, convert={"num_workers": 1},
                  train={"epochs": 1, "patience": 0})
-    for module, args in (
-            ("convert_to_png", ["--raw-dir", "data/raw", "--output-dir", "data/png", "--skipped", "data/skipped.csv"]),
-            ("build_csv", ["--png-dir", "data/png", "--output-dir", "data/csv"]),
-            ("split_balanced", ["--train-csv", "data/csv/train.csv", "--output-dir", "data/subsets",
-                                "--summary", "data/subsets.json"]),
-            ("augment", ["--train-csv", "data/csv/train.csv", "--output-dir", "data/augmented"])):
-        done = run_stage(project, module, *args, "--params", "params.yaml")
-        assert done.returncode == 0, done.stderr
+    run_data_stages(project)
     return project
 
 
