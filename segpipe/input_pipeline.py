@@ -125,10 +125,11 @@ def resolve_cache(cache: str, *, num_rows: int, image_size: tuple[int, int], cha
     return num_rows * image_size[0] * image_size[1] * (channels + 1) <= memory_budget_bytes
 
 
-def _decoded(rows: pd.DataFrame, *, image_size, channels: int, deterministic: bool = True):
+def _decoded(rows: pd.DataFrame, *, image_size, channels: int):
+    """Decoded rows in CSV order, always: evaluation keeps row order, and the cached training table is indexed by row."""
     dataset = tf.data.Dataset.from_tensor_slices((rows["image_path"].to_numpy(str), rows["mask_path"].to_numpy(str)))
     return dataset.map(lambda i, m: _decode(i, m, image_size=image_size, channels=channels),
-                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 # What each stateless random stream is keyed by, besides the seed: distinct purposes never share numbers.

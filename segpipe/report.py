@@ -31,7 +31,7 @@ from segpipe.params import flatten
 
 HEADLINE = ("valid_iou", "valid_dice", "valid_iou_at_best_threshold", "valid_image_mean_boundary_f", "valid_mean_iou",
             "best_threshold", "test_iou", "best_valid_iou", "best_valid_dice", "best_valid_loss")
-HIGHER_IS_BETTER = ("iou", "dice", "precision", "recall", "accuracy", "specificity", "boundary_f", "f1")
+HIGHER_IS_BETTER = ("iou", "dice", "precision", "recall", "accuracy", "specificity", "boundary", "f1")  # name words
 LOWER_IS_BETTER = ("loss",)
 # Old metric names -> new ones, so the first report after a rename still compares (prefix replacements).
 RENAMED_PREFIXES = {"best_val_": "best_valid_"}
@@ -62,7 +62,7 @@ def direction(name: str) -> str | None:
     words = name.split("_")
     if any(word in LOWER_IS_BETTER for word in words):
         return "lower"
-    if any(word in HIGHER_IS_BETTER for word in words) or "boundary_f" in name:
+    if any(word in HIGHER_IS_BETTER for word in words):
         return "higher"
     return None
 
