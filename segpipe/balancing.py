@@ -1,14 +1,18 @@
-"""Stratification and balancing keys shared by build-csv, split-balanced and later stages.
+"""Stratification and balancing keys shared by build-csv, split-balanced, augment and train.
 
 A row's balancing subset is its `group` when the data has several groups, otherwise the quantile bin
 of its `foreground_fraction` (so that images with tiny objects are not drowned by those with large ones).
 """
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from segpipe.rows import read_rows
 
 
 def foreground_bin_edges(foreground_fraction: pd.Series, *, num_bins: int) -> list[float]:
@@ -30,3 +34,35 @@ def foreground_bins(foreground_fraction: pd.Series, edges: list[float]) -> np.nd
 def safe_name(text: str) -> str:
     """A file-name-safe version of a group name ("left/hand 1" -> "left_hand_1")."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "unnamed"
+
+
+def assign_subsets(rows: pd.DataFrame, summary: dict) -> list[pd.DataFrame]:
+    """Splits rows (original + augmented) into the subsets of data/subsets.json, in its order.
+
+    Rows go to the subset of their group (key "group") or of their foreground bin (key "foreground").
+    """
+    if summary["key"] == "group":
+        labels = rows["group"].astype(str).to_numpy()
+        names = [s["name"] for s in summary["subsets"]]
+    else:
+        labels = foreground_bins(rows["foreground_fraction"], summary["bin_edges"])
+        names = [int(s["name"].rsplit("_", 1)[1]) for s in summary["subsets"]]
+    unknown = sorted(set(map(str, labels)) - set(map(str, names)))
+    if unknown:
+        raise ValueError(f"rows with subset {unknown} not in data/subsets.json; rerun split-balanced (dvc repro).")
+    return [rows[labels == name].reset_index(drop=True) for name in names]
+
+
+def training_subsets(summary_path: Path, subsets_dir: Path, augmented_csv: Path) -> tuple[dict, list[pd.DataFrame]]:
+    """(the subsets summary, one frame per subset of its original + augmented rows), none empty."""
+    if not Path(summary_path).is_file():
+        raise ValueError(f"'{summary_path}' not found; run the split-balanced stage first (dvc repro).")
+    summary = json.loads(Path(summary_path).read_text())
+    originals = [read_rows(Path(subsets_dir) / subset["file"]) for subset in summary["subsets"]]
+    augmented = read_rows(augmented_csv, made_by="the augment stage")
+    extra = assign_subsets(augmented, summary) if len(augmented) else [augmented] * len(originals)
+    subsets = [pd.concat([o, a], ignore_index=True) for o, a in zip(originals, extra)]
+    empty = [s["file"] for s, rows in zip(summary["subsets"], subsets) if rows.empty]
+    if empty:
+        raise ValueError(f"subset file(s) {empty} in '{subsets_dir}' have no rows; rerun split-balanced (dvc repro).")
+    return summary, subsets

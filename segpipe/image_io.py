@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 SUPPORTED_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 LOSSY_FORMATS = ("JPEG", "MPO", "WEBP")  # WebP may be lossless too; thresholding is right for both
@@ -154,3 +154,9 @@ def write_png(path: Path, array: np.ndarray) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path, format="PNG", optimize=False, compress_level=6)
+
+
+def read_png(path: Path) -> np.ndarray:
+    """A PNG that the pipeline wrote, as it is stored: uint8 (H, W) for masks (class ids) and gray images."""
+    with Image.open(path) as im:
+        return np.asarray(im)

@@ -21,24 +21,18 @@ batches). It also lets a later phase or a resumed run start at any batch (`first
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 from PIL import Image
 
-from segpipe.balancing import foreground_bins
+from segpipe.inference import resize_image, to_unit_range
+from segpipe.schema import CACHE_MODES
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def read_rows(csv_path: Path) -> pd.DataFrame:
-    """A train/valid/subset/augmented CSV as a DataFrame (empty with columns if it has only a header)."""
-    if not Path(csv_path).is_file():
-        raise ValueError(f"'{csv_path}' not found; run the earlier stages first (dvc repro).")
-    return pd.read_csv(csv_path, dtype={"id": str, "group": str}, keep_default_na=False)
 
 
 def check_files(rows: pd.DataFrame, *, source: str) -> None:
@@ -84,25 +78,6 @@ def naming_bad_files(rows: pd.DataFrame):
                          "(dvc repro) or remove these rows.") from None
 
 
-def resize_image(image, image_size: tuple[int, int]):
-    """A uint8 image (H, W, C) to the model's size: bilinear with antialias, back to uint8.
-
-    The one definition of input resizing, shared by training, evaluate and segpipe.predict, so a model
-    sees new images exactly as it saw its training images."""
-    resized = tf.image.resize(image, image_size, method="bilinear", antialias=True)
-    return tf.cast(tf.round(tf.clip_by_value(resized, 0, 255)), tf.uint8)
-
-
-def to_unit_range(image):
-    """uint8 -> float32 in [0, 1], the model's input range."""
-    return tf.cast(image, tf.float32) / 255.0
-
-
-def resize_probabilities(probabilities, height: int, width: int):
-    """Model-size probabilities (h, w, C) back to an image's own size (bilinear), as a NumPy array."""
-    return tf.image.resize(probabilities, (height, width), method="bilinear").numpy()
-
-
 def _decode(image_path, mask_path, *, image_size: tuple[int, int], channels: int):
     image = tf.io.decode_png(tf.io.read_file(image_path), channels=channels)
     mask = tf.io.decode_png(tf.io.read_file(mask_path), channels=1)
@@ -115,11 +90,19 @@ def _normalise(image, mask):
     return to_unit_range(image), mask
 
 
+def cache_budget_bytes() -> int:
+    """A quarter of the machine's memory: what the decoded-image cache may use."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 2 * 1024 ** 3
+
+
 def resolve_cache(cache: str, *, num_rows: int, image_size: tuple[int, int], channels: int,
                   memory_budget_bytes: int) -> bool:
     """Whether to cache decoded rows in memory: `auto` caches when they fit in the budget."""
-    if cache not in ("auto", "memory", "none"):
-        raise ValueError(f"param 'cache' must be one of ['auto', 'memory', 'none'], got {cache!r}.")
+    if cache not in CACHE_MODES:
+        raise ValueError(f"param 'cache' must be one of {list(CACHE_MODES)}, got {cache!r}.")
     if cache != "auto":
         return cache == "memory"
     return num_rows * image_size[0] * image_size[1] * (channels + 1) <= memory_budget_bytes
@@ -262,18 +245,8 @@ def steps_per_epoch(*, num_rows: int, batch_size: int, requested: int) -> int:
     return requested if requested > 0 else max(1, num_rows // batch_size)
 
 
-def assign_subsets(rows: pd.DataFrame, summary: dict) -> list[pd.DataFrame]:
-    """Splits rows (original + augmented) into the subsets of data/subsets.json, in its order.
-
-    Rows go to the subset of their group (key "group") or of their foreground bin (key "foreground").
-    """
-    if summary["key"] == "group":
-        labels = rows["group"].astype(str).to_numpy()
-        names = [s["name"] for s in summary["subsets"]]
-    else:
-        labels = foreground_bins(rows["foreground_fraction"], summary["bin_edges"])
-        names = [int(s["name"].rsplit("_", 1)[1]) for s in summary["subsets"]]
-    unknown = sorted(set(map(str, labels)) - set(map(str, names)))
-    if unknown:
-        raise ValueError(f"rows with subset {unknown} not in data/subsets.json; rerun split-balanced (dvc repro).")
-    return [rows[labels == name].reset_index(drop=True) for name in names]
+def example_batch(rows: pd.DataFrame, *, image_size: tuple[int, int], channels: int) -> np.ndarray:
+    """The first two rows as the model's input, float32 (2, H, W, C): an input example for MLflow."""
+    head = rows.head(2)
+    return next(iter(evaluation_dataset(head, image_size=image_size, channels=channels, batch_size=len(head),
+                                        cache=False)))[0].numpy()

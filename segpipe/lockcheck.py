@@ -69,5 +69,10 @@ def main(argv=None) -> int:
     return 1
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `segpipe-lockcheck` command."""
     run_stage("lockcheck", main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from keras import ops
 
-LOSS_NAMES = ("bce", "dice", "jaccard", "focal")
+from segpipe.schema import LOSSES
+
+
 EPSILON = 1e-7
 SMOOTH = 1.0
 
@@ -78,10 +80,10 @@ def make_loss(*, weights: dict[str, float], focal_gamma: float = 2.0):
 
     Names: bce (binary cross-entropy, or categorical for num_classes > 1), dice, jaccard, focal.
     """
-    unknown = sorted(set(weights) - set(LOSS_NAMES))
+    unknown = sorted(set(weights) - set(LOSSES))
     if not weights or unknown:
         raise ValueError(f"param 'train.loss' must map loss names to weights, e.g. {{bce: 1.0, dice: 1.0}}; "
-                         f"unknown {unknown or 'none given'}, valid names: {list(LOSS_NAMES)}.")
+                         f"unknown {unknown or 'none given'}, valid names: {list(LOSSES)}.")
     for name, weight in weights.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise ValueError(f"param 'train.loss.{name}' must be a non-negative number, got {weight!r}.")

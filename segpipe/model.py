@@ -13,12 +13,15 @@ two 3x3 conv blocks. The head (1x1 conv + sigmoid/softmax) is float32 under mixe
 """
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
+
 import keras
+import numpy as np
 from keras import layers
 
-ENCODERS = ("plain", "resnet50", "efficientnetb0", "mobilenetv2")
-NORMALIZATIONS = ("batch", "group")
+from segpipe.outputs import replace_dir
+from segpipe.schema import ENCODER_WEIGHTS, ENCODERS, NORMALIZATIONS, UPSAMPLING
+
 
 # Layer names of the skip features at strides 2, 4, 8, 16, and of the bottleneck at stride 32.
 _APPLICATION_LAYERS = {
@@ -117,9 +120,9 @@ def build_unet(*, input_shape: tuple[int, int, int], num_classes: int, encoder: 
         max(1, num_classes)) probabilities, always float32 (also under mixed precision). The
         keras.applications encoder is the sub-model named `encoder_<name>` (for freezing).
     """
-    for name, value, choices in (("encoder", encoder, ENCODERS), ("upsampling", upsampling, ("transpose", "bilinear")),
+    for name, value, choices in (("encoder", encoder, ENCODERS), ("upsampling", upsampling, UPSAMPLING),
                                  ("normalization", normalization, NORMALIZATIONS),
-                                 ("encoder_weights", encoder_weights, (None, "imagenet"))):
+                                 ("encoder_weights", encoder_weights, ENCODER_WEIGHTS)):
         if value not in choices:
             raise ValueError(f"param 'train.{name}' must be one of {list(choices)}, got {value!r}.")
     if encoder == "plain" and encoder_weights is not None:
@@ -167,3 +170,10 @@ def build_unet(*, input_shape: tuple[int, int, int], num_classes: int, encoder: 
 def encoder_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """The pretrained encoder's layers (empty for the plain U-Net): what `freeze_encoder_epochs` freezes."""
     return [layer for layer in model.layers if layer.name.startswith("encoder_") and layer.name != "encoder_preprocess"]
+
+
+def export_saved_model(model: keras.Model, folder: Path) -> None:
+    """`model` as a TF SavedModel for TF Serving (signature `serve`: float32 images in [0, 1] -> probabilities),
+    replacing `folder` atomically."""
+    with replace_dir(folder) as tmp:
+        model.export(str(tmp), format="tf_saved_model", verbose=False)

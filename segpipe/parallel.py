@@ -6,7 +6,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Callable, Sequence
 
-from tqdm import tqdm
+from segpipe.progress import progress
 
 
 def available_cores() -> int:
@@ -22,9 +22,8 @@ def map_in_order(function: Callable, items: Sequence, *, num_workers: int, desc:
         min_items_per_worker: fewer items than this per worker are run in this process (start-up cost).
     """
     workers = min(num_workers or available_cores(), max(1, len(items) // min_items_per_worker))
-    progress = dict(total=len(items), desc=desc, unit="item", mininterval=1.0)
     if workers <= 1:
-        return [function(item) for item in tqdm(items, **progress)]
+        return [function(item) for item in progress(items, desc=desc)]
     # spawn, not fork: the caller may have TensorFlow loaded, which is not fork-safe.
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        return list(tqdm(pool.map(function, items, chunksize=4), **progress))
+        return list(progress(pool.map(function, items, chunksize=4), desc=desc, total=len(items)))

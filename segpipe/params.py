@@ -1,8 +1,7 @@
-"""Read params.yaml once, at a stage's edge, and validate the sections it uses.
+"""Read params.yaml once, at a stage's edge, and validate the sections it uses (rules: segpipe/schema.py).
 
-Each stage calls `load_section(path, "convert", schema)` and unpacks the returned dict into keyword
-arguments. Validation is strict on purpose: a typo in params.yaml (`valid_fraciton`) must fail loudly,
-not silently fall back to a default.
+A stage does `params = Params(args.params)`, then `params.section("train")` and `params.shared("seed")`,
+and unpacks the values into keyword arguments.
 """
 from __future__ import annotations
 
@@ -10,6 +9,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+
+from segpipe.schema import SECTIONS, SHARED
 
 
 def read_params(path: Path) -> dict:
@@ -60,35 +61,34 @@ def check_value(name: str, value: Any, *, kind: type | tuple, choices=None, mini
     return value
 
 
-def load_section(path: Path, section: str, schema: dict[str, dict]) -> dict:
-    """Reads `section` of params.yaml and validates it against `schema`.
+class Params:
+    """params.yaml, read once at a stage's edge; `section` and `shared` validate what a stage uses.
 
-    Args:
-        path: the params.yaml path.
-        section: top-level key, e.g. "convert".
-        schema: {key: keyword arguments of `check_value` (kind=..., choices=..., ...)}; every key is required.
-
-    Returns:
-        The section as a plain dict with exactly the schema's keys.
+    Rules come from segpipe/schema.py. Validation is strict on purpose: a typo (`valid_fraciton`) must
+    fail loudly, not silently fall back to a default.
     """
-    params = read_params(path)
-    if section not in params:
-        raise ValueError(f"params file '{path}' has no '{section}' section; expected keys: {sorted(schema)}.")
-    values = params[section]
-    if not isinstance(values, dict):
-        raise ValueError(f"'{section}' in '{path}' must be a mapping, got {values!r}.")
-    missing = sorted(set(schema) - set(values))
-    unknown = sorted(set(values) - set(schema))
-    if missing or unknown:
-        raise ValueError(
-            f"section '{section}' of '{path}': missing keys {missing}, unknown keys {unknown}; "
-            f"expected exactly {sorted(schema)}.")
-    return {key: check_value(f"{section}.{key}", values[key], **rules) for key, rules in schema.items()}
 
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.values = read_params(self.path)
 
-def load_shared(path: Path, name: str, **rules) -> Any:
-    """Reads and validates one shared top-level param such as `seed` or `num_classes`."""
-    params = read_params(path)
-    if name not in params:
-        raise ValueError(f"params file '{path}' has no top-level '{name}'.")
-    return check_value(name, params[name], **rules)
+    def section(self, name: str) -> dict:
+        """The section `name` as a plain dict with exactly the schema's keys, each checked."""
+        schema = SECTIONS[name]
+        if name not in self.values:
+            raise ValueError(f"params file '{self.path}' has no '{name}' section; expected keys: {sorted(schema)}.")
+        values = self.values[name]
+        if not isinstance(values, dict):
+            raise ValueError(f"'{name}' in '{self.path}' must be a mapping, got {values!r}.")
+        missing = sorted(set(schema) - set(values))
+        unknown = sorted(set(values) - set(schema))
+        if missing or unknown:
+            raise ValueError(f"section '{name}' of '{self.path}': missing keys {missing}, unknown keys {unknown}; "
+                             f"expected exactly {sorted(schema)}.")
+        return {key: check_value(f"{name}.{key}", values[key], **rules) for key, rules in schema.items()}
+
+    def shared(self, name: str) -> Any:
+        """One shared top-level param such as `seed` or `num_classes`, checked."""
+        if name not in self.values:
+            raise ValueError(f"params file '{self.path}' has no top-level '{name}'.")
+        return check_value(name, self.values[name], **SHARED[name])

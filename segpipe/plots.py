@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segpipe.outputs import write_bytes, write_text
+from segpipe.balancing import safe_name
+from segpipe.image_io import write_png
+from segpipe.outputs import replace_dir, write_bytes, write_csv, write_text
 
 TRUE_POSITIVE = (0, 200, 0)     # green: foreground found
 FALSE_POSITIVE = (255, 40, 40)  # red: predicted foreground that is background
@@ -94,3 +96,21 @@ def write_specs(specs: dict[str, dict], folder: Path) -> None:
     for name, spec in specs.items():
         write_text(Path(folder) / f"{name}.vl.json", json.dumps(spec, indent=1))
         render_png(spec, Path(folder) / f"{name}.png")
+
+
+def write_evaluation_plots(folder: Path, *, sweep: pd.DataFrame, per_image: pd.DataFrame, worst: pd.DataFrame,
+                           confusion: pd.DataFrame, history: pd.DataFrame | None, best_threshold: float,
+                           overlays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    """Replaces `folder` with evaluate's plots: threshold_curve.csv (binary), per_image.csv, worst.csv,
+    confusion.csv, overlays/<id>.png from {id: (image, predicted mask, true mask)}, and png/ charts."""
+    with replace_dir(folder) as tmp:
+        if not sweep.empty:
+            write_csv(tmp / "threshold_curve.csv", sweep.round(6))
+        write_csv(tmp / "per_image.csv", per_image)
+        write_csv(tmp / "worst.csv", worst)
+        write_csv(tmp / "confusion.csv", confusion)
+        for row_id, (image, predicted, truth) in sorted(overlays.items()):
+            gray_or_color = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+            write_png(tmp / "overlays" / f"{safe_name(row_id)}.png", overlay(gray_or_color, predicted, truth))
+        write_specs(chart_specs(history=history, sweep=sweep, per_image=per_image, confusion=confusion,
+                                best_threshold=best_threshold), tmp / "png")

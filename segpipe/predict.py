@@ -1,6 +1,6 @@
 """Predict masks for new images with a trained model.
 
-    python -m segpipe.predict --model models/model.keras --input <file or folder> --output <folder>
+    segpipe-predict --model models/model.keras --input <file or folder> --output <folder>
         [--threshold T] [--overlay] [--probabilities] [--batch-size 8]
 
 Accepts every format the convert stage accepts (PNG, JPEG, BMP, TIFF, GIF, WebP; 16-bit, palette,
@@ -11,22 +11,22 @@ The threshold (binary) defaults to the best validation threshold from the evalua
 (threshold.json beside the model), else 0.5. --overlay adds <stem>_overlay.png (prediction tinted
 green), --probabilities adds <stem>_probability.png (16-bit, 65535 = 1.0; binary) or
 <stem>_probabilities.npy (float16, H x W x K; multi-class).
+Images go through segpipe/inference.py, the path the evaluate stage measures.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 from PIL import Image
 
-from segpipe.image_io import SUPPORTED_EXTENSIONS, apply_orientation, exif_orientation, image_to_array, open_image
+from segpipe.cli import run_stage, start_tensorflow
+from segpipe.image_io import SUPPORTED_EXTENSIONS, write_png
 from segpipe.outputs import write_text
+from segpipe.plots import overlay as tint
+from segpipe.progress import progress
 
 
 def find_inputs(path: Path) -> list[tuple[Path, Path]]:
@@ -50,91 +50,72 @@ def default_threshold(model_path: Path) -> tuple[float, str]:
     return 0.5, "default (no threshold.json beside the model; run the evaluate stage)"
 
 
-def load_upright(path: Path, *, channels: int) -> np.ndarray:
-    try:
-        im = open_image(path)
-    except ValueError as err:
-        raise ValueError(f"'{path}': {err}; remove or replace the file.") from None
-    im = apply_orientation(im, exif_orientation(im))
-    array = image_to_array(im, image_mode="L" if channels == 1 else "RGB")
-    return array[..., None] if array.ndim == 2 else array
-
-
-def predict_probabilities(model, images: list[np.ndarray]) -> list[np.ndarray]:
-    """Probabilities (H, W, C) at each image's own size; inputs resized as the training pipeline does."""
-    import tensorflow as tf
-
-    from segpipe.input_pipeline import resize_image, resize_probabilities, to_unit_range
-
-    size = tuple(model.input_shape[1:3])
-    batch = to_unit_range(tf.stack([resize_image(image, size) for image in images]))
-    probabilities = model(batch, training=False)
-    return [resize_probabilities(p, *image.shape[:2]) for p, image in zip(probabilities, images)]
-
-
-def write_outputs(output: Path, stem: Path, image: np.ndarray, probability: np.ndarray, *, threshold: float,
-                  overlay: bool, probabilities: bool) -> None:
-    from segpipe.image_io import write_png
-    from segpipe.plots import overlay as tint
-
-    target = Path(output) / stem
-    if probability.shape[-1] == 1:
-        mask = probability[..., 0] >= threshold
-        write_png(target.with_suffix(".png"), mask.astype(np.uint8) * 255)
-    else:
-        ids = np.argmax(probability, axis=-1)
-        write_png(target.with_suffix(".png"), ids.astype(np.uint8))
-        mask = ids > 0
+def write_outputs(target: Path, image: np.ndarray, ids: np.ndarray, probability: np.ndarray, *, overlay: bool,
+                  probabilities: bool) -> None:
+    """<target>.png (binary: 0/255, so it is viewable; multi-class: class ids), and the optional extras."""
+    write_png(target.with_suffix(".png"), ids * 255 if probability.shape[-1] == 1 else ids)
     if overlay:
-        gray = image[..., 0] if image.shape[-1] == 1 else image
-        write_png(target.with_name(f"{target.name}_overlay.png"), tint(gray, mask, mask))
+        gray_or_color = image[..., 0] if image.shape[-1] == 1 else image
+        write_png(target.with_name(f"{target.name}_overlay.png"), tint(gray_or_color, ids > 0, ids > 0))
     if probabilities:
         if probability.shape[-1] == 1:
             scaled = np.round(np.clip(probability[..., 0], 0, 1) * 65535).astype(np.uint16)
-            target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(scaled).save(target.with_name(f"{target.name}_probability.png"))
         else:
             np.save(target.with_name(f"{target.name}_probabilities.npy"), probability.astype(np.float16))
 
 
-def main(argv=None) -> None:
+def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=Path, required=True, help="a trained model (models/model.keras)")
     parser.add_argument("--input", type=Path, required=True, help="an image file or a folder (searched recursively)")
-    parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--threshold", type=float, default=None, help="binary models; default: the evaluated best")
-    parser.add_argument("--overlay", action="store_true")
-    parser.add_argument("--probabilities", action="store_true")
-    parser.add_argument("--batch-size", type=int, default=8)
-    args = parser.parse_args(argv)
+    parser.add_argument("--output", type=Path, required=True, help="folder for the masks (created)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="binary models: foreground where probability >= this; default: the evaluated best")
+    parser.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
+    parser.add_argument("--probabilities", action="store_true", help="also write the probabilities")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     if not args.model.is_file():
         raise ValueError(f"--model '{args.model}' not found; train one first (dvc repro).")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}.")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}.")
     inputs = find_inputs(args.input)
     threshold, source = (args.threshold, "given") if args.threshold is not None else default_threshold(args.model)
-
+    # TensorFlow loads after the cheap checks: importing it takes about 5 s (measured), which --help and a
+    # mistyped path should not wait for.
+    start_tensorflow()
     import keras
-    from tqdm import tqdm
+
+    from segpipe.inference import load_image, predict_probabilities, to_class_ids
 
     model = keras.models.load_model(args.model, compile=False)
     channels = model.input_shape[-1]
     print(f"predict: {len(inputs)} image(s), model input {model.input_shape[1:]}, threshold {threshold:g} ({source})")
-    with tqdm(total=len(inputs), desc="predict", disable=None) as bar:
-        for start in range(0, len(inputs), args.batch_size):
-            chunk = inputs[start:start + args.batch_size]
-            images = [load_upright(path, channels=channels) for path, _ in chunk]
-            for (path, stem), image, probability in zip(chunk, images, predict_probabilities(model, images)):
-                write_outputs(args.output, stem, image, probability, threshold=threshold, overlay=args.overlay,
-                              probabilities=args.probabilities)
-            bar.update(len(chunk))
+    chunks = [inputs[start:start + args.batch_size] for start in range(0, len(inputs), args.batch_size)]
+    for chunk in progress(chunks, desc="predict", unit="batch"):
+        images = [load_image(path, channels=channels) for path, _ in chunk]
+        for (_, stem), image, probability in zip(chunk, images, predict_probabilities(model, images,
+                                                                                     batch_size=args.batch_size)):
+            (args.output / stem).parent.mkdir(parents=True, exist_ok=True)
+            write_outputs(args.output / stem, image, to_class_ids(probability, threshold=threshold), probability,
+                          overlay=args.overlay, probabilities=args.probabilities)
     write_text(args.output / "predict.json", json.dumps({"model": str(args.model), "threshold": threshold,
                                                           "threshold_source": source, "images": len(inputs)},
                                                          indent=2) + "\n")
     print(f"predict: masks written to {args.output}")
 
 
-if __name__ == "__main__":
-    from segpipe.cli import run_stage
-
+def cli() -> None:
+    """The `segpipe-predict` command."""
     run_stage("predict", main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -236,5 +236,10 @@ def main(argv=None) -> int:
     return 0 if passed else GATE_FAILED
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `segpipe-report` command."""
     run_stage("report", main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -30,14 +30,6 @@ import sys
 import warnings
 from pathlib import Path
 
-# Fail fast on an unreachable server instead of MLflow's default of minutes of retries.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-# MLflow's telemetry thread draws from Python's global `random` once its config download succeeds, at a moment
-# that depends on the network; Keras draws its weight-init seeds from that same generator while train builds
-# the model, so the thread could change the initial weights. Off unless the user sets it.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
 EXPERIMENT_NAME = "segpipe"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 

@@ -1,38 +1,47 @@
-"""Training loop pieces: optimizer and learning-rate schedule from params, and the callback that keeps
-the best model, the history, early stopping and the wall-clock budget, all resumable.
+"""Training a U-Net with Keras' `fit`, in phases, resumably.
 
-Resume: a run keeps its state in a backup folder (DVC `persist: true`, so it survives between
-`dvc repro` runs): Keras' BackupAndRestore (weights, optimizer, epoch) in <backup>/keras/, and
-ours in <backup>/state.json (history rows, best value and epoch, epochs since best, MLflow run id)
-plus <backup>/best.keras. A killed run continues from its last finished epoch; a run that finished
-(or stopped early) clears the folder, so the next one starts fresh. A backup made with other params
-or data (its fingerprint differs) is discarded with a message instead of being resumed.
+A run has one phase (`all_layers`) or, with a keras.applications encoder and
+`train.freeze_encoder_epochs`, two: `frozen_encoder` for those epochs, then `all_layers`. Each phase
+compiles the model afresh (a new optimizer whose schedule spans the phase) and calls `fit` once. The
+batches continue the seeded stream where the last phase (or the killed run it resumes) left it.
+
+The callbacks are Keras' own where Keras has them: ModelCheckpoint keeps the best epoch by
+`train.monitor`, EarlyStopping stops after `train.patience` epochs without improvement, CSVLogger writes
+the history, BackupAndRestore the weights and optimizer, TerminateOnNaN stops a diverged run.
+segpipe/callbacks.py adds what Keras lacks (time budget, learning rate and timings in the history,
+dropout random state, MLflow). Resume (segpipe/resume.py) restores what those callbacks keep in memory:
+the best value (ModelCheckpoint's `initial_value_threshold`) and the epochs waited (EarlyStopping).
+Early stopping in the frozen phase ends that phase only; patience counts within a phase.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import shutil
-import time
-from pathlib import Path
+import sys
+from dataclasses import dataclass
+from typing import Callable
 
 import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
 
-from segpipe.outputs import write_json
+from segpipe.callbacks import (EpochClock, LogLearningRate, RequireMonitor, ResumedEarlyStopping, SaveResumeState,
+                               StopTogether, TimeBudget, history_name, keras_name)
+from segpipe.keras_multi_worker import patch_fit_for_multi_worker
+from segpipe.model import encoder_layers
+from segpipe.resume import ResumeState, set_random_state
+from segpipe.schema import OPTIMIZERS, SCHEDULES
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-# Per-epoch timings kept in the resume state and MLflow, not in the history CSV (they change every run).
+# Per-epoch timings: in the resume state and MLflow, not in the history CSV (they change every run).
 TIMING_COLUMNS = ("epoch_seconds", "train_seconds", "elapsed_seconds")
-SCHEDULES = ("constant", "cosine", "plateau")
+_ALL_EPOCHS = sys.maxsize
 
 
 def make_optimizer(*, optimizer: str, learning_rate: float, schedule: str, warmup_epochs: int, epochs: int,
                    steps_per_epoch: int, weight_decay: float, momentum: float) -> keras.optimizers.Optimizer:
     """Adam / AdamW / SGD+momentum with a constant or cosine-with-warm-up learning rate.
 
-    `plateau` uses a constant rate here; the ReduceLROnPlateau callback lowers it (see `plateau_callback`).
+    `plateau` uses a constant rate here; the stage's ReduceLROnPlateau callback lowers it.
     Cosine: linear warm-up from 0 over `warmup_epochs`, then cosine decay to 1% of the rate at `epochs`.
     """
     if schedule == "cosine":
@@ -54,211 +63,136 @@ def make_optimizer(*, optimizer: str, learning_rate: float, schedule: str, warmu
     raise ValueError(f"param 'train.optimizer' must be one of {list(OPTIMIZERS)}, got {optimizer!r}.")
 
 
-def history_name(keras_name: str) -> str:
-    """A Keras log name in the project's words: Keras says `val_iou`, segpipe says `valid_iou` everywhere."""
-    return "valid_" + keras_name[len("val_"):] if keras_name.startswith("val_") else keras_name
+def training_phases(model: keras.Model, *, freeze_encoder_epochs: int, epochs: int) -> list[tuple[str, int]]:
+    """[(phase name, the epoch it ends after)]: `frozen_encoder` first when the model has an encoder to freeze."""
+    frozen = [("frozen_encoder", min(freeze_encoder_epochs, epochs))] if (
+        encoder_layers(model) and freeze_encoder_epochs) else []
+    return frozen + [("all_layers", epochs)]
 
 
-def keras_name(name: str) -> str:
-    """The inverse of `history_name`, for Keras callbacks that watch a log by name."""
-    return "val_" + name[len("valid_"):] if name.startswith("valid_") else name
+def _best_and_wait(history: pd.DataFrame, *, monitor: str, mode: str, phase_start: int) -> tuple[float | None, int]:
+    """(best finite `monitor` value in the logged epochs, epochs since it within this phase)."""
+    values = history[monitor].to_numpy(dtype=float) if len(history) else np.array([])
+    finite = np.flatnonzero(np.isfinite(values))
+    if not len(finite):
+        return None, 0
+    best_index = finite[np.argmax(values[finite]) if mode == "max" else np.argmin(values[finite])]
+    return float(values[best_index]), len(values) - 1 - max(int(best_index), phase_start - 1)
 
 
-def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
-    rate = optimizer.learning_rate
-    return float(keras.ops.convert_to_numpy(rate))
+@dataclass
+class Outcome:
+    history: pd.DataFrame   # one row per epoch in the project's names (`epoch` from 1, `valid_iou`), with timings
+    best_epoch: int         # from 1
+    stop_reason: str
 
 
-def fingerprint(*, params: dict, files: list[Path]) -> str:
-    """Hash of what a resumed run must share with the interrupted one: its params and input files."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
-    for path in sorted(map(str, files)):
-        digest.update(path.encode())
-        with open(path, "rb") as fh:
-            digest.update(fh.read())
-    return digest.hexdigest()
+def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_phase: Callable[..., None],
+                  training_data: Callable[..., tf.data.Dataset], validation_data: tf.data.Dataset,
+                  steps_per_epoch: int, monitor: str, patience: int, max_minutes: float,
+                  callbacks: list[keras.callbacks.Callback], resume: ResumeState, state: dict) -> Outcome:
+    """Trains `model` through `phases`, resuming from `resume`'s backup when it holds an interrupted run.
 
+    Args:
+        phases: from `training_phases`.
+        compile_phase: `compile_phase(model, epochs=N)` compiles the model for a phase of N epochs
+            (under the distribution strategy's scope).
+        training_data: `training_data(first_batch=k)` is the training stream from batch k on.
+        validation_data: batches of the validation rows.
+        monitor: the history name that picks the best epoch (`valid_iou`); *_loss is minimised.
+        patience: early stopping after this many epochs without improvement; 0 = off.
+        max_minutes: wall-clock budget over all attempts; 0 = none.
+        callbacks: more callbacks (MLflow, learning-rate schedule, TensorBoard).
+        state: the run's resume state (`resume.load()`), updated and saved as training goes.
 
-class ResumeState:
-    """The backup folder: load / check / clear the state of an interrupted run."""
-
-    def __init__(self, folder: Path, *, fingerprint: str):
-        self.folder = Path(folder)
-        self.fingerprint = fingerprint
-        self.keras_dir = self.folder / "keras"
-        self.best_model = self.folder / "best.keras"
-        self.state_file = self.folder / "state.json"
-
-    def load(self) -> dict | None:
-        """The saved state of an interrupted run with the same fingerprint, else None (and the folder is cleared)."""
-        if not self.state_file.is_file():
-            self.clear()
-            return None
-        state = json.loads(self.state_file.read_text())
-        if state.get("fingerprint") != self.fingerprint:
-            print(f"train: the interrupted run in '{self.folder}' used other params or data; starting afresh.")
-            self.clear()
-            return None
-        return state
-
-    def keras_epoch(self, phase: str) -> int | None:
-        """The epoch at which Keras' BackupAndRestore resumes `phase` (from its training_metadata.json), or None."""
-        metadata = self.keras_dir / phase / "training_metadata.json"
-        return json.loads(metadata.read_text())["epoch"] if metadata.is_file() else None
-
-    def save(self, state: dict) -> None:
-        write_json(self.state_file, {**state, "fingerprint": self.fingerprint})
-
-    def clear(self) -> None:
-        """Empties the folder but keeps it, with a note: DVC expects the declared output to exist."""
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "README.txt").write_text(
-            "The train stage keeps the state of an unfinished run here (state.json, best.keras, keras/), so a\n"
-            "killed run resumes on the next `dvc repro`. Empty after a finished run. Safe to delete.\n")
-
-
-def random_state(model: keras.Model) -> dict[str, list[int]]:
-    """The state of every Keras SeedGenerator in the model (the dropout masks' random stream).
-
-    `model.save_weights`, and so BackupAndRestore, leaves these out: without them a resumed run draws
-    the dropout masks of epoch 1 again and drifts from the run it continues."""
-    return {v.path: [int(x) for x in keras.ops.convert_to_numpy(v).ravel()]
-            for v in model.variables if v.path.endswith("seed_generator_state")}
-
-
-def set_random_state(model: keras.Model, states: dict[str, list[int]]) -> None:
-    for variable in model.variables:
-        if variable.path in states:
-            variable.assign(keras.ops.reshape(keras.ops.array(states[variable.path], dtype=variable.dtype),
-                                              variable.shape))
-
-
-def save_model_atomically(model: keras.Model, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-class EpochRecorder(keras.callbacks.Callback):
-    """Per epoch: history row, best model, early stopping, time budget, MLflow metrics, resume state.
-
-    Put it BEFORE keras.callbacks.BackupAndRestore in the callback list, so its state is saved first.
+    Returns:
+        The history, the best epoch (its model is `resume.best_model`) and why the run stopped.
     """
+    mode = "min" if monitor.endswith("loss") else "max"
+    strategy = model.distribute_strategy
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if multi_worker:
+        patch_fit_for_multi_worker(model, strategy)
+    frozen_layers = encoder_layers(model)
+    done = state.setdefault("phases_done", [])
+    for phase, last_epoch in phases:
+        weights_file = resume.folder / f"{phase}_done.weights.h5"
+        if phase in done or state.get("stop_reason"):
+            if phase in done and weights_file.is_file():
+                model.load_weights(weights_file)
+            continue
+        # Where this phase starts, fixed on its first run so that a resumed phase keeps its schedule.
+        first_epoch = state.setdefault("phase_start", {}).setdefault(
+            phase, len(resume.history(before_epoch=_ALL_EPOCHS)))
+        for layer in frozen_layers:
+            layer.trainable = phase != "frozen_encoder"
+        trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+        print(f"train: epochs {first_epoch + 1}-{last_epoch} with "
+              f"{'the encoder frozen' if phase == 'frozen_encoder' else 'all layers trainable'}"
+              f" ({trainable:,} trainable weights)", flush=True)
+        compile_phase(model, epochs=last_epoch - first_epoch)
+        start_epoch = resume.keras_epoch(phase) or first_epoch
+        if str(start_epoch) in state.get("random_states", {}):
+            set_random_state(model, state["random_states"][str(start_epoch)])
+        history = resume.history(before_epoch=start_epoch)
+        best, wait = _best_and_wait(history, monitor=keras_name(monitor), mode=mode, phase_start=first_epoch)
+        early_stopping = ResumedEarlyStopping(best=best, wait=wait, monitor=keras_name(monitor), mode=mode,
+                                              patience=patience) if patience else None
+        budget = TimeBudget(max_minutes=max_minutes)
+        together = StopTogether(strategy) if multi_worker else None
+        phase_callbacks = [
+            LogLearningRate(), EpochClock(seconds_before=float(history["elapsed_seconds"].iloc[-1]) if len(history)
+                                          else 0.0),
+            RequireMonitor(monitor), keras.callbacks.CSVLogger(str(resume.history_csv), append=True),
+            keras.callbacks.ModelCheckpoint(str(resume.best_model), monitor=keras_name(monitor), mode=mode,
+                                            save_best_only=True, initial_value_threshold=best),
+            *[c for c in (early_stopping, budget, together) if c is not None], *callbacks,
+            SaveResumeState(resume=resume, state=state),  # before BackupAndRestore: see its docstring
+            keras.callbacks.BackupAndRestore(str(resume.keras_dir / phase)), keras.callbacks.TerminateOnNaN()]
+        model.fit(training_data(first_batch=start_epoch * steps_per_epoch), validation_data=validation_data,
+                  epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
+                  callbacks=phase_callbacks, verbose=1 if sys.stdout.isatty() else 2, shuffle=False)
 
-    def __init__(self, *, resume: ResumeState, state: dict, monitor: str, mode: str, patience: int,
-                 max_minutes: float, images_per_epoch: int, tracker, is_chief: bool = True,
-                 multi_worker_strategy=None):
-        super().__init__()
-        self.resume, self.monitor, self.mode, self.patience = resume, monitor, mode, patience
-        self.max_seconds = max_minutes * 60.0
-        self.images_per_epoch, self.tracker, self.is_chief = images_per_epoch, tracker, is_chief
-        self.multi_worker_strategy = multi_worker_strategy
-        self.state = {"history": [], "best": None, "best_epoch": 0, "since_best": 0, "stop_reason": None,
-                      "train_seconds": 0.0, "elapsed_seconds": 0.0, **state}
-        self._first_epoch = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self._first_epoch is None:
-            self._first_epoch = epoch
-            # Rows of epochs after the last Keras backup are redone: drop them.
-            self.state["history"] = [row for row in self.state["history"] if row["epoch"] <= epoch]
-            self._elapsed_before = self.state["history"][-1]["elapsed_seconds"] if self.state["history"] else 0.0
-            self._start = time.perf_counter()
-        self._epoch_start = time.perf_counter()
-        self._train_seconds = None
-
-    def on_test_begin(self, logs=None):
-        if self._train_seconds is None and getattr(self, "_epoch_start", None) is not None:
-            self._train_seconds = time.perf_counter() - self._epoch_start
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = {history_name(key): value for key, value in (logs or {}).items()}
-        if self.monitor not in logs:
-            raise ValueError(f"param 'train.monitor' is {self.monitor!r}, which training does not log; "
-                             f"choose one of {sorted(logs)}.")
-        seconds = time.perf_counter() - self._epoch_start
-        train_seconds = self._train_seconds or seconds
-        elapsed = self._elapsed_before + time.perf_counter() - self._start
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in sorted(logs.items())},
-               "learning_rate": current_learning_rate(self.model.optimizer),
-               "epoch_seconds": round(seconds, 3), "train_seconds": round(train_seconds, 3),
-               "elapsed_seconds": round(elapsed, 3)}
-        row.pop("lr", None)
-        self.state["history"].append(row)
-        # Per epoch, so a resume from Keras' backup (saved just after this) finds the state of its epoch.
-        states = self.state.setdefault("random_states", {})
-        states[str(epoch + 1)] = random_state(self.model)
-        for old in sorted(states, key=int)[:-2]:
-            del states[old]
-        value = logs[self.monitor]
-        best = self.state["best"]
-        improved = best is None or (value > best if self.mode == "max" else value < best)
-        if not math.isfinite(value):
-            improved = False
-        if improved:
-            self.state.update(best=float(value), best_epoch=epoch + 1, since_best=0)
-            if self.is_chief:
-                save_model_atomically(self.model, self.resume.best_model)
-        else:
-            self.state["since_best"] += 1
-        if self.patience and self.state["since_best"] >= self.patience:
-            self.state["stop_reason"] = f"early stopping: no {self.monitor} improvement in {self.patience} epochs"
-            self.model.stop_training = True
-        if self.max_seconds and elapsed >= self.max_seconds:
-            self.state["stop_reason"] = f"time budget of {self.max_seconds / 60:g} minutes spent"
-            self.model.stop_training = True
-        if self.multi_worker_strategy is not None:
-            self._agree_on_stopping()
-        self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
-        if self.is_chief:
-            self.resume.save(self.state)
-
-    def _agree_on_stopping(self) -> None:
-        """Workers stop together: each worker's clock differs, and one stopping alone would hang the others."""
-        import tensorflow as tf
-
-        strategy = self.multi_worker_strategy
-        flag = strategy.run(lambda: tf.constant(float(bool(self.model.stop_training))))
-        if float(strategy.reduce(tf.distribute.ReduceOp.SUM, flag, axis=None)) > 0:
-            self.model.stop_training = True
-            self.state["stop_reason"] = self.state["stop_reason"] or "another worker stopped"
+        history = resume.history(before_epoch=_ALL_EPOCHS)
+        if not math.isfinite(float(history["loss"].iloc[-1])):
+            if _best_and_wait(history, monitor=keras_name(monitor), mode=mode, phase_start=0)[0] is None:
+                raise ValueError(f"training diverged (loss is not finite in epoch {len(history)}) before any "
+                                 "usable epoch; lower train.learning_rate, or set train.precision: float32 to rule "
+                                 "out overflow.")
+            state["stop_reason"] = f"loss not finite in epoch {len(history)}; kept the best epoch before"
+        elif budget.spent:
+            state["stop_reason"] = f"time budget of {max_minutes:g} minutes spent"
+        elif together is not None and together.stopped_by_another:
+            state["stop_reason"] = "another worker stopped"
+        elif early_stopping is not None and early_stopping.stopped_epoch and phase == "all_layers":
+            state["stop_reason"] = f"early stopping: no {monitor} improvement in {patience} epochs"
+        if phase != phases[-1][0]:
+            model.save_weights(weights_file)
+        done.append(phase)
+        resume.save(state)
+    return _outcome(resume.history(before_epoch=_ALL_EPOCHS), monitor=monitor, mode=mode,
+                    stop_reason=state.get("stop_reason") or "all epochs run")
 
 
-def work_around_multi_worker_fit(model: keras.Model, strategy) -> None:
-    """Makes Keras 3's fit run under MultiWorkerMirroredStrategy (keras-team/keras#20585, open). Two spots:
+def _outcome(keras_history: pd.DataFrame, *, monitor: str, mode: str, stop_reason: str) -> Outcome:
+    history = keras_history.rename(columns=history_name).assign(epoch=keras_history["epoch"] + 1)
+    scores = sorted(c for c in history.columns if c not in ("epoch", "learning_rate", *TIMING_COLUMNS))
+    history = history[["epoch", *scores, "learning_rate", *TIMING_COLUMNS]].reset_index(drop=True)
+    best, _ = _best_and_wait(history, monitor=monitor, mode=mode, phase_start=0)
+    best_epoch = int(history.loc[history[monitor] == best, "epoch"].iloc[0])
+    return Outcome(history=history, best_epoch=best_epoch, stop_reason=stop_reason)
 
-    1. fit first builds optimizer and metrics from a batch it MEAN-reduces across replicas, which fails
-       ("Attempt to convert a value (PerReplica...)"): build from this worker's first local batch instead,
-       which has the same shapes, all the build needs.
-    2. each step MEAN-reduces its logs along axis 0, which fails for scalar logs: reduce them with
-       axis=None (the loss tracker and our metrics are synchronised variables, so the workers' values
-       are equal and their mean is that value).
-    Both touch private Keras functions; tests/test_train.py runs two workers to catch a Keras change.
-    """
-    import tensorflow as tf
-    from keras.src.backend.tensorflow import trainer as tf_trainer
 
-    def local_build(iterator=None, data_batch=None):
-        if iterator is not None:
-            for _, _, it in iterator:
-                data_batch = keras.tree.map_structure(
-                    lambda v: strategy.experimental_local_results(v)[0]
-                    if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
-                break
-        with strategy.scope():
-            model._symbolic_build(data_batch=data_batch)
-
-    model._maybe_symbolic_build = local_build
-    original = getattr(tf_trainer.reduce_per_replica, "__wrapped__", tf_trainer.reduce_per_replica)
-
-    def reduce_per_replica(values, strategy_, reduction):
-        if reduction in ("auto", "mean") and isinstance(strategy_, tf.distribute.MultiWorkerMirroredStrategy):
-            return keras.tree.map_structure(
-                lambda v: strategy_.reduce("MEAN", v, axis=None if len(v.shape) == 0 else 0), values)
-        return original(values, strategy_, reduction)
-
-    reduce_per_replica.__wrapped__ = original
-    tf_trainer.reduce_per_replica = reduce_per_replica
+def run_summary(outcome: Outcome, *, images_per_epoch: int) -> tuple[pd.DataFrame, dict, dict]:
+    """(history without timings, for the CSV; quality metrics at the best epoch; timing facts)."""
+    history = outcome.history
+    best_row = history[history["epoch"] == outcome.best_epoch].iloc[0]
+    metrics = {f"best_{key}" if key.startswith("valid_") else f"best_train_{key}": round(float(best_row[key]), 6)
+               for key in best_row.index if key not in ("epoch", "learning_rate", *TIMING_COLUMNS)}
+    # Steady-state speed: the first epoch of a process includes graph tracing.
+    steady = history.iloc[1:] if len(history) > 1 else history
+    facts = {"best_epoch": outcome.best_epoch, "epochs_run": int(len(history)), "stop_reason": outcome.stop_reason,
+             "train_seconds": round(float(history["train_seconds"].sum()), 2),
+             "wall_seconds": round(float(history["elapsed_seconds"].iloc[-1]), 2),
+             "images_per_second": round(len(steady) * images_per_epoch / float(steady["train_seconds"].sum()), 2)}
+    return history.drop(columns=list(TIMING_COLUMNS)), metrics, facts

@@ -28,15 +28,9 @@ from segpipe.cli import run_stage
 from segpipe.image_io import write_png
 from segpipe.outputs import replace_dir, write_csv
 from segpipe.parallel import map_in_order
-from segpipe.params import load_section, load_shared
+from segpipe.params import Params
+from segpipe.rows import ROW_COLUMNS, foreground_fraction, read_rows
 
-SCHEMA = {
-    "copies": dict(kind=int, minimum=0),
-    "group_multipliers": dict(kind=dict),
-    "transforms": dict(kind=list),
-    "num_workers": dict(kind=int, minimum=0),
-}
-COLUMNS = ["id", "image_path", "mask_path", "group", "height", "width", "foreground_fraction"]
 
 
 def copy_seed(seed: int, row_id: str, copy: int) -> int:
@@ -62,7 +56,7 @@ def augment_row(task: tuple[dict, int], *, compose, seed: int, output_dir: Path,
         rows.append({"id": new_id, "image_path": f"{output_prefix}/images/{new_id}.png",
                      "mask_path": f"{output_prefix}/masks/{new_id}.png", "group": row["group"],
                      "height": new_mask.shape[0], "width": new_mask.shape[1],
-                     "foreground_fraction": round(float(np.count_nonzero(new_mask)) / new_mask.size, 6)})
+                     "foreground_fraction": foreground_fraction(new_mask)})
     return rows
 
 
@@ -81,11 +75,12 @@ def main(argv=None) -> None:
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument("--params", type=Path, required=True)
     args = parser.parse_args(argv)
-    params = load_section(args.params, "augment", SCHEMA)
-    seed = load_shared(args.params, "seed", kind=int)
+    all_params = Params(args.params)
+    params = all_params.section("augment")
+    seed = all_params.shared("seed")
     compose = build_compose(params["transforms"])  # built once: fails on bad transforms before any work
 
-    train = pd.read_csv(args.train_csv, dtype={"id": str, "group": str}, keep_default_na=False)
+    train = read_rows(args.train_csv, made_by="the build-csv stage")
     check_multipliers(params["group_multipliers"], set(train["group"]))
     tasks = [(row, params["copies"] * params["group_multipliers"].get(row["group"], 1))
              for row in train.to_dict("records")]
@@ -100,7 +95,7 @@ def main(argv=None) -> None:
         results = map_in_order(work, tasks, num_workers=params["num_workers"], desc="augment",
                                min_items_per_worker=4)
         rows = sorted((r for found in results for r in found), key=lambda r: r["id"])
-        write_csv(tmp_dir / "augmented.csv", pd.DataFrame(rows, columns=COLUMNS))
+        write_csv(tmp_dir / "augmented.csv", pd.DataFrame(rows, columns=ROW_COLUMNS))
     print(f"augment: {len(rows)} augmented pairs from {len(tasks)} training images in {args.output_dir}")
 
 

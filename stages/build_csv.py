@@ -22,13 +22,9 @@ import pandas as pd
 from segpipe.balancing import foreground_bin_edges, foreground_bins
 from segpipe.cli import run_stage
 from segpipe.outputs import write_csv
-from segpipe.params import load_section, load_shared
+from segpipe.params import Params
+from segpipe.rows import ROW_COLUMNS, read_rows
 
-SCHEMA = {
-    "valid_fraction": dict(kind=float, minimum=0.01, maximum=0.9),
-    "stratify_bins": dict(kind=int, minimum=1),
-}
-COLUMNS = ["id", "image_path", "mask_path", "group", "height", "width", "foreground_fraction"]
 
 
 def _largest_remainder(sizes: np.ndarray, total: int) -> np.ndarray:
@@ -76,13 +72,11 @@ def main(argv=None) -> None:
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument("--params", type=Path, required=True)
     args = parser.parse_args(argv)
-    params = load_section(args.params, "build_csv", SCHEMA)
-    seed = load_shared(args.params, "seed", kind=int)
+    all_params = Params(args.params)
+    params = all_params.section("build_csv")
+    seed = all_params.shared("seed")
 
-    manifest_path = args.png_dir / "manifest.csv"
-    if not manifest_path.is_file():
-        raise ValueError(f"'{manifest_path}' not found; run the convert-to-png stage first (dvc repro).")
-    manifest = pd.read_csv(manifest_path, dtype={"id": str, "split": str, "group": str}, keep_default_na=False)
+    manifest = read_rows(args.png_dir / "manifest.csv", made_by="the convert-to-png stage")
     for column in ("image_path", "mask_path"):
         manifest[column] = [(args.png_dir / p).as_posix() for p in manifest[column]]
 
@@ -101,7 +95,7 @@ def main(argv=None) -> None:
     assert not leaked, f"ids in both train and valid: {sorted(leaked)[:5]}"
 
     for name, frame in (("train", train), ("valid", valid), ("test", test)):
-        write_csv(args.output_dir / f"{name}.csv", frame.sort_values("id")[COLUMNS])
+        write_csv(args.output_dir / f"{name}.csv", frame.sort_values("id")[ROW_COLUMNS])
     print(f"build-csv: {len(train)} train, {len(valid)} valid, {len(test)} test rows in {args.output_dir}")
 
 

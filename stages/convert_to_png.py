@@ -21,7 +21,6 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from segpipe.cli import run_stage
@@ -29,21 +28,10 @@ from segpipe.image_io import (LOSSY_FORMATS, apply_orientation, exif_orientation
                               mask_to_class_ids, open_image, write_png)
 from segpipe.outputs import replace_dir, write_csv
 from segpipe.parallel import map_in_order
-from segpipe.params import load_section, load_shared
+from segpipe.params import Params
 from segpipe.raw_layout import Pair, Problem, find_pairs
+from segpipe.rows import MANIFEST_COLUMNS, foreground_fraction
 
-SCHEMA = {
-    "image_mode": dict(kind=str, choices=("RGB", "L")),
-    "mask_stem_pattern": dict(kind=str, check=lambda s: "{stem}" in s,
-                              hint="It must contain '{stem}', e.g. '{stem}_mask'."),
-    "mask_threshold": dict(kind=int, minimum=1, maximum=255),
-    "invert_mask": dict(kind=bool),
-    "max_gray_fraction": dict(kind=float, minimum=0.0, maximum=1.0),
-    "on_error": dict(kind=str, choices=("fail", "skip")),
-    "num_workers": dict(kind=int, minimum=0),
-}
-MANIFEST_COLUMNS = ["id", "split", "group", "image_path", "mask_path", "height", "width",
-                    "foreground_fraction", "source_image", "source_mask"]
 
 
 def _orient_pair(image, mask):
@@ -99,7 +87,7 @@ def convert_pair(pair: Pair, *, output_dir: Path, raw_dir: Path, image_mode: str
         "id": pair.id, "split": pair.split, "group": pair.group,
         "image_path": image_rel, "mask_path": mask_rel,
         "height": pixels.shape[0], "width": pixels.shape[1],
-        "foreground_fraction": round(float(np.count_nonzero(class_ids)) / class_ids.size, 6),
+        "foreground_fraction": foreground_fraction(class_ids),
         "source_image": pair.image_path.relative_to(raw_dir).as_posix(),
         "source_mask": pair.mask_path.relative_to(raw_dir).as_posix(),
     }
@@ -128,8 +116,9 @@ def main(argv=None) -> None:
     parser.add_argument("--skipped", type=Path, required=True)
     parser.add_argument("--params", type=Path, required=True)
     args = parser.parse_args(argv)
-    params = load_section(args.params, "convert", SCHEMA)
-    num_classes = load_shared(args.params, "num_classes", kind=int, minimum=1)
+    all_params = Params(args.params)
+    params = all_params.section("convert")
+    num_classes = all_params.shared("num_classes")
 
     pairs, problems = find_pairs(args.raw_dir, mask_stem_pattern=params["mask_stem_pattern"])
     # Pairs are decoded even when pairing already found problems, so that one run reports them all.

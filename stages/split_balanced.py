@@ -24,12 +24,8 @@ import pandas as pd
 from segpipe.balancing import foreground_bin_edges, foreground_bins, safe_name
 from segpipe.cli import run_stage
 from segpipe.outputs import replace_dir, write_csv, write_json
-from segpipe.params import load_section
-
-SCHEMA = {
-    "key": dict(kind=str, choices=("auto", "group", "foreground")),
-    "num_bins": dict(kind=int, minimum=1),
-}
+from segpipe.params import Params
+from segpipe.rows import read_rows
 
 
 def split_into_subsets(train: pd.DataFrame, *, key: str, num_bins: int) -> tuple[dict, list[pd.DataFrame]]:
@@ -66,14 +62,9 @@ def main(argv=None) -> None:
     parser.add_argument("--summary", type=Path, required=True)
     parser.add_argument("--params", type=Path, required=True)
     args = parser.parse_args(argv)
-    params = load_section(args.params, "split_balanced", SCHEMA)
+    params = Params(args.params).section("split_balanced")
 
-    if not args.train_csv.is_file():
-        raise ValueError(f"'{args.train_csv}' not found; run the build-csv stage first (dvc repro).")
-    try:
-        train = pd.read_csv(args.train_csv, dtype={"id": str, "group": str}, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        train = pd.DataFrame()
+    train = read_rows(args.train_csv, made_by="the build-csv stage")
     if train.empty:
         raise ValueError(f"'{args.train_csv}' has no rows; there is nothing to train on.")
     if params["key"] == "group" and train["group"].nunique() < 2:

@@ -107,24 +107,28 @@ def test_overlay_colours_the_right_pixels():
 
 
 def test_evaluate_split_scores_binary_and_multiclass():
-    from stages.evaluate import split_scores
+    from segpipe.evaluation import split_scores
+    from segpipe.inference import to_class_ids
+
+    def split_scores_at(name, probabilities, truths, *, threshold, **kwargs):
+        return split_scores(name, [to_class_ids(p, threshold=threshold) for p in probabilities], truths, **kwargs)
 
     # binary: one image, probabilities over 4 pixels, truth ids
     probabilities = [np.array([[0.9, 0.6, 0.3, 0.1]])[..., None]]
     truths = [np.array([[1, 0, 1, 0]], np.uint8)]
-    flat, rows = split_scores("valid", probabilities, truths, num_classes=1, threshold=0.5, tolerance=1, suffix="")
+    flat, rows = split_scores_at("valid", probabilities, truths, num_classes=1, threshold=0.5, tolerance=1, suffix="")
     assert flat["valid_iou"] == pytest.approx(1 / 3) and flat["valid_precision"] == pytest.approx(1 / 2)
     # mean over background (iou 1/3: tp1 fp1 fn1) and foreground (1/3)
     assert flat["valid_mean_iou"] == pytest.approx(1 / 3)
     assert rows[0]["iou"] == pytest.approx(1 / 3)
-    flat, _ = split_scores("valid", probabilities, truths, num_classes=1, threshold=0.25, tolerance=1,
-                           suffix="_at_best_threshold")
+    flat, _ = split_scores_at("valid", probabilities, truths, num_classes=1, threshold=0.25, tolerance=1,
+                              suffix="_at_best_threshold")
     assert flat["valid_iou_at_best_threshold"] == pytest.approx(2 / 3)  # 0.9, 0.6, 0.3 predicted: tp 2, fp 1
 
     # multi-class: argmax per pixel
     one_hot = np.eye(3)[np.array([[0, 1, 2, 2]])]
     truths = [np.array([[0, 1, 1, 2]], np.uint8)]
-    flat, rows = split_scores("test", [one_hot], truths, num_classes=3, threshold=0.5, tolerance=1, suffix="")
+    flat, rows = split_scores_at("test", [one_hot], truths, num_classes=3, threshold=0.5, tolerance=1, suffix="")
     assert [flat[f"test_iou_class_{k}"] for k in range(3)] == pytest.approx([1.0, 1 / 2, 1 / 2])
     assert flat["test_mean_iou"] == pytest.approx(2 / 3) and flat["test_pixel_accuracy"] == pytest.approx(3 / 4)
     assert rows[0]["iou"] == pytest.approx(2 / 3)

@@ -192,7 +192,7 @@ def test_killed_run_resumes_from_its_last_epoch(project):
     process.communicate()
     saved_epoch = json.loads(metadata.read_text())["epoch"]
     assert 2 <= saved_epoch < 6, "the run finished or never got to epoch 2 before the kill"
-    before = json.loads((project / "resume/backup/state.json").read_text())["history"][:saved_epoch]
+    before = pd.read_csv(project / "resume/backup/history.csv").to_dict("records")[:saved_epoch]
 
     done = run_stage(project, "train", *args)
     assert done.returncode == 0, done.stderr

@@ -1,0 +1,143 @@
+"""The training callbacks Keras does not ship, one job each. Everything else is Keras' own
+(ModelCheckpoint, EarlyStopping, CSVLogger, BackupAndRestore, TerminateOnNaN, ReduceLROnPlateau).
+
+Callbacks that add to `logs` (as Keras' ReduceLROnPlateau adds `learning_rate`) must come before
+CSVLogger in the callback list, so that the history file has their columns.
+"""
+from __future__ import annotations
+
+import time
+
+import keras
+import tensorflow as tf
+
+from segpipe.resume import ResumeState, random_state
+
+
+def history_name(keras_name: str) -> str:
+    """A Keras log name in the project's words: Keras says `val_iou`, segpipe says `valid_iou` everywhere."""
+    return "valid_" + keras_name[len("val_"):] if keras_name.startswith("val_") else keras_name
+
+
+def keras_name(name: str) -> str:
+    """The inverse of `history_name`, for Keras callbacks that watch a log by name."""
+    return "val_" + name[len("valid_"):] if name.startswith("valid_") else name
+
+
+class LogLearningRate(keras.callbacks.Callback):
+    """Adds the optimizer's learning rate at the end of each epoch to the logs (as `learning_rate`)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class EpochClock(keras.callbacks.Callback):
+    """Adds `epoch_seconds`, `train_seconds` (without validation) and `elapsed_seconds` (since the run
+    began, over resumes: `seconds_before` is what the interrupted attempts spent) to the logs."""
+
+    def __init__(self, *, seconds_before: float = 0.0):
+        super().__init__()
+        self.seconds_before = seconds_before
+        self._start = self._epoch_start = self._train_seconds = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        now = time.perf_counter()
+        self._start = self._start or now
+        self._epoch_start, self._train_seconds = now, None
+
+    def on_test_begin(self, logs=None):
+        if self._train_seconds is None and self._epoch_start is not None:
+            self._train_seconds = time.perf_counter() - self._epoch_start
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        if logs is not None:
+            logs["epoch_seconds"] = round(now - self._epoch_start, 3)
+            logs["train_seconds"] = round(self._train_seconds or now - self._epoch_start, 3)
+            logs["elapsed_seconds"] = round(self.seconds_before + now - self._start, 3)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training after the epoch in which `elapsed_seconds` (from EpochClock) reaches the budget."""
+
+    def __init__(self, *, max_minutes: float):
+        super().__init__()
+        self.max_minutes = max_minutes
+        self.spent = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.max_minutes and (logs or {}).get("elapsed_seconds", 0.0) >= self.max_minutes * 60:
+            self.spent = True
+            self.model.stop_training = True
+
+
+class RequireMonitor(keras.callbacks.Callback):
+    """Fails with a named param error when `train.monitor` is not logged (Keras' callbacks only warn)."""
+
+    def __init__(self, monitor: str):
+        super().__init__()
+        self.monitor = monitor
+
+    def on_epoch_end(self, epoch, logs=None):
+        names = sorted(history_name(key) for key in (logs or {}))
+        if self.monitor not in names:
+            raise ValueError(f"param 'train.monitor' is {self.monitor!r}, which training does not log; "
+                             f"choose one of {names}.")
+
+
+class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' EarlyStopping that starts from the best value and the epochs waited so far (a resumed run);
+    Keras' own resets both when training begins."""
+
+    def __init__(self, *, best: float | None, wait: int, **kwargs):
+        super().__init__(**kwargs)
+        self.resumed_best, self.resumed_wait = best, wait
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.best, self.wait = self.resumed_best, self.resumed_wait
+
+
+class SaveResumeState(keras.callbacks.Callback):
+    """Saves state.json after each epoch, with the dropout random state of that epoch. Put it before
+    BackupAndRestore, so the state of an epoch is on disk when Keras records the epoch as done."""
+
+    def __init__(self, *, resume: ResumeState, state: dict):
+        super().__init__()
+        self.resume, self.state = resume, state
+
+    def on_epoch_end(self, epoch, logs=None):
+        states = self.state.setdefault("random_states", {})
+        states[str(epoch + 1)] = random_state(self.model)
+        for old in sorted(states, key=int)[:-2]:
+            del states[old]
+        self.resume.save(self.state)
+
+
+class LogToMlflow(keras.callbacks.Callback):
+    """Logs each epoch's logs, in the project's names, to the MLflow run of `tracker` (step = epoch from 1)."""
+
+    def __init__(self, tracker):
+        super().__init__()
+        self.tracker = tracker
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.tracker.log_metrics({history_name(k): float(v) for k, v in (logs or {}).items()}, step=epoch + 1)
+
+
+class StopTogether(keras.callbacks.Callback):
+    """Multi-worker training: when one worker stops (its own clock, its own NaN), all stop, or the others
+    would wait for it forever. Put it after the callbacks that stop training."""
+
+    def __init__(self, strategy):
+        super().__init__()
+        self.strategy = strategy
+        self.stopped_by_another = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        stopping = bool(self.model.stop_training)
+        flag = self.strategy.run(lambda: tf.constant(float(stopping)))
+        if float(self.strategy.reduce(tf.distribute.ReduceOp.SUM, flag, axis=None)) > 0 and not stopping:
+            self.stopped_by_another = True
+            self.model.stop_training = True

@@ -1,0 +1,40 @@
+"""The row schema every data CSV shares: columns, how they are read, and how a row's numbers are computed.
+
+A row is one (image, mask) pair of PNGs: `id`, `image_path`, `mask_path` (repo-relative POSIX paths),
+`group` (the sub-folder it came from; "" at the top level), `height`, `width` (of the PNGs) and
+`foreground_fraction` (share of mask pixels that are not class 0). convert-to-png's manifest adds the
+`split` the raw layout named and the source files; train/valid/test, subset and augmented CSVs have
+exactly ROW_COLUMNS.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROW_COLUMNS = ["id", "image_path", "mask_path", "group", "height", "width", "foreground_fraction"]
+MANIFEST_COLUMNS = ["id", "split", "group", "image_path", "mask_path", "height", "width",
+                    "foreground_fraction", "source_image", "source_mask"]
+# Read as text: ids such as "007" or "1e5" and a group named "NA" must stay what the file says.
+_TEXT_COLUMNS = {"id": str, "group": str, "split": str}
+
+
+def read_rows(csv_path: Path, *, made_by: str = "the earlier stages") -> pd.DataFrame:
+    """A row CSV as a DataFrame (empty, with its columns, when the file has only a header).
+
+    Args:
+        csv_path: a manifest, train/valid/test, subset or augmented CSV.
+        made_by: the stage that writes it, named in the error when the file is missing.
+    """
+    if not Path(csv_path).is_file():
+        raise ValueError(f"'{csv_path}' not found; run {made_by} first (dvc repro).")
+    try:
+        return pd.read_csv(csv_path, dtype=_TEXT_COLUMNS, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=ROW_COLUMNS)
+
+
+def foreground_fraction(class_ids: np.ndarray) -> float:
+    """Share of pixels that are not class 0, rounded to 6 digits as the CSVs store it."""
+    return round(float(np.count_nonzero(class_ids)) / class_ids.size, 6)

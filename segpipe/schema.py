@@ -1,0 +1,104 @@
+"""What params.yaml may hold: every key of every section, its type, range and choices. The one list.
+
+The library takes its lists of choices from here (the model its encoders, the optimizer builder its
+optimizers, ...), so a choice is added in one place. This module imports nothing heavy: params are
+validated before TensorFlow starts, so a typo fails in a second, not after the TF import.
+Each rule is the keyword arguments of `segpipe.params.check_value`.
+"""
+from __future__ import annotations
+
+IMAGE_MODES = ("RGB", "L")
+ON_ERROR = ("fail", "skip")
+BALANCING_KEYS = ("auto", "group", "foreground")
+CACHE_MODES = ("auto", "memory", "none")
+ENCODERS = ("plain", "resnet50", "efficientnetb0", "mobilenetv2")
+ENCODER_WEIGHTS = (None, "imagenet")
+UPSAMPLING = ("transpose", "bilinear")
+NORMALIZATIONS = ("batch", "group")
+LOSSES = ("bce", "dice", "jaccard", "focal")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "plateau")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+MONITORS = tuple(f"{split}{score}" for split in ("valid_", "") for score in ("iou", "dice", "precision", "recall", "loss"))
+
+
+def _image_size(value) -> bool:
+    return len(value) == 2 and all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in value)
+
+
+SHARED = {
+    "seed": dict(kind=int),
+    "num_classes": dict(kind=int, minimum=1),
+    "mlflow": dict(kind=bool),
+}
+
+SECTIONS = {
+    "convert": {
+        "image_mode": dict(kind=str, choices=IMAGE_MODES),
+        "mask_stem_pattern": dict(kind=str, check=lambda s: "{stem}" in s,
+                                  hint="It must contain '{stem}', e.g. '{stem}_mask'."),
+        "mask_threshold": dict(kind=int, minimum=1, maximum=255),
+        "invert_mask": dict(kind=bool),
+        "max_gray_fraction": dict(kind=float, minimum=0.0, maximum=1.0),
+        "on_error": dict(kind=str, choices=ON_ERROR),
+        "num_workers": dict(kind=int, minimum=0),
+    },
+    "build_csv": {
+        "valid_fraction": dict(kind=float, minimum=0.01, maximum=0.9),
+        "stratify_bins": dict(kind=int, minimum=1),
+    },
+    "split_balanced": {
+        "key": dict(kind=str, choices=BALANCING_KEYS),
+        "num_bins": dict(kind=int, minimum=1),
+    },
+    "augment": {
+        "copies": dict(kind=int, minimum=0),
+        "group_multipliers": dict(kind=dict),
+        "transforms": dict(kind=list),
+        "num_workers": dict(kind=int, minimum=0),
+    },
+    "train": {
+        "image_size": dict(kind=list, check=_image_size, hint="expected [height, width]."),
+        "batch_size": dict(kind=int, minimum=1),
+        "steps_per_epoch": dict(kind=int, minimum=0),
+        "sampling_weights": dict(kind=(list, type(None))),
+        "cache": dict(kind=str, choices=CACHE_MODES),
+        "online_augment": dict(kind=bool),
+        "encoder": dict(kind=str, choices=ENCODERS),
+        "encoder_weights": dict(kind=(str, type(None)), choices=ENCODER_WEIGHTS),
+        "freeze_encoder_epochs": dict(kind=int, minimum=0),
+        "depth": dict(kind=int, minimum=1, maximum=7),
+        "base_filters": dict(kind=int, minimum=1),
+        "dropout": dict(kind=float, minimum=0.0, maximum=0.9),
+        "upsampling": dict(kind=str, choices=UPSAMPLING),
+        "normalization": dict(kind=str, choices=NORMALIZATIONS),
+        "loss": dict(kind=dict),  # names and weights: segpipe.losses.make_loss, the one function that reads them
+        "focal_gamma": dict(kind=float, minimum=0.0),
+        "optimizer": dict(kind=str, choices=OPTIMIZERS),
+        "learning_rate": dict(kind=float, minimum=0.0, check=lambda v: v > 0, hint="It must be positive."),
+        "weight_decay": dict(kind=float, minimum=0.0),
+        "momentum": dict(kind=float, minimum=0.0, maximum=1.0),
+        "schedule": dict(kind=str, choices=SCHEDULES),
+        "warmup_epochs": dict(kind=int, minimum=0),
+        "plateau_patience": dict(kind=int, minimum=1),
+        "scale_learning_rate": dict(kind=bool),
+        "epochs": dict(kind=int, minimum=1),
+        "max_minutes": dict(kind=float, minimum=0.0),
+        "patience": dict(kind=int, minimum=0),
+        "monitor": dict(kind=str, choices=MONITORS,
+                        hint="(The validation split is `valid` everywhere: val_iou is now valid_iou.)"),
+        "threshold": dict(kind=float, minimum=0.0, maximum=1.0),
+        "precision": dict(kind=str, choices=PRECISIONS),
+        "devices": dict(kind=(str, list)),
+        "jit_compile": dict(kind=bool),
+        "deterministic": dict(kind=bool),
+        "tensorboard": dict(kind=bool),
+    },
+    "evaluate": {
+        "boundary_tolerance": dict(kind=int, minimum=0),
+        "num_samples": dict(kind=int, minimum=0),
+        "worst_k": dict(kind=int, minimum=0),
+        "confusion_pixels": dict(kind=int, minimum=1),
+        "batch_size": dict(kind=int, minimum=1),
+    },
+}
