@@ -1,10 +1,10 @@
-"""Build an albumentations pipeline from the list of transforms in params.yaml (its own serialisation)."""
+"""Build an albumentations pipeline from the list of transforms in params.yaml (its own serialisation).
+
+Importing albumentations checks PyPI for a newer version unless NO_ALBUMENTATIONS_UPDATE is set, which the
+entry points do (segpipe/cli.py) before they import this module."""
 from __future__ import annotations
 
-import os
 import warnings
-
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at import
 
 import albumentations as A
 from albumentations.core.serialization import SERIALIZABLE_REGISTRY

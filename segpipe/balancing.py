@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segpipe.rows import read_rows
+from segpipe.rows import check_files, read_rows
 
 
 def foreground_bin_edges(foreground_fraction: pd.Series, *, num_bins: int) -> list[float]:
@@ -66,3 +66,23 @@ def training_subsets(summary_path: Path, subsets_dir: Path, augmented_csv: Path)
     if empty:
         raise ValueError(f"subset file(s) {empty} in '{subsets_dir}' have no rows; rerun split-balanced (dvc repro).")
     return summary, subsets
+
+
+def training_rows(*, summary_path: Path, subsets_dir: Path, augmented_csv: Path, valid_csv: Path,
+                  sampling_weights: list[float] | None) -> tuple[dict, list[pd.DataFrame], pd.DataFrame]:
+    """What train reads, checked: (subsets summary, training rows per subset, validation rows).
+
+    Raises ValueError for an empty subset or validation split, a listed file that is missing or not a PNG,
+    and `train.sampling_weights` of the wrong length."""
+    summary, subsets = training_subsets(summary_path, subsets_dir, augmented_csv)
+    valid = read_rows(valid_csv, made_by="the build-csv stage")
+    if valid.empty:
+        raise ValueError(f"'{valid_csv}' has no rows; training needs validation images to pick the best "
+                         "epoch. Raise build_csv.valid_fraction or add a valid/ folder to data/raw.")
+    check_files(pd.concat(subsets, ignore_index=True), source="the training CSVs")
+    check_files(valid, source=str(valid_csv))
+    if sampling_weights is not None and len(sampling_weights) != len(subsets):
+        raise ValueError(f"param 'train.sampling_weights' has {len(sampling_weights)} weights but "
+                         f"{summary_path} lists {len(subsets)} subsets "
+                         f"({[s['name'] for s in summary['subsets']]}); give one weight each, or null for equal.")
+    return summary, subsets, valid

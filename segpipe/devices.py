@@ -35,6 +35,11 @@ class Placement:
     num_workers: int
     is_chief: bool               # the worker that writes outputs (always True without TF_CONFIG)
 
+    @property
+    def description(self) -> str:
+        """E.g. "/gpu:0,/gpu:1" or "/cpu:0 x 2 workers"."""
+        return ",".join(self.device_names) + (f" x {self.num_workers} workers" if self.num_workers > 1 else "")
+
 
 def cpu_flags() -> set[str]:
     """CPU feature flags from /proc/cpuinfo (Linux); empty where it is unavailable."""

@@ -32,26 +32,6 @@ from PIL import Image
 from segpipe.inference import resize_image, to_unit_range
 from segpipe.schema import CACHE_MODES
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def check_files(rows: pd.DataFrame, *, source: str) -> None:
-    """Raises ValueError naming missing files or files that are not PNGs, before TF sees them."""
-    problems = []
-    for column in ("image_path", "mask_path"):
-        for path in rows[column]:
-            try:
-                with open(path, "rb") as fh:
-                    if fh.read(8) != PNG_SIGNATURE:
-                        problems.append(f"'{path}' is not a PNG file")
-            except OSError:
-                problems.append(f"'{path}' does not exist")
-    if problems:
-        raise ValueError(f"{len(problems)} bad file(s) listed in {source}: " + "; ".join(problems[:10])
-                         + ("; ..." if len(problems) > 10 else "")
-                         + ". Rerun the data stages (dvc repro) so the CSVs match the files.")
-
-
 def find_undecodable(rows: pd.DataFrame) -> list[str]:
     """Paths among the rows that PIL cannot fully decode (used to name the file behind a TF error)."""
     bad = []

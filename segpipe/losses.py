@@ -5,18 +5,20 @@ probabilities (batch, H, W, C) from the model's float32 head: C = 1 (sigmoid, bi
 C = num_classes (softmax). Binary losses are about the foreground (class 1); multi-class losses
 one-hot the ids and average over the classes.
 
+Cross-entropy and focal loss are Keras' own. Dice and Jaccard are ours: Keras' Dice smooths by 1e-7
+and pools all classes into one ratio (a rare class then hardly counts), and Keras has no Jaccard loss.
+
 Dice and Jaccard are "soft" (computed on probabilities) and pooled over the whole batch and all
 pixels before the ratio, with a smoothing of 1: pooling keeps them defined and stable when an image
 has no foreground, which per-image ratios are not.
 """
 from __future__ import annotations
 
+import keras
 from keras import ops
 
 from segpipe.schema import LOSSES
 
-
-EPSILON = 1e-7
 SMOOTH = 1.0
 
 
@@ -29,17 +31,12 @@ def _one_hot(y_true, y_pred):
     return ops.one_hot(ids, channels, dtype=y_pred.dtype)
 
 
-def _probabilities(y_pred):
-    return ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0 - EPSILON)
-
-
 def cross_entropy(y_true, y_pred):
-    """Binary cross-entropy for one sigmoid channel; categorical cross-entropy for softmax outputs."""
-    p = _probabilities(y_pred)
-    t = _one_hot(y_true, p)
-    if p.shape[-1] == 1:
-        return -ops.mean(t * ops.log(p) + (1.0 - t) * ops.log(1.0 - p))
-    return -ops.mean(ops.sum(t * ops.log(p), axis=-1))
+    """Keras' binary cross-entropy for one sigmoid channel, its sparse categorical one for softmax outputs;
+    both use the logits behind the model's sigmoid/softmax, which is more exact than clipped probabilities."""
+    if y_pred.shape[-1] == 1:
+        return ops.mean(keras.losses.binary_crossentropy(_one_hot(y_true, y_pred), y_pred))
+    return ops.mean(keras.losses.sparse_categorical_crossentropy(ops.cast(y_true, "int32"), y_pred))
 
 
 def _overlaps(y_true, y_pred):
@@ -66,13 +63,12 @@ def jaccard_loss(y_true, y_pred):
 
 def focal_loss(y_true, y_pred, *, gamma: float = 2.0):
     """Focal loss (Lin et al. 2017) without class weighting: cross-entropy scaled by (1 - p_true)**gamma,
-    so confidently right pixels count less and hard ones (thin structures, borders) more."""
-    p = _probabilities(y_pred)
-    t = _one_hot(y_true, p)
-    if p.shape[-1] == 1:
-        p_true = t * p + (1.0 - t) * (1.0 - p)
-        return -ops.mean(ops.power(1.0 - p_true, gamma) * ops.log(p_true))
-    return -ops.mean(ops.sum(t * ops.power(1.0 - p, gamma) * ops.log(p), axis=-1))
+    so confidently right pixels count less and hard ones (thin structures, borders) more. Keras' focal
+    losses with alpha = 1 (no class weighting); the categorical one wants one-hot targets."""
+    if y_pred.shape[-1] == 1:
+        return ops.mean(keras.losses.binary_focal_crossentropy(_one_hot(y_true, y_pred), y_pred, gamma=gamma))
+    return ops.mean(keras.losses.categorical_focal_crossentropy(_one_hot(y_true, y_pred), y_pred, alpha=1.0,
+                                                                gamma=gamma))
 
 
 def make_loss(*, weights: dict[str, float], focal_gamma: float = 2.0):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -115,3 +116,15 @@ def set_random_state(model: keras.Model, states: dict[str, list[int]]) -> None:
         if variable.path in states:
             variable.assign(keras.ops.reshape(keras.ops.array(states[variable.path], dtype=variable.dtype),
                                               variable.shape))
+
+
+def open_backup(folder: Path, *, is_chief: bool, params: dict, files: list[Path]) -> tuple[ResumeState, dict]:
+    """The run's backup folder and the state it holds ({} for a fresh run). Non-chief workers of a
+    multi-worker run keep theirs in a temporary folder, out of the DVC output (they are never resumed)."""
+    folder = Path(folder) if is_chief else Path(tempfile.mkdtemp(prefix="segpipe-worker-"))
+    resume = ResumeState(folder, fingerprint=fingerprint(params=params, files=files))
+    state = resume.load()
+    if state:
+        print(f"train: resuming the interrupted run after epoch {resume.epochs_logged()} (state in '{folder}')",
+              flush=True)
+    return resume, state

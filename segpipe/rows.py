@@ -17,6 +17,7 @@ ROW_COLUMNS = ["id", "image_path", "mask_path", "group", "height", "width", "for
 MANIFEST_COLUMNS = ["id", "split", "group", "image_path", "mask_path", "height", "width",
                     "foreground_fraction", "source_image", "source_mask"]
 # Read as text: ids such as "007" or "1e5" and a group named "NA" must stay what the file says.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TEXT_COLUMNS = {"id": str, "group": str, "split": str}
 
 
@@ -38,3 +39,20 @@ def read_rows(csv_path: Path, *, made_by: str = "the earlier stages") -> pd.Data
 def foreground_fraction(class_ids: np.ndarray) -> float:
     """Share of pixels that are not class 0, rounded to 6 digits as the CSVs store it."""
     return round(float(np.count_nonzero(class_ids)) / class_ids.size, 6)
+
+
+def check_files(rows: pd.DataFrame, *, source: str) -> None:
+    """Raises ValueError naming missing files or files that are not PNGs, before TF sees them."""
+    problems = []
+    for column in ("image_path", "mask_path"):
+        for path in rows[column]:
+            try:
+                with open(path, "rb") as fh:
+                    if fh.read(8) != PNG_SIGNATURE:
+                        problems.append(f"'{path}' is not a PNG file")
+            except OSError:
+                problems.append(f"'{path}' does not exist")
+    if problems:
+        raise ValueError(f"{len(problems)} bad file(s) listed in {source}: " + "; ".join(problems[:10])
+                         + ("; ..." if len(problems) > 10 else "")
+                         + ". Rerun the data stages (dvc repro) so the CSVs match the files.")

@@ -182,6 +182,18 @@ class Tracker:
             warnings.simplefilter("ignore")
             self._call("logging the model", log)
 
+    def finish_training(self, *, metrics: dict[str, float], facts: dict, files: list[Path], model,
+                        example_input) -> None:
+        """The end of a training run: best-epoch metrics and numeric facts (at the last epoch's step), the stop
+        reason as a tag, the output files and the model; then the run ends."""
+        numbers = {k: v for k, v in facts.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.log_metrics({**metrics, **numbers}, step=facts["epochs_run"])
+        self.set_tags({"stop_reason": facts["stop_reason"]})
+        for path in files:
+            self.log_artifact(path)
+        self.log_keras_model(model, example_input=example_input)
+        self.end()
+
     def end(self, status: str = "FINISHED") -> None:
         def end():
             import mlflow

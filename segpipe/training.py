@@ -63,6 +63,12 @@ def make_optimizer(*, optimizer: str, learning_rate: float, schedule: str, warmu
     raise ValueError(f"param 'train.optimizer' must be one of {list(OPTIMIZERS)}, got {optimizer!r}.")
 
 
+def plateau_callback(*, monitor: str, patience: int) -> keras.callbacks.ReduceLROnPlateau:
+    """`schedule: plateau`: halve the learning rate after `patience` epochs without `monitor` improving."""
+    return keras.callbacks.ReduceLROnPlateau(monitor=keras_name(monitor), mode="min" if monitor.endswith("loss")
+                                             else "max", factor=0.5, patience=patience, min_lr=1e-6)
+
+
 def training_phases(model: keras.Model, *, freeze_encoder_epochs: int, epochs: int) -> list[tuple[str, int]]:
     """[(phase name, the epoch it ends after)]: `frozen_encoder` first when the model has an encoder to freeze."""
     frozen = [("frozen_encoder", min(freeze_encoder_epochs, epochs))] if (

@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from segpipe.augmentations import build_compose
 from segpipe.cli import run_stage
 from segpipe.image_io import write_png
 from segpipe.outputs import replace_dir, write_csv
@@ -71,13 +70,16 @@ def check_multipliers(group_multipliers: dict, groups: set[str]) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--train-csv", type=Path, required=True)
-    parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--params", type=Path, required=True)
+    parser.add_argument("--train-csv", type=Path, required=True, help="train.csv from build-csv")
+    parser.add_argument("--output-dir", type=Path, required=True, help="folder for the augmented PNGs and augmented.csv")
+    parser.add_argument("--params", type=Path, required=True, help="params.yaml")
     args = parser.parse_args(argv)
     all_params = Params(args.params)
     params = all_params.section("augment")
     seed = all_params.shared("seed")
+    # Imported after run_stage set the environment: albumentations goes to the network at import otherwise.
+    from segpipe.augmentations import build_compose
+
     compose = build_compose(params["transforms"])  # built once: fails on bad transforms before any work
 
     train = read_rows(args.train_csv, made_by="the build-csv stage")

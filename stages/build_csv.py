@@ -68,9 +68,9 @@ def stratified_split(frame: pd.DataFrame, *, valid_fraction: float, stratify_bin
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--png-dir", type=Path, required=True)
-    parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--params", type=Path, required=True)
+    parser.add_argument("--png-dir", type=Path, required=True, help="convert-to-png's folder (with manifest.csv)")
+    parser.add_argument("--output-dir", type=Path, required=True, help="folder for train.csv, valid.csv, test.csv")
+    parser.add_argument("--params", type=Path, required=True, help="params.yaml")
     args = parser.parse_args(argv)
     all_params = Params(args.params)
     params = all_params.section("build_csv")

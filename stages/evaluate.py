@@ -54,10 +54,9 @@ def main(argv=None) -> None:
     from segpipe import inference, metrics
     from segpipe.evaluation import confusion_sample, per_image_table, split_scores
     from segpipe.image_io import read_png
-    from segpipe.input_pipeline import check_files
     from segpipe.plots import write_evaluation_plots
     from segpipe.progress import progress
-    from segpipe.rows import read_rows
+    from segpipe.rows import check_files, read_rows
     from segpipe.tracking import Tracker, experiment_name, git_tags, project_root
 
     model = keras.models.load_model(args.model, compile=False)

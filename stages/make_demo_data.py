@@ -100,7 +100,7 @@ def write_dataset(output: Path, *, seed: int, scale: float = 1.0) -> int:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, required=True, help="folder to create, e.g. data/raw")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic images (default 0)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the number of images per group")
     args = parser.parse_args(argv)
     if args.output.exists():

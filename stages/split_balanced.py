@@ -57,10 +57,10 @@ def split_into_subsets(train: pd.DataFrame, *, key: str, num_bins: int) -> tuple
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--train-csv", type=Path, required=True)
-    parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--summary", type=Path, required=True)
-    parser.add_argument("--params", type=Path, required=True)
+    parser.add_argument("--train-csv", type=Path, required=True, help="train.csv from build-csv")
+    parser.add_argument("--output-dir", type=Path, required=True, help="folder for one CSV per balancing subset")
+    parser.add_argument("--summary", type=Path, required=True, help="subsets.json to write")
+    parser.add_argument("--params", type=Path, required=True, help="params.yaml")
     args = parser.parse_args(argv)
     params = Params(args.params).section("split_balanced")
 

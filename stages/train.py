@@ -11,14 +11,12 @@ Writes:  --model (best epoch by train.monitor, .keras), --saved-model (TF SavedM
          TensorBoard logs in --tensorboard-dir.
 Params:  seed, num_classes, mlflow, convert.image_mode (channels), train.* (see params.yaml).
 
-Distribution: train.batch_size is per replica; the global batch is batch_size x replicas, and with
-train.scale_learning_rate the learning rate is multiplied by the replicas (linear scaling rule).
-The training loop (phases, resume, callbacks) is segpipe/training.py.
+train.batch_size is per replica (global batch = batch_size x replicas); the training loop (phases, resume,
+callbacks) is segpipe/training.py.
 """
 from __future__ import annotations
 
 import argparse
-import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -59,33 +57,24 @@ def main(argv=None) -> None:
     import pandas as pd
 
     from segpipe import input_pipeline as pipeline
-    from segpipe.balancing import training_subsets
-    from segpipe.callbacks import LogToMlflow, keras_name
+    from segpipe.balancing import training_rows
+    from segpipe.callbacks import LogToMlflow
     from segpipe.devices import configure_runtime, parse_devices
     from segpipe.keras_metrics import training_metrics
     from segpipe.losses import make_loss
     from segpipe.model import build_unet, export_saved_model
-    from segpipe.resume import ResumeState, fingerprint
-    from segpipe.rows import read_rows
+    from segpipe.resume import open_backup
     from segpipe.tracking import Tracker, experiment_name, git_tags, project_root
-    from segpipe.training import fit_in_phases, make_optimizer, run_summary, training_phases
+    from segpipe.training import fit_in_phases, make_optimizer, plateau_callback, run_summary, training_phases
 
     parse_devices(train["devices"])  # a clear error before TensorFlow starts its devices
     placement, policy, reason = configure_runtime(devices=train["devices"], precision=train["precision"],
                                                   deterministic=train["deterministic"], seed=seed)
     loss = make_loss(weights=train["loss"], focal_gamma=train["focal_gamma"])
-    summary, subsets = training_subsets(args.subsets_summary, args.subsets_dir, args.augmented_csv)
-    valid = read_rows(args.valid_csv, made_by="the build-csv stage")
-    if valid.empty:
-        raise ValueError(f"'{args.valid_csv}' has no rows; training needs validation images to pick the best "
-                         "epoch. Raise build_csv.valid_fraction or add a valid/ folder to data/raw.")
+    summary, subsets, valid = training_rows(
+        summary_path=args.subsets_summary, subsets_dir=args.subsets_dir, augmented_csv=args.augmented_csv,
+        valid_csv=args.valid_csv, sampling_weights=train["sampling_weights"])
     train_rows = pd.concat(subsets, ignore_index=True)
-    pipeline.check_files(train_rows, source="the training CSVs")
-    pipeline.check_files(valid, source=str(args.valid_csv))
-    if train["sampling_weights"] is not None and len(train["sampling_weights"]) != len(subsets):
-        raise ValueError(f"param 'train.sampling_weights' has {len(train['sampling_weights'])} weights but "
-                         f"{args.subsets_summary} lists {len(subsets)} subsets "
-                         f"({[s['name'] for s in summary['subsets']]}); give one weight each, or null for equal.")
 
     image_size = tuple(train["image_size"])
     global_batch = train["batch_size"] * placement.num_replicas
@@ -93,24 +82,17 @@ def main(argv=None) -> None:
                                      requested=train["steps_per_epoch"])
     cache = pipeline.resolve_cache(train["cache"], num_rows=len(train_rows) + len(valid), image_size=image_size,
                                    channels=channels, memory_budget_bytes=pipeline.cache_budget_bytes())
-    devices_used = ",".join(placement.device_names) + (f" x {placement.num_workers} workers"
-                                                        if placement.num_workers > 1 else "")
+    devices_used = placement.description
     counts = ", ".join(f"{subset['name']}={len(rows)}" for subset, rows in zip(summary["subsets"], subsets))
     print(f"train: {len(train_rows)} training rows ({counts}), {len(valid)} validation rows; input "
           f"{image_size[0]}x{image_size[1]}x{channels}; global batch {global_batch} ({train['batch_size']} x "
           f"{placement.num_replicas} replica(s) on {devices_used}); {steps} steps/epoch; precision {policy} "
           f"({reason})", flush=True)
 
-    input_files = [args.subsets_summary, args.augmented_csv, args.valid_csv] + [
-        args.subsets_dir / s["file"] for s in summary["subsets"]]
-    # Non-chief workers keep their (never resumed) state out of the DVC output.
-    backup_dir = args.backup_dir if placement.is_chief else Path(tempfile.mkdtemp(prefix="segpipe-worker-"))
-    resume = ResumeState(backup_dir, fingerprint=fingerprint(
-        params={**train, "seed": seed, "num_classes": num_classes, "channels": channels}, files=input_files))
-    state = resume.load()
-    if state:
-        print(f"train: resuming the interrupted run after epoch {resume.epochs_logged()} (state in "
-              f"'{backup_dir}')", flush=True)
+    inputs = [args.subsets_summary, args.augmented_csv, args.valid_csv,
+              *(args.subsets_dir / subset["file"] for subset in summary["subsets"])]
+    resume, state = open_backup(args.backup_dir, is_chief=placement.is_chief, files=inputs,
+                                params={**train, "seed": seed, "num_classes": num_classes, "channels": channels})
     tracker = Tracker(enabled=track and placement.is_chief)
     # The experiment's own record is evaluate's run (segpipe/tracking.py): this one is named after it.
     state["mlflow_run_id"] = tracker.start(
@@ -135,9 +117,7 @@ def main(argv=None) -> None:
 
     callbacks = [LogToMlflow(tracker)]
     if train["schedule"] == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor=keras_name(train["monitor"]), mode="min" if train["monitor"].endswith("loss") else "max",
-            factor=0.5, patience=train["plateau_patience"], min_lr=1e-6))
+        callbacks.append(plateau_callback(monitor=train["monitor"], patience=train["plateau_patience"]))
     if train["tensorboard"]:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(args.tensorboard_dir)))
     with pipeline.naming_bad_files(pd.concat([train_rows, valid], ignore_index=True)):
@@ -167,14 +147,9 @@ def main(argv=None) -> None:
     write_json(args.facts, facts)
     write_json(args.run_info, {"run_id": state["mlflow_run_id"]})  # no tracking URI: machine-specific
     if state["mlflow_run_id"]:
-        tracker.log_metrics({**metrics, **{k: v for k, v in facts.items() if isinstance(v, (int, float))}},
-                            step=len(history))
-        tracker.set_tags({"stop_reason": facts["stop_reason"]})
-        for path in (args.history, args.metrics, args.facts):
-            tracker.log_artifact(path)
-        tracker.log_keras_model(best_model, example_input=pipeline.example_batch(valid, image_size=image_size,
-                                                                                channels=channels))
-        tracker.end()
+        tracker.finish_training(metrics=metrics, facts=facts, files=[args.history, args.metrics, args.facts],
+                                model=best_model, example_input=pipeline.example_batch(
+                                    valid, image_size=image_size, channels=channels))
     resume.clear()
     print(f"train: best epoch {facts['best_epoch']} of {facts['epochs_run']} ({facts['stop_reason']}); "
           + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("best_valid_"))

@@ -11,6 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from segpipe import input_pipeline as ip
+from segpipe.rows import check_files
 
 
 def write_rows(folder: Path, group: str, count: int, value: int, size=(12, 16)) -> pd.DataFrame:
@@ -146,7 +147,7 @@ def test_missing_and_non_png_files_are_named(three_groups, tmp_path):
     (tmp_path / "fake.png").write_bytes(b"GIF89a not a png")
     rows.loc[1, "mask_path"] = str(tmp_path / "fake.png")
     with pytest.raises(ValueError) as error:
-        ip.check_files(rows, source="'train.csv'")
+        check_files(rows, source="'train.csv'")
     assert f"'{tmp_path / 'gone.png'}' does not exist" in str(error.value)
     assert f"'{tmp_path / 'fake.png'}' is not a PNG file" in str(error.value)
 
@@ -156,7 +157,7 @@ def test_truncated_png_error_names_the_file(three_groups, tmp_path):
     data = Path(rows.loc[0, "image_path"]).read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     rows.loc[0, "image_path"] = str(tmp_path / "cut.png")
-    ip.check_files(rows, source="x")  # the signature is fine: only decoding finds it
+    check_files(rows, source="x")  # the signature is fine: only decoding finds it
     with pytest.raises(ValueError, match=f"cannot decode 1 PNG file.*{tmp_path / 'cut.png'}"):
         with ip.naming_bad_files(rows):
             list(ip.evaluation_dataset(rows, image_size=(8, 8), channels=3, batch_size=2, cache=False))
