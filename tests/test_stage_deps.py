@@ -81,8 +81,8 @@ def test_code_deps_are_exactly_the_imported_project_files(stage):
 
 def test_the_import_reader_follows_imports_inside_functions_and_package_files():
     files = project_files_imported("stages.evaluate")
-    # input_pipeline and tracking are imported inside functions of stages/evaluate.py; balancing by plots.py
-    assert {"stages/__init__.py", "stages/evaluate.py", "segpipe/__init__.py", "segpipe/input_pipeline.py",
+    # inference and tracking are imported inside main() of stages/evaluate.py; balancing by plots.py
+    assert {"stages/__init__.py", "stages/evaluate.py", "segpipe/__init__.py", "segpipe/inference.py",
             "segpipe/tracking.py", "segpipe/balancing.py"} <= files
     assert "stages/train.py" not in files and "segpipe/model.py" not in files
 
