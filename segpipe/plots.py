@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import vl_convert
 
 from segpipe.balancing import safe_name
 from segpipe.image_io import write_png
@@ -87,8 +88,6 @@ def chart_specs(*, history: pd.DataFrame | None, sweep: pd.DataFrame, per_image:
 
 def render_png(spec: dict, path: Path) -> None:
     """One Vega-Lite spec to a PNG file (atomically), offline."""
-    import vl_convert
-
     write_bytes(path, vl_convert.vegalite_to_png(json.dumps(spec), scale=1.5))
 
 

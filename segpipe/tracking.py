@@ -25,10 +25,15 @@ DVC outputs are unaffected.
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
+import time
 import warnings
+from importlib import metadata
 from pathlib import Path
+
+from segpipe.params import flatten
 
 EXPERIMENT_NAME = "segpipe"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
@@ -58,8 +63,6 @@ def default_tracking_uri(root: Path | None = None) -> str:
 
 def flatten_params(params: dict) -> dict[str, str]:
     """{"train": {"loss": {"bce": 1}}} -> {"train.loss.bce": "1"}; lists as their text, cut to MLflow's limit."""
-    from segpipe.params import flatten
-
     return {name: str(value)[:MAX_PARAM_LENGTH] for name, value in flatten(params).items()}
 
 
@@ -90,7 +93,10 @@ def git_tags(root: Path) -> dict[str, str]:
 
 
 class Tracker:
-    """A failure-tolerant MLflow run. Methods do nothing after the first failure (or when disabled)."""
+    """A failure-tolerant MLflow run. Methods do nothing after the first failure (or when disabled).
+
+    MLflow is imported inside the calls, not at the top: with `mlflow: false` it is never loaded (about 2 s to
+    import, measured, and background threads), and a broken MLflow install is one more tracking failure, not a crash."""
 
     def __init__(self, *, enabled: bool = True, tracking_uri: str | None = None, stage: str = "train"):
         self.enabled = enabled
@@ -206,22 +212,18 @@ class Tracker:
 def _retry_when_locked(function, *args, attempts: int = 8, first_wait: float = 0.25, **kwargs):
     """Calls `function`, retrying while sqlite says "database is locked": parallel `dvc queue` workers share
     one mlflow.db, and sqlite lets one writer in at a time. Other errors are raised at once."""
-    import random
-    import time
-
+    jitter = random.Random()  # its own generator: Python's global one seeds Keras' weight initialisation
     for attempt in range(attempts):
         try:
             return function(*args, **kwargs)
         except Exception as err:
             if "database is locked" not in str(err) or attempt == attempts - 1:
                 raise
-            time.sleep(first_wait * 2 ** attempt * (0.5 + random.random()))
+            time.sleep(first_wait * 2 ** attempt * (0.5 + jitter.random()))
 
 
 def _pip_requirements() -> list[str]:
     """The installed TF/Keras pins, given explicitly (MLflow's inference reloads the model in a subprocess)."""
-    from importlib import metadata
-
     pins = []
     for package in ("tensorflow", "tensorflow-cpu", "keras"):
         try:
