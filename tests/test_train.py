@@ -380,9 +380,13 @@ def test_predict_writes_masks_at_the_original_size_and_orientation(trained, tmp_
     exif[0x0112] = 6  # "rotate 90 CW to display": upright it is 20 wide, 44 high
     rotated.save(inputs / "phone.jpg", exif=exif)
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "segpipe.predict", "--model", str(trained / "model.keras"),
-                           "--input", str(inputs), "--output", str(out), "--overlay", "--probabilities"],
-                          env=env_for(trained), capture_output=True, text=True, timeout=120)
+    # The installed command (setup.sh installs segpipe), from a folder outside the project.
+    installed = Path(sys.executable).parent / "segpipe-predict"
+    command, env = ([str(installed)], {k: v for k, v in env_for(trained).items() if k != "PYTHONPATH"}) \
+        if installed.exists() else ([sys.executable, "-m", "segpipe.predict"], env_for(trained))
+    done = subprocess.run([*command, "--model", str(trained / "model.keras"), "--input", str(inputs), "--output",
+                           str(out), "--overlay", "--probabilities"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     sizes = {}
     for name in ("odd", "sub/gray", "phone"):
