@@ -13,6 +13,9 @@ import tensorflow as tf
 
 from segpipe.resume import ResumeState, random_state
 
+# What EpochClock adds to the logs: in the resume state and MLflow, not in the history CSV (they change every run).
+TIMING_COLUMNS = ("epoch_seconds", "train_seconds", "elapsed_seconds")
+
 
 def history_name(keras_name: str) -> str:
     """A Keras log name in the project's words: Keras says `val_iou`, segpipe says `valid_iou` everywhere."""
@@ -22,6 +25,11 @@ def history_name(keras_name: str) -> str:
 def keras_name(name: str) -> str:
     """The inverse of `history_name`, for Keras callbacks that watch a log by name."""
     return "val_" + name[len("valid_"):] if name.startswith("valid_") else name
+
+
+def monitor_mode(monitor: str) -> str:
+    """Keras' `mode` for a monitored log: losses are minimised, scores maximised."""
+    return "min" if monitor.endswith("loss") else "max"
 
 
 class LogLearningRate(keras.callbacks.Callback):
@@ -53,9 +61,9 @@ class EpochClock(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()
         if logs is not None:
-            logs["epoch_seconds"] = round(now - self._epoch_start, 3)
-            logs["train_seconds"] = round(self._train_seconds or now - self._epoch_start, 3)
-            logs["elapsed_seconds"] = round(self.seconds_before + now - self._start, 3)
+            logs.update(zip(TIMING_COLUMNS, (round(now - self._epoch_start, 3),
+                                             round(self._train_seconds or now - self._epoch_start, 3),
+                                             round(self.seconds_before + now - self._start, 3))))
 
 
 class TimeBudget(keras.callbacks.Callback):

@@ -7,12 +7,14 @@ training resized it (`resize_image`), scaled to [0, 1], and the model's probabil
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from segpipe.image_io import apply_orientation, exif_orientation, image_to_array, open_image
+from segpipe.progress import progress
 
 
 def resize_image(image, image_size: tuple[int, int]):
@@ -64,6 +66,17 @@ def predict_probabilities(model: keras.Model, images: list[np.ndarray], *, batch
         out += [tf.image.resize(p, image.shape[:2], method="bilinear").numpy()
                 for p, image in zip(probabilities, chunk)]
     return out
+
+
+def predict_files(model: keras.Model, paths: list[Path], *, batch_size: int,
+                  desc: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(image, probabilities at its own size) per file, in order: `batch_size` files are read and predicted
+    at a time (memory stays one batch), with progress named `desc`."""
+    channels = model.input_shape[-1]
+    batches = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
+    for batch in progress(batches, desc=desc, unit="batch"):
+        images = [load_image(path, channels=channels) for path in batch]
+        yield from zip(images, predict_probabilities(model, images, batch_size=batch_size))
 
 
 def to_class_ids(probabilities: np.ndarray, *, threshold: float) -> np.ndarray:

@@ -26,7 +26,6 @@ from segpipe.cli import run_stage, start_tensorflow
 from segpipe.image_io import SUPPORTED_EXTENSIONS, write_png
 from segpipe.outputs import write_text
 from segpipe.plots import overlay as tint
-from segpipe.progress import progress
 
 
 def find_inputs(path: Path) -> list[tuple[Path, Path]]:
@@ -88,24 +87,18 @@ def main(argv=None) -> None:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}.")
     inputs = find_inputs(args.input)
     threshold, source = (args.threshold, "given") if args.threshold is not None else default_threshold(args.model)
-    # TensorFlow loads after the cheap checks: importing it takes about 5 s (measured), which --help and a
-    # mistyped path should not wait for.
-    start_tensorflow()
+    start_tensorflow()  # after the cheap checks: see its docstring
     import keras
 
-    from segpipe.inference import load_image, predict_probabilities, to_class_ids
+    from segpipe.inference import predict_files, to_class_ids
 
     model = keras.models.load_model(args.model, compile=False)
-    channels = model.input_shape[-1]
     print(f"predict: {len(inputs)} image(s), model input {model.input_shape[1:]}, threshold {threshold:g} ({source})")
-    chunks = [inputs[start:start + args.batch_size] for start in range(0, len(inputs), args.batch_size)]
-    for chunk in progress(chunks, desc="predict", unit="batch"):
-        images = [load_image(path, channels=channels) for path, _ in chunk]
-        for (_, stem), image, probability in zip(chunk, images, predict_probabilities(model, images,
-                                                                                     batch_size=args.batch_size)):
-            (args.output / stem).parent.mkdir(parents=True, exist_ok=True)
-            write_outputs(args.output / stem, image, to_class_ids(probability, threshold=threshold), probability,
-                          overlay=args.overlay, probabilities=args.probabilities)
+    predictions = predict_files(model, [path for path, _ in inputs], batch_size=args.batch_size, desc="predict")
+    for (_, stem), (image, probability) in zip(inputs, predictions):
+        (args.output / stem).parent.mkdir(parents=True, exist_ok=True)
+        write_outputs(args.output / stem, image, to_class_ids(probability, threshold=threshold), probability,
+                      overlay=args.overlay, probabilities=args.probabilities)
     write_text(args.output / "predict.json", json.dumps({"model": str(args.model), "threshold": threshold,
                                                           "threshold_source": source, "images": len(inputs)},
                                                          indent=2) + "\n")

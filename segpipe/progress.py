@@ -15,6 +15,7 @@ def progress(items: Iterable, *, desc: str, unit: str = "item", total: int | Non
     """Yields `items`. On a terminal (stderr) shows a bar; otherwise prints `<desc>: k/N <unit>s (p%)` to
     stdout at every 25% and at least every 30 s of a slow loop, then once at the end."""
     total = len(items) if total is None and hasattr(items, "__len__") else total
+    units = unit + ("es" if unit.endswith(("s", "x", "ch", "sh")) else "s")
     if sys.stderr.isatty():
         yield from tqdm(items, desc=desc, unit=unit, total=total, mininterval=1.0)
         return
@@ -27,9 +28,9 @@ def progress(items: Iterable, *, desc: str, unit: str = "item", total: int | Non
         now = time.monotonic()
         share = count / total if total else 0.0
         if total and count == total:
-            print(f"{desc}: {count}/{total} {unit}s done in {now - start:.0f} s", flush=True)
+            print(f"{desc}: {count}/{total} {units} done in {now - start:.0f} s", flush=True)
         elif share >= next_share or now - last >= LINE_EVERY_SECONDS:
-            print(f"{desc}: {count}/{total or '?'} {unit}s" + (f" ({share:.0%})" if total else ""), flush=True)
+            print(f"{desc}: {count}/{total or '?'} {units}" + (f" ({share:.0%})" if total else ""), flush=True)
             last = now
             while next_share <= share:
                 next_share += 0.25

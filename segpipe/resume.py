@@ -79,15 +79,14 @@ class ResumeState:
         metadata = self.keras_dir / phase / "training_metadata.json"
         return json.loads(metadata.read_text())["epoch"] if metadata.is_file() else None
 
-    def epochs_logged(self) -> int:
-        return len(pd.read_csv(self.history_csv)) if self.history_csv.is_file() else 0
-
-    def history(self, *, before_epoch: int) -> pd.DataFrame:
-        """The logged epochs before `before_epoch` (from 0), in Keras' names; later rows, which a resumed
-        run redoes, are removed from the file so that CSVLogger appends after the last kept one."""
+    def history(self, *, before_epoch: int | None = None) -> pd.DataFrame:
+        """The logged epochs (all, or those before `before_epoch`, from 0), in Keras' names; later rows,
+        which a resumed run redoes, are removed from the file so that CSVLogger appends after the last kept one."""
         if not self.history_csv.is_file():
             return pd.DataFrame()
         history = pd.read_csv(self.history_csv, float_precision="round_trip")
+        if before_epoch is None:
+            return history
         kept = history[history["epoch"] < before_epoch]
         if len(kept) < len(history):
             write_csv(self.history_csv, kept)
@@ -125,6 +124,6 @@ def open_backup(folder: Path, *, is_chief: bool, params: dict, files: list[Path]
     resume = ResumeState(folder, fingerprint=fingerprint(params=params, files=files))
     state = resume.load()
     if state:
-        print(f"train: resuming the interrupted run after epoch {resume.epochs_logged()} (state in '{folder}')",
+        print(f"train: resuming the interrupted run after epoch {len(resume.history())} (state in '{folder}')",
               flush=True)
     return resume, state

@@ -25,16 +25,13 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from segpipe.callbacks import (EpochClock, LogLearningRate, RequireMonitor, ResumedEarlyStopping, SaveResumeState,
-                               StopTogether, TimeBudget, history_name, keras_name)
+from segpipe.callbacks import (TIMING_COLUMNS, EpochClock, LogLearningRate, RequireMonitor, ResumedEarlyStopping,
+                               SaveResumeState, StopTogether, TimeBudget, history_name, keras_name, monitor_mode)
 from segpipe.keras_multi_worker import patch_fit_for_multi_worker
 from segpipe.model import encoder_layers
 from segpipe.resume import ResumeState, set_random_state
 from segpipe.schema import OPTIMIZERS, SCHEDULES
 
-# Per-epoch timings: in the resume state and MLflow, not in the history CSV (they change every run).
-TIMING_COLUMNS = ("epoch_seconds", "train_seconds", "elapsed_seconds")
-_ALL_EPOCHS = sys.maxsize
 
 
 def make_optimizer(*, optimizer: str, learning_rate: float, schedule: str, warmup_epochs: int, epochs: int,
@@ -65,8 +62,8 @@ def make_optimizer(*, optimizer: str, learning_rate: float, schedule: str, warmu
 
 def plateau_callback(*, monitor: str, patience: int) -> keras.callbacks.ReduceLROnPlateau:
     """`schedule: plateau`: halve the learning rate after `patience` epochs without `monitor` improving."""
-    return keras.callbacks.ReduceLROnPlateau(monitor=keras_name(monitor), mode="min" if monitor.endswith("loss")
-                                             else "max", factor=0.5, patience=patience, min_lr=1e-6)
+    return keras.callbacks.ReduceLROnPlateau(monitor=keras_name(monitor), mode=monitor_mode(monitor), factor=0.5,
+                                             patience=patience, min_lr=1e-6)
 
 
 def training_phases(model: keras.Model, *, freeze_encoder_epochs: int, epochs: int) -> list[tuple[str, int]]:
@@ -76,14 +73,21 @@ def training_phases(model: keras.Model, *, freeze_encoder_epochs: int, epochs: i
     return frozen + [("all_layers", epochs)]
 
 
-def _best_and_wait(history: pd.DataFrame, *, monitor: str, mode: str, phase_start: int) -> tuple[float | None, int]:
-    """(best finite `monitor` value in the logged epochs, epochs since it within this phase)."""
+def _best_row(history: pd.DataFrame, *, monitor: str) -> int | None:
+    """Index of the first row with the best finite `monitor` value (as ModelCheckpoint kept it), or None."""
     values = history[monitor].to_numpy(dtype=float) if len(history) else np.array([])
     finite = np.flatnonzero(np.isfinite(values))
     if not len(finite):
+        return None
+    return int(finite[np.argmax(values[finite]) if monitor_mode(monitor) == "max" else np.argmin(values[finite])])
+
+
+def _best_and_wait(history: pd.DataFrame, *, monitor: str, phase_start: int) -> tuple[float | None, int]:
+    """(best finite `monitor` value in the logged epochs, epochs since it within this phase)."""
+    best = _best_row(history, monitor=monitor)
+    if best is None:
         return None, 0
-    best_index = finite[np.argmax(values[finite]) if mode == "max" else np.argmin(values[finite])]
-    return float(values[best_index]), len(values) - 1 - max(int(best_index), phase_start - 1)
+    return float(history[monitor].iloc[best]), len(history) - 1 - max(best, phase_start - 1)
 
 
 @dataclass
@@ -114,7 +118,7 @@ def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_
     Returns:
         The history, the best epoch (its model is `resume.best_model`) and why the run stopped.
     """
-    mode = "min" if monitor.endswith("loss") else "max"
+    mode = monitor_mode(monitor)
     strategy = model.distribute_strategy
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if multi_worker:
@@ -129,7 +133,7 @@ def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_
             continue
         # Where this phase starts, fixed on its first run so that a resumed phase keeps its schedule.
         first_epoch = state.setdefault("phase_start", {}).setdefault(
-            phase, len(resume.history(before_epoch=_ALL_EPOCHS)))
+            phase, len(resume.history()))
         for layer in frozen_layers:
             layer.trainable = phase != "frozen_encoder"
         trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
@@ -141,7 +145,7 @@ def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_
         if str(start_epoch) in state.get("random_states", {}):
             set_random_state(model, state["random_states"][str(start_epoch)])
         history = resume.history(before_epoch=start_epoch)
-        best, wait = _best_and_wait(history, monitor=keras_name(monitor), mode=mode, phase_start=first_epoch)
+        best, wait = _best_and_wait(history, monitor=keras_name(monitor), phase_start=first_epoch)
         early_stopping = ResumedEarlyStopping(best=best, wait=wait, monitor=keras_name(monitor), mode=mode,
                                               patience=patience) if patience else None
         budget = TimeBudget(max_minutes=max_minutes)
@@ -159,9 +163,9 @@ def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_
                   epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
                   callbacks=phase_callbacks, verbose=1 if sys.stdout.isatty() else 2, shuffle=False)
 
-        history = resume.history(before_epoch=_ALL_EPOCHS)
+        history = resume.history()
         if not math.isfinite(float(history["loss"].iloc[-1])):
-            if _best_and_wait(history, monitor=keras_name(monitor), mode=mode, phase_start=0)[0] is None:
+            if _best_row(history, monitor=keras_name(monitor)) is None:
                 raise ValueError(f"training diverged (loss is not finite in epoch {len(history)}) before any "
                                  "usable epoch; lower train.learning_rate, or set train.precision: float32 to rule "
                                  "out overflow.")
@@ -176,16 +180,14 @@ def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_
             model.save_weights(weights_file)
         done.append(phase)
         resume.save(state)
-    return _outcome(resume.history(before_epoch=_ALL_EPOCHS), monitor=monitor, mode=mode,
-                    stop_reason=state.get("stop_reason") or "all epochs run")
+    return _outcome(resume.history(), monitor=monitor, stop_reason=state.get("stop_reason") or "all epochs run")
 
 
-def _outcome(keras_history: pd.DataFrame, *, monitor: str, mode: str, stop_reason: str) -> Outcome:
+def _outcome(keras_history: pd.DataFrame, *, monitor: str, stop_reason: str) -> Outcome:
     history = keras_history.rename(columns=history_name).assign(epoch=keras_history["epoch"] + 1)
     scores = sorted(c for c in history.columns if c not in ("epoch", "learning_rate", *TIMING_COLUMNS))
     history = history[["epoch", *scores, "learning_rate", *TIMING_COLUMNS]].reset_index(drop=True)
-    best, _ = _best_and_wait(history, monitor=monitor, mode=mode, phase_start=0)
-    best_epoch = int(history.loc[history[monitor] == best, "epoch"].iloc[0])
+    best_epoch = int(history["epoch"].iloc[_best_row(history, monitor=monitor)])
     return Outcome(history=history, best_epoch=best_epoch, stop_reason=stop_reason)
 
 

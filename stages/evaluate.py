@@ -45,9 +45,7 @@ def main(argv=None) -> None:
     num_classes, seed, track = (all_params.shared(name) for name in ("num_classes", "seed", "mlflow"))
     if not args.model.is_file():
         raise ValueError(f"model '{args.model}' not found; run the train stage first (dvc repro).")
-    # TensorFlow and the modules that use it load here, after the cheap checks: importing TensorFlow takes
-    # about 5 s on a laptop CPU (measured), which --help and a params typo should not wait for.
-    start_tensorflow()
+    start_tensorflow()  # then the modules that use it: after the cheap checks (see its docstring)
     import keras
     import pandas as pd
 
@@ -55,7 +53,6 @@ def main(argv=None) -> None:
     from segpipe.evaluation import confusion_sample, per_image_table, split_scores
     from segpipe.image_io import read_png
     from segpipe.plots import write_evaluation_plots
-    from segpipe.progress import progress
     from segpipe.rows import check_files, read_rows
     from segpipe.tracking import Tracker, experiment_name, git_tags, project_root
 
@@ -63,22 +60,18 @@ def main(argv=None) -> None:
     if model.output_shape[-1] != max(1, num_classes):
         raise ValueError(f"model '{args.model}' has {model.output_shape[-1]} output channel(s) but num_classes is "
                          f"{num_classes}; retrain (dvc repro) after changing num_classes.")
-    splits = {name: read_rows(args.csv_dir / f"{name}.csv", made_by="the build-csv stage") for name in ("valid",)}
-    if (args.csv_dir / "test.csv").is_file() and len(read_rows(args.csv_dir / "test.csv")):
-        splits["test"] = read_rows(args.csv_dir / "test.csv")
+    splits = {"valid": read_rows(args.csv_dir / "valid.csv", made_by="the build-csv stage")}
+    test = read_rows(args.csv_dir / "test.csv") if (args.csv_dir / "test.csv").is_file() else None
+    if test is not None and len(test):
+        splits["test"] = test
     if splits["valid"].empty:
         raise ValueError(f"'{args.csv_dir / 'valid.csv'}' has no rows; nothing to evaluate.")
-    channels = model.input_shape[-1]
     images, truths, probabilities = {}, {}, {}
     for name, rows in splits.items():
         check_files(rows, source=f"{args.csv_dir / name}.csv")
-        images[name], truths[name], probabilities[name] = [], [], []
-        for row in progress(rows.to_dict("records"), desc=f"evaluate {name}", unit="image"):
-            images[name].append(inference.load_image(row["image_path"], channels=channels))
-            truths[name].append(read_png(row["mask_path"]))
-            if len(images[name]) % params["batch_size"] == 0 or len(images[name]) == len(rows):
-                chunk = images[name][len(probabilities[name]):]
-                probabilities[name] += inference.predict_probabilities(model, chunk, batch_size=params["batch_size"])
+        images[name], probabilities[name] = map(list, zip(*inference.predict_files(
+            model, list(rows["image_path"]), batch_size=params["batch_size"], desc=f"evaluate {name}")))
+        truths[name] = [read_png(path) for path in rows["mask_path"]]
 
     threshold, sweep = 0.5, pd.DataFrame()
     if num_classes == 1:

@@ -50,16 +50,14 @@ def main(argv=None) -> None:
     train = all_params.section("train")
     seed, num_classes, track = (all_params.shared(name) for name in ("seed", "num_classes", "mlflow"))
     channels = 1 if all_params.section("convert")["image_mode"] == "L" else 3
-    # TensorFlow and the modules that use it load here, after the cheap checks: importing TensorFlow takes
-    # about 5 s on a laptop CPU (measured), which --help and a params typo should not wait for.
-    start_tensorflow()
+    start_tensorflow()  # then the modules that use it: after the cheap checks (see its docstring)
     import keras
     import pandas as pd
 
     from segpipe import input_pipeline as pipeline
     from segpipe.balancing import training_rows
     from segpipe.callbacks import LogToMlflow
-    from segpipe.devices import configure_runtime, parse_devices
+    from segpipe.devices import configure_runtime
     from segpipe.keras_metrics import training_metrics
     from segpipe.losses import make_loss
     from segpipe.model import build_unet, export_saved_model
@@ -67,7 +65,6 @@ def main(argv=None) -> None:
     from segpipe.tracking import Tracker, experiment_name, git_tags, project_root
     from segpipe.training import fit_in_phases, make_optimizer, plateau_callback, run_summary, training_phases
 
-    parse_devices(train["devices"])  # a clear error before TensorFlow starts its devices
     placement, policy, reason = configure_runtime(devices=train["devices"], precision=train["precision"],
                                                   deterministic=train["deterministic"], seed=seed)
     loss = make_loss(weights=train["loss"], focal_gamma=train["focal_gamma"])
