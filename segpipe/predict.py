@@ -95,7 +95,8 @@ def main(argv=None) -> None:
     model = keras.models.load_model(args.model, compile=False)
     print(f"predict: {len(inputs)} image(s), model input {model.input_shape[1:]}, threshold {threshold:g} ({source})")
     predictions = predict_files(model, [path for path, _ in inputs], batch_size=args.batch_size, desc="predict")
-    for (_, stem), (image, probability) in zip(inputs, predictions):
+    # strict: zip then runs the generator to its end, so its progress prints the closing line.
+    for (_, stem), (image, probability) in zip(inputs, predictions, strict=True):
         (args.output / stem).parent.mkdir(parents=True, exist_ok=True)
         write_outputs(args.output / stem, image, to_class_ids(probability, threshold=threshold), probability,
                       overlay=args.overlay, probabilities=args.probabilities)
