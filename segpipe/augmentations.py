@@ -4,10 +4,13 @@ Importing albumentations checks PyPI for a newer version unless NO_ALBUMENTATION
 entry points do (segpipe/cli.py) before they import this module."""
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import albumentations as A
 from albumentations.core.serialization import SERIALIZABLE_REGISTRY
+
+from segpipe.image_io import IGNORE_ID
 
 
 def valid_transform_names() -> list[str]:
@@ -19,6 +22,10 @@ def valid_transform_names() -> list[str]:
 
 def build_compose(transforms: list[dict], *, param_name: str = "augment.transforms") -> A.Compose:
     """A seeded-ready `A.Compose` from serialised transforms ({"__class_fullname__": "HorizontalFlip", "p": 0.5}).
+
+    Geometric transforms that pad (Affine, Rotate, PadIfNeeded, ... with a constant border) fill the mask
+    with IGNORE_ID unless the spec gives `fill_mask`: a padded pixel has no label, and filling it with
+    class 0 would teach the model that borders are background.
 
     Raises:
         ValueError naming the transform and the valid choices for an unknown name, and naming the
@@ -35,6 +42,9 @@ def build_compose(transforms: list[dict], *, param_name: str = "augment.transfor
         name = spec["__class_fullname__"]
         if name not in SERIALIZABLE_REGISTRY:
             raise ValueError(f"{where}: unknown transform '{name}'; valid choices: {', '.join(valid_transform_names())}.")
+        cls = SERIALIZABLE_REGISTRY[name]
+        if "fill_mask" in inspect.signature(cls.__init__).parameters and "fill_mask" not in spec:
+            spec = {**spec, "fill_mask": IGNORE_ID}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")

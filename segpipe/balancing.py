@@ -1,7 +1,10 @@
 """Stratification and balancing keys shared by build-csv, split-balanced, augment and train.
 
 A row's balancing subset is its `group` when the data has several groups, otherwise the quantile bin
-of its `foreground_fraction` (so that images with tiny objects are not drowned by those with large ones).
+of its `foreground_fraction` (so that images with tiny objects are not drowned by those with large ones),
+or, for multi-class data, its rarest class: the class present in the image (any pixel) that has the
+fewest pixels in the whole training split. Every street scene holds sky, road and buildings; what sets
+one apart is the bicyclist or the sign it also holds, and sampling by that keeps rare classes in sight.
 """
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segpipe.rows import check_files, read_rows
+from segpipe.rows import check_files, class_pixel_table, read_rows
+
+AUGMENTED_ID = "__aug"  # augment names copies <id>__augNN (stages/augment.py)
 
 
 def foreground_bin_edges(foreground_fraction: pd.Series, *, num_bins: int) -> list[float]:
@@ -31,17 +36,32 @@ def foreground_bins(foreground_fraction: pd.Series, edges: list[float]) -> np.nd
     return np.searchsorted(np.asarray(edges, dtype=float), foreground_fraction.to_numpy(dtype=float), side="right")
 
 
+def rarest_classes(rows: pd.DataFrame, *, class_totals: np.ndarray, num_classes: int) -> np.ndarray:
+    """Each row's rarest present class (int): the class with pixels in the row and the fewest in `class_totals`."""
+    table = class_pixel_table(rows, num_classes=num_classes)
+    totals = np.asarray(class_totals, np.float64)[:table.shape[1]]
+    # A row with no labelled pixel has no class; it joins the subset of the most common class.
+    scores = np.where(table > 0, totals[None, :], np.inf)
+    return np.where(np.isfinite(scores).any(axis=1), scores.argmin(axis=1), int(np.argmax(totals)))
+
+
 def safe_name(text: str) -> str:
     """A file-name-safe version of a group name ("left/hand 1" -> "left_hand_1")."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "unnamed"
 
 
-def assign_subsets(rows: pd.DataFrame, summary: dict) -> list[pd.DataFrame]:
+def assign_subsets(rows: pd.DataFrame, summary: dict, *, originals: list[pd.DataFrame] | None = None) -> list[pd.DataFrame]:
     """Splits rows (original + augmented) into the subsets of data/subsets.json, in its order.
 
-    Rows go to the subset of their group (key "group") or of their foreground bin (key "foreground").
+    Rows go to the subset of their group (key "group"), of their foreground bin (key "foreground"), or
+    (key "rarest_class") augmented rows go with the image they were made from (in `originals`, the subsets'
+    rows): a crop may lose the rare class, but it is still a view of the image that was picked for it.
     """
-    if summary["key"] == "group":
+    if summary["key"] == "rarest_class":
+        subset_of = {row_id: index for index, frame in enumerate(originals or []) for row_id in frame["id"]}
+        labels = np.array([subset_of.get(str(row_id).rsplit(AUGMENTED_ID, 1)[0], -1) for row_id in rows["id"]])
+        names = list(range(len(summary["subsets"])))
+    elif summary["key"] == "group":
         labels = rows["group"].astype(str).to_numpy()
         names = [s["name"] for s in summary["subsets"]]
     else:
@@ -60,7 +80,7 @@ def training_subsets(summary_path: Path, subsets_dir: Path, augmented_csv: Path)
     summary = json.loads(Path(summary_path).read_text())
     originals = [read_rows(Path(subsets_dir) / subset["file"]) for subset in summary["subsets"]]
     augmented = read_rows(augmented_csv, made_by="the augment stage")
-    extra = assign_subsets(augmented, summary) if len(augmented) else [augmented] * len(originals)
+    extra = assign_subsets(augmented, summary, originals=originals) if len(augmented) else [augmented] * len(originals)
     subsets = [pd.concat([o, a], ignore_index=True) for o, a in zip(originals, extra)]
     empty = [s["file"] for s, rows in zip(summary["subsets"], subsets) if rows.empty]
     if empty:

@@ -5,6 +5,9 @@ Conventions (the rest of the pipeline relies on them):
 - masks: uint8 class ids, shape (H, W). Binary tasks (`num_classes: 1`) use {0, 1} (1 = foreground);
   multi-class tasks use 0..num_classes-1 (0 = background). A PNG mask therefore looks black in a
   viewer; multiply by 255 to look at a binary one.
+- void: IGNORE_ID (255) marks pixels that take no part in training or scoring (nobody labelled them, or
+  the dataset says they do not count). convert-to-png maps the raw void value (`convert.ignore_value`)
+  to it; every later stage (loss, metrics, balancing, augmentation padding, overlays) reads it from here.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ _ORIENTATION_FIX = {
     8: Image.Transpose.ROTATE_90,
 }
 _EXIF_ORIENTATION_TAG = 0x0112
+IGNORE_ID = 255  # void pixels in converted masks; so num_classes can be at most 255
 
 
 def open_image(path: Path) -> Image.Image:
@@ -102,30 +106,38 @@ def _mask_channel(im: Image.Image) -> tuple[np.ndarray, bool]:
 
 
 def mask_to_class_ids(im: Image.Image, *, num_classes: int, threshold: int, invert: bool,
-                      max_gray_fraction: float, lossy: bool) -> np.ndarray:
-    """A decoded mask -> uint8 class ids of shape (H, W). Raises ValueError saying what is wrong.
+                      max_gray_fraction: float, lossy: bool, ignore_value: int | None = None) -> np.ndarray:
+    """A decoded single-channel (or gray-looking) mask -> uint8 class ids of shape (H, W), void pixels
+    IGNORE_ID. Raises ValueError saying what is wrong. (Colour-coded masks: segpipe/palette.py.)
+
+    `ignore_value` is the raw value of void pixels (e.g. 11 for CamVid's Unlabelled, 255 for Cityscapes
+    or VOC borders); they become IGNORE_ID before anything else looks at the mask.
 
     Binary (`num_classes == 1`): values in {0, 1} are taken as ids; anything else is thresholded
     (`value >= threshold` is foreground), which handles {0, 255} masks and lossy JPEG masks. A mask
     whose pixels are mostly mid-gray (more than `max_gray_fraction` in 32..223) is not a binary mask,
-    nor is a lossless one with small values like {0, 1, 2} (class ids of a multi-class mask).
+    nor is a lossless one with small values like {0, 1, 2} (class ids of a multi-class mask). Void
+    pixels are left out of both checks: a gray (128) boundary band declared void is fine.
     `invert` swaps foreground and background (for datasets that mark the background in white).
 
     Multi-class: single-channel values (or palette indices) are the class ids; each must be
-    < num_classes. Colour masks need a class-colour mapping, which is not supported.
+    < num_classes.
     """
     values, is_index = _mask_channel(im)
+    void = values == ignore_value if ignore_value is not None else np.zeros(values.shape, bool)
+    labelled = values[~void]
     if num_classes == 1:
-        present = np.unique(values)
+        present = np.unique(labelled)
         if set(present.tolist()) <= {0, 1}:
             foreground = values == 1
         else:
-            gray = float(np.mean((values >= 32) & (values <= 223)))
+            gray = float(np.mean((labelled >= 32) & (labelled <= 223)))
             if gray > max_gray_fraction:
                 raise ValueError(
-                    f"not a binary mask: {gray:.1%} of its pixels are mid-gray (32..223), more than "
+                    f"not a binary mask: {gray:.1%} of its labelled pixels are mid-gray (32..223), more than "
                     f"convert.max_gray_fraction={max_gray_fraction}; expected values {{0,1}} or {{0,255}} "
-                    "(lossy JPEG noise is fine). If it is multi-class, set num_classes")
+                    "(lossy JPEG noise is fine). If it is multi-class, set num_classes; if the gray pixels "
+                    "are a band nobody should score, set convert.ignore_value to their value")
             if present.max() < threshold and not lossy:
                 raise ValueError(
                     f"unexpected mask values {present.tolist()[:10]} for a binary task (num_classes: 1); "
@@ -134,19 +146,21 @@ def mask_to_class_ids(im: Image.Image, *, num_classes: int, threshold: int, inve
             foreground = values >= threshold
         if invert:
             foreground = ~foreground
-        return foreground.astype(np.uint8)
+        return np.where(void, IGNORE_ID, foreground).astype(np.uint8)
     if not is_index and im.mode not in ("L", "I;16", "I", "F") and im.getbands() not in (("L",),):
         raise ValueError(
             f"colour mask (mode {im.mode}) for a multi-class task; expected a single-channel or palette "
-            "PNG whose values are class ids 0..num_classes-1")
-    too_big = np.unique(values[values >= num_classes])
+            "PNG whose values are class ids 0..num_classes-1, or set convert.palette to map its colours "
+            "to class ids")
+    too_big, counts = np.unique(labelled[labelled >= num_classes], return_counts=True)
     if too_big.size:
+        found = ", ".join(f"{v} ({n} pixels)" for v, n in list(zip(too_big.tolist(), counts.tolist()))[:10])
         raise ValueError(
-            f"class ids {too_big.tolist()[:10]} out of range for num_classes={num_classes}; expected "
-            f"values 0..{num_classes - 1}")
+            f"class ids {found} out of range for num_classes={num_classes}; expected values "
+            f"0..{num_classes - 1}. If one of them means 'not labelled', set convert.ignore_value to it")
     if invert:
         raise ValueError("convert.invert_mask only applies to binary tasks (num_classes: 1)")
-    return values.astype(np.uint8)
+    return np.where(void, IGNORE_ID, values).astype(np.uint8)
 
 
 def write_png(path: Path, array: np.ndarray) -> None:

@@ -2,16 +2,20 @@
 
 Names are the same for binary and multi-class so `train.monitor: valid_iou` works for both:
 - binary (one sigmoid channel): iou, dice, precision, recall of the foreground at `threshold`;
-- multi-class (softmax): iou = mean IoU over all classes including background, dice = mean Dice,
-  both from the argmax prediction.
+- multi-class (softmax): iou = mean IoU over the classes (background included), dice = mean Dice,
+  both from the argmax prediction; a class absent from both truth and prediction in the whole epoch
+  is left out of the mean (as evaluate does), not counted as 0 or 1.
 Pooled means the confusion counts of every pixel of every batch are summed before the ratio, the
-standard definition (per-image averages come from the evaluate stage). A ratio with an empty
-denominator (e.g. no foreground predicted and none present) counts as 0 here.
+standard definition (per-image averages come from the evaluate stage). Void pixels (id 255) are not
+counted. A binary ratio with an empty denominator (e.g. no foreground predicted and none present)
+counts as 0 here.
 """
 from __future__ import annotations
 
 import keras
 from keras import ops
+
+from segpipe.image_io import IGNORE_ID
 
 
 class ConfusionScore(keras.metrics.Metric):
@@ -27,12 +31,14 @@ class ConfusionScore(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         ids = ops.cast(y_true[..., 0], "int32")
+        labelled = ops.cast(ops.not_equal(ids, IGNORE_ID), "float32")[..., None]
+        ids = ops.where(ops.equal(ids, IGNORE_ID), 0, ids)
         if self.num_classes == 1:
-            truth = ops.cast(ids > 0, "float32")[..., None]
-            predicted = ops.cast(y_pred >= self.threshold, "float32")
+            truth = ops.cast(ids > 0, "float32")[..., None] * labelled
+            predicted = ops.cast(y_pred >= self.threshold, "float32") * labelled
         else:
-            truth = ops.one_hot(ids, self.num_classes, dtype="float32")
-            predicted = ops.one_hot(ops.argmax(y_pred, axis=-1), self.num_classes, dtype="float32")
+            truth = ops.one_hot(ids, self.num_classes, dtype="float32") * labelled
+            predicted = ops.one_hot(ops.argmax(y_pred, axis=-1), self.num_classes, dtype="float32") * labelled
         axes = tuple(range(len(predicted.shape) - 1))
         tp = ops.sum(truth * predicted, axis=axes)
         fp = ops.sum((1.0 - truth) * predicted, axis=axes)
@@ -44,7 +50,11 @@ class ConfusionScore(keras.metrics.Metric):
         numerator, denominator = {
             "iou": (tp, tp + fp + fn), "dice": (2.0 * tp, 2.0 * tp + fp + fn),
             "precision": (tp, tp + fp), "recall": (tp, tp + fn)}[self.score]
-        return ops.mean(ops.where(denominator > 0, numerator / ops.maximum(denominator, 1.0), 0.0))
+        ratio = ops.where(denominator > 0, numerator / ops.maximum(denominator, 1.0), 0.0)
+        if self.num_classes == 1:
+            return ratio[0]
+        seen = ops.cast(tp + fp + fn > 0, "float32")  # present in truth or prediction this epoch
+        return ops.sum(ratio * seen) / ops.maximum(ops.sum(seen), 1.0)
 
     def reset_state(self):
         self.counts.assign(ops.zeros_like(self.counts))

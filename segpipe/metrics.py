@@ -7,6 +7,9 @@ Conventions (documented because the edge cases decide averages):
   them is empty (e.g. precision with no predicted pixels but a non-empty truth: everything was missed).
 - Pooled values sum the confusion counts of all pixels of all images, then take the ratio; per-image
   values take the ratio per image (and are averaged by the caller).
+- Classes (multi-class): a class absent from both truth and prediction has no IoU (None) and is left out
+  of the mean IoU, rather than counted as a perfect 1.0 that would flatter the mean.
+- Void pixels (id 255) are removed by the caller (segpipe/evaluation.py) before any count.
 """
 from __future__ import annotations
 
@@ -53,10 +56,29 @@ def boundary(mask: np.ndarray) -> np.ndarray:
     return mask & ~eroded
 
 
-def boundary_f_score(predicted: np.ndarray, truth: np.ndarray, *, tolerance: int) -> float:
+def class_boundary(ids: np.ndarray) -> np.ndarray:
+    """Pixels of a class-id map with a 4-neighbour of another class (both sides of every class edge)."""
+    ids = np.asarray(ids)
+    edge = np.zeros(ids.shape, bool)
+    vertical, horizontal = ids[1:] != ids[:-1], ids[:, 1:] != ids[:, :-1]
+    edge[1:] |= vertical
+    edge[:-1] |= vertical
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    return edge
+
+
+def boundary_f_score(predicted: np.ndarray, truth: np.ndarray, *, tolerance: int,
+                     labelled: np.ndarray | None = None, multi_class: bool = False) -> float:
     """Boundary F1 (Csurka et al. 2013): a predicted edge pixel is right if a true edge pixel lies within
-    `tolerance` pixels (Euclidean), and vice versa for recall. Empty/empty = 1.0, one empty = 0.0."""
-    predicted_edge, true_edge = boundary(predicted), boundary(truth)
+    `tolerance` pixels (Euclidean), and vice versa for recall. Empty/empty = 1.0, one empty = 0.0.
+
+    Binary: edges of the foreground (boolean masks). `multi_class`: edges between any two classes (id maps).
+    `labelled`: only edge pixels there count (void pixels have no true edge to match)."""
+    edges = class_boundary if multi_class else boundary
+    predicted_edge, true_edge = edges(predicted), edges(truth)
+    if labelled is not None:
+        predicted_edge, true_edge = predicted_edge & labelled, true_edge & labelled
     if not predicted_edge.any() or not true_edge.any():
         return 1.0 if not predicted_edge.any() and not true_edge.any() else 0.0
     distance_to_true = ndimage.distance_transform_edt(~true_edge)
@@ -67,7 +89,7 @@ def boundary_f_score(predicted: np.ndarray, truth: np.ndarray, *, tolerance: int
 
 
 def class_confusion(predicted_ids: np.ndarray, true_ids: np.ndarray, *, num_classes: int) -> np.ndarray:
-    """(num_classes, num_classes) pixel counts, rows = true class, columns = predicted class."""
+    """(num_classes, num_classes) pixel counts, rows = true class, columns = predicted class (void removed first)."""
     predicted_ids, true_ids = np.asarray(predicted_ids).ravel(), np.asarray(true_ids).ravel()
     if predicted_ids.shape != true_ids.shape:
         raise ValueError("prediction and mask have different sizes.")
@@ -76,22 +98,36 @@ def class_confusion(predicted_ids: np.ndarray, true_ids: np.ndarray, *, num_clas
 
 
 def class_scores(matrix: np.ndarray) -> dict[str, object]:
-    """Per-class IoU and Dice, mean IoU over classes (background included; a class absent from both
-    truth and prediction counts as 1.0), and frequency-weighted IoU (weights = true pixel share)."""
+    """Per-class IoU and Dice (None for a class absent from both truth and prediction), mean IoU and mean
+    Dice over the classes that have one (background included; 1.0 when none has: nothing to get wrong),
+    and frequency-weighted IoU (weights = true pixel share)."""
     matrix = np.asarray(matrix, np.int64)
     tp = np.diag(matrix)
     fp = matrix.sum(axis=0) - tp
     fn = matrix.sum(axis=1) - tp
-    iou = [_ratio(t, t + p + n, empty=1.0) for t, p, n in zip(tp, fp, fn)]
-    dice = [_ratio(2 * t, 2 * t + p + n, empty=1.0) for t, p, n in zip(tp, fp, fn)]
+    iou = [None if t + p + n == 0 else t / (t + p + n) for t, p, n in zip(tp, fp, fn)]
+    dice = [None if t + p + n == 0 else 2 * t / (2 * t + p + n) for t, p, n in zip(tp, fp, fn)]
     frequency = matrix.sum(axis=1) / max(1, matrix.sum())
-    return {"iou_per_class": iou, "dice_per_class": dice, "mean_iou": float(np.mean(iou)),
-            "frequency_weighted_iou": float(np.sum(frequency * np.asarray(iou)))}
+    scored = [float(v) for v in iou if v is not None]
+    return {"iou_per_class": [None if v is None else float(v) for v in iou],
+            "dice_per_class": [None if v is None else float(v) for v in dice],
+            "mean_iou": float(np.mean(scored)) if scored else 1.0,
+            "mean_dice": float(np.mean([v for v in dice if v is not None])) if scored else 1.0,
+            "frequency_weighted_iou": float(sum(f * v for f, v in zip(frequency, iou) if v is not None))}
 
 
-def threshold_sweep(probabilities: list[np.ndarray], truths: list[np.ndarray],
+def threshold_sweep(probabilities: list[np.ndarray], truths: list[np.ndarray], labelled: list[np.ndarray] | None = None,
                     thresholds=THRESHOLDS) -> list[dict[str, float]]:
-    """Pooled IoU, F1 (= Dice), precision and recall at each threshold, over all images."""
+    """Pooled IoU, F1 (= Dice), precision and recall at each threshold, over all images.
+
+    Args:
+        probabilities: foreground probability (H, W) per image.
+        truths: boolean foreground (H, W) per image.
+        labelled: boolean (H, W) per image, False on void pixels (left out); None = all labelled.
+    """
+    if labelled is not None:
+        probabilities = [p[keep] for p, keep in zip(probabilities, labelled)]
+        truths = [t[keep] for t, keep in zip(truths, labelled)]
     rows = []
     for threshold in thresholds:
         counts = sum(confusion_counts(p >= threshold, t) for p, t in zip(probabilities, truths))

@@ -92,3 +92,21 @@ class Params:
         if name not in self.values:
             raise ValueError(f"params file '{self.path}' has no top-level '{name}'.")
         return check_value(name, self.values[name], **SHARED[name])
+
+    def class_names(self) -> list[str]:
+        """Every class's display name in class-id order, from `class_names` (checked against num_classes).
+
+        Binary tasks (num_classes: 1) have two classes, background then foreground; `class_names` may name the
+        foreground alone ([lesion]). Null gives background/foreground, or class_0, class_1, ...
+        """
+        num_classes = self.shared("num_classes")
+        names = self.shared("class_names")
+        if names is None:
+            return ["background", "foreground"] if num_classes == 1 else [f"class_{k}" for k in range(num_classes)]
+        if len(names) != num_classes:
+            raise ValueError(f"param 'class_names' has {len(names)} name(s) but num_classes is {num_classes}; give "
+                             + ("one name (the foreground's) for a binary task" if num_classes == 1 else
+                                "one name per class, in class-id order") + ", or null.")
+        if len(set(names)) != len(names):
+            raise ValueError(f"param 'class_names' repeats a name ({names}); each class needs its own.")
+        return ["background", *names] if num_classes == 1 else list(names)

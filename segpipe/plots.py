@@ -11,25 +11,80 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import vl_convert
+from PIL import Image, ImageDraw
 
 from segpipe.balancing import safe_name
-from segpipe.image_io import write_png
+from segpipe.image_io import IGNORE_ID, write_png
 from segpipe.outputs import replace_dir, write_bytes, write_csv, write_text
+from segpipe.palette import VOID_COLOUR, display_colours
 
 TRUE_POSITIVE = (0, 200, 0)     # green: foreground found
 FALSE_POSITIVE = (255, 40, 40)  # red: predicted foreground that is background
 FALSE_NEGATIVE = (40, 90, 255)  # blue: missed foreground
 
 
-def overlay(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray, *, alpha: float = 0.55) -> np.ndarray:
-    """RGB uint8 picture: the image in gray, TP / FP / FN pixels tinted green / red / blue."""
+def _gray_base(image: np.ndarray) -> np.ndarray:
     gray = image if image.ndim == 2 else image[..., :3].mean(axis=-1)
-    base = np.repeat(np.asarray(gray, np.float32)[..., None], 3, axis=-1)
+    return np.repeat(np.asarray(gray, np.float32)[..., None], 3, axis=-1)
+
+
+def _tint(base: np.ndarray, where: np.ndarray, colour, alpha: float) -> None:
+    base[where] = (1 - alpha) * base[where] + alpha * np.asarray(colour, np.float32)
+
+
+def overlay(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray, *, labelled: np.ndarray | None = None,
+            alpha: float = 0.55) -> np.ndarray:
+    """RGB uint8 picture: the image in gray, TP / FP / FN pixels tinted green / red / blue, void gray."""
+    base = _gray_base(image)
     out = base.copy()
     for where, colour in ((predicted & truth, TRUE_POSITIVE), (predicted & ~truth, FALSE_POSITIVE),
                           (~predicted & truth, FALSE_NEGATIVE)):
         out[where] = (1 - alpha) * base[where] + alpha * np.asarray(colour, np.float32)
+    if labelled is not None:
+        _tint(out, ~labelled, VOID_COLOUR, 0.8)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def class_overlay(image: np.ndarray, ids: np.ndarray, *, num_classes: int, alpha: float = 0.55) -> np.ndarray:
+    """RGB uint8 picture: the image in gray, each pixel tinted with its class's display colour, void gray."""
+    out = _gray_base(image)
+    colours = display_colours(num_classes)
+    for class_id in np.unique(ids):
+        if num_classes == 1 and class_id == 0:
+            continue  # binary: the background stays the image
+        colour = VOID_COLOUR if class_id >= len(colours) else colours[class_id]
+        _tint(out, ids == class_id, colour, 0.8 if class_id == IGNORE_ID else alpha)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def legend(class_names: list[str], *, width: int, void: bool) -> np.ndarray:
+    """A strip (RGB uint8) of colour swatches and class names, in rows as wide as `width`."""
+    entries = list(zip(class_names, display_colours(len(class_names)).tolist()))  # multi-class only
+    entries += [("void", list(VOID_COLOUR))] if void else []
+    cell_width = 12 + 8 + 6 * max(len(name) for name, _ in entries) + 12
+    per_row = max(1, width // cell_width)
+    rows = -(-len(entries) // per_row)
+    strip = Image.new("RGB", (width, 18 * rows + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for index, (name, colour) in enumerate(entries):
+        x, y = (index % per_row) * cell_width + 4, (index // per_row) * 18 + 4
+        draw.rectangle([x, y, x + 11, y + 11], fill=tuple(colour), outline=(0, 0, 0))
+        draw.text((x + 16, y), name, fill=(0, 0, 0))
+    return np.asarray(strip)
+
+
+def evaluation_overlay(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray, *, num_classes: int,
+                       class_names: list[str]) -> np.ndarray:
+    """The overlay evaluate draws. Binary: TP/FP/FN tints on the image (void gray). Multi-class: truth (left)
+    and prediction (right) in the class colours, side by side, above a legend of the classes."""
+    labelled = truth != IGNORE_ID
+    if num_classes == 1:
+        return overlay(image, predicted == 1, truth == 1, labelled=labelled)
+    gap = np.full((truth.shape[0], 4, 3), 255, np.uint8)
+    pictures = np.concatenate([class_overlay(image, truth, num_classes=num_classes), gap,
+                               class_overlay(image, predicted, num_classes=num_classes)],
+                              axis=1)
+    return np.concatenate([pictures, legend(class_names, width=pictures.shape[1], void=not labelled.all())], axis=0)
 
 
 def _chart(data: pd.DataFrame, title: str, **spec) -> dict:
@@ -45,9 +100,9 @@ def _lines(data: pd.DataFrame, *, x: str, ys: list[str], title: str, y_title: st
                             "color": {"field": "series", "type": "nominal"}})
 
 
-def chart_specs(*, history: pd.DataFrame | None, sweep: pd.DataFrame, per_image: pd.DataFrame,
-                confusion: pd.DataFrame, best_threshold: float) -> dict[str, dict]:
-    """{file stem: Vega-Lite spec} for the main plots."""
+def chart_specs(*, history: pd.DataFrame | None, sweep: pd.DataFrame, per_image: pd.DataFrame, matrix: np.ndarray,
+                class_names: list[str], class_scores: pd.DataFrame | None, best_threshold: float) -> dict[str, dict]:
+    """{file stem: Vega-Lite spec} for the main plots. `matrix`: the full (C, C) confusion counts, rows = true."""
     specs = {}
     if history is not None and not history.empty:
         specs["learning_curves_loss"] = _lines(history, x="epoch", ys=[c for c in ("loss", "valid_loss") if c in history],
@@ -66,17 +121,29 @@ def chart_specs(*, history: pd.DataFrame | None, sweep: pd.DataFrame, per_image:
                                                            "scale": {"domain": [0, 1]}},
                                                      "order": {"field": "threshold"},
                                                      "tooltip": [{"field": "threshold"}]})
-    counts = confusion.value_counts(["actual", "predicted"]).rename("pixels").reset_index()
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    cells = pd.DataFrame([{"actual": class_names[a], "predicted": class_names[p], "share": round(float(shares[a, p]), 4),
+                           "pixels": int(matrix[a, p])} for a in range(len(class_names)) for p in range(len(class_names))])
+    axis = {"type": "nominal", "sort": list(class_names)}
+    side = max(200, 22 * len(class_names))
     specs["confusion_matrix"] = _chart(
-        counts, "Confusion matrix (pixel sample, validation)", width=280, height=280,
-        layer=[{"mark": "rect", "encoding": {"x": {"field": "predicted", "type": "nominal"},
-                                             "y": {"field": "actual", "type": "nominal"},
-                                             "color": {"field": "pixels", "type": "quantitative"}}},
-               {"mark": {"type": "text", "fontSize": 14},
-                "encoding": {"x": {"field": "predicted", "type": "nominal"}, "y": {"field": "actual", "type": "nominal"},
-                             "text": {"field": "pixels", "type": "quantitative"},
-                             "color": {"condition": {"test": f"datum.pixels > {int(counts['pixels'].max()) // 2}",
-                                                     "value": "white"}, "value": "black"}}}])
+        cells, "Confusion matrix (validation; each row: share of that true class's pixels)", width=side, height=side,
+        layer=[{"mark": "rect", "encoding": {"x": {"field": "predicted", **axis}, "y": {"field": "actual", **axis},
+                                             "color": {"field": "share", "type": "quantitative",
+                                                       "scale": {"domain": [0, 1]}},
+                                             "tooltip": [{"field": "pixels"}, {"field": "share"}]}},
+               {"mark": {"type": "text", "fontSize": 14 if len(class_names) <= 4 else 9},
+                "encoding": {"x": {"field": "predicted", **axis}, "y": {"field": "actual", **axis},
+                             "text": {"field": "share", "type": "quantitative", "format": ".2f"},
+                             "color": {"condition": {"test": "datum.share > 0.5", "value": "white"},
+                                       "value": "black"}}}])
+    if class_scores is not None and not class_scores.empty:
+        long = class_scores.melt(id_vars=["class"], value_vars=["iou", "dice"], var_name="score").dropna()
+        specs["class_scores"] = _chart(
+            long, "IoU and Dice per class (validation)", mark="bar", height=max(120, 16 * len(class_scores)),
+            encoding={"y": {"field": "class", "type": "nominal", "sort": list(class_scores["class"])},
+                      "yOffset": {"field": "score"}, "color": {"field": "score", "type": "nominal"},
+                      "x": {"field": "value", "type": "quantitative", "scale": {"domain": [0, 1]}}})
     specs["per_image_iou"] = _chart(per_image[["id", "group", "iou"]], "IoU per validation image",
                                     mark="bar", height=max(120, 14 * len(per_image)),
                                     encoding={"y": {"field": "id", "type": "nominal", "sort": "x"},
@@ -98,18 +165,25 @@ def write_specs(specs: dict[str, dict], folder: Path) -> None:
 
 
 def write_evaluation_plots(folder: Path, *, sweep: pd.DataFrame, per_image: pd.DataFrame, worst: pd.DataFrame,
-                           confusion: pd.DataFrame, history: pd.DataFrame | None, best_threshold: float,
+                           confusion: pd.DataFrame, matrix: np.ndarray, class_names: list[str], num_classes: int,
+                           class_scores: pd.DataFrame | None, history: pd.DataFrame | None, best_threshold: float,
                            overlays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-    """Replaces `folder` with evaluate's plots: threshold_curve.csv (binary), per_image.csv, worst.csv,
-    confusion.csv, overlays/<id>.png from {id: (image, predicted mask, true mask)}, and png/ charts."""
+    """Replaces `folder` with evaluate's plots: threshold_curve.csv (binary), class_scores.csv (multi-class),
+    per_image.csv, worst.csv, confusion.csv (a pixel sample for DVC's template), overlays/<id>.png from
+    {id: (image, predicted ids, true ids)}, and png/ charts (the confusion matrix from all pixels)."""
     with replace_dir(folder) as tmp:
         if not sweep.empty:
             write_csv(tmp / "threshold_curve.csv", sweep.round(6))
+        if class_scores is not None:
+            write_csv(tmp / "class_scores.csv", class_scores.round(6))
         write_csv(tmp / "per_image.csv", per_image)
         write_csv(tmp / "worst.csv", worst)
         write_csv(tmp / "confusion.csv", confusion)
         for row_id, (image, predicted, truth) in sorted(overlays.items()):
             gray_or_color = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
-            write_png(tmp / "overlays" / f"{safe_name(row_id)}.png", overlay(gray_or_color, predicted, truth))
-        write_specs(chart_specs(history=history, sweep=sweep, per_image=per_image, confusion=confusion,
-                                best_threshold=best_threshold), tmp / "png")
+            write_png(tmp / "overlays" / f"{safe_name(row_id)}.png",
+                      evaluation_overlay(gray_or_color, predicted, truth, num_classes=num_classes,
+                                         class_names=class_names))
+        write_specs(chart_specs(history=history, sweep=sweep, per_image=per_image, matrix=matrix,
+                                class_names=class_names, class_scores=class_scores, best_threshold=best_threshold),
+                    tmp / "png")

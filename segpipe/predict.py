@@ -1,15 +1,16 @@
 """Predict masks for new images with a trained model.
 
     segpipe-predict --model models/model.keras --input <file or folder> --output <folder>
-        [--threshold T] [--overlay] [--probabilities] [--batch-size 8]
+        [--threshold T] [--overlay] [--colour] [--probabilities] [--batch-size 8]
 
 Accepts every format the convert stage accepts (PNG, JPEG, BMP, TIFF, GIF, WebP; 16-bit, palette,
 EXIF-rotated), applies the EXIF orientation, predicts at the model's input size and writes each mask
 at the image's ORIGINAL (upright) size as <output>/<relative path stem>.png:
 binary models write 0/255 (viewable), multi-class models write class ids 0..K-1.
 The threshold (binary) defaults to the best validation threshold from the evaluate stage
-(threshold.json beside the model), else 0.5. --overlay adds <stem>_overlay.png (prediction tinted
-green), --probabilities adds <stem>_probability.png (16-bit, 65535 = 1.0; binary) or
+(threshold.json beside the model), else 0.5. --overlay adds <stem>_overlay.png (the image in gray, the
+prediction tinted in the class colours), --colour adds <stem>_colour.png (the mask in the class
+colours of evaluate's overlays: viewable class-id masks), --probabilities adds <stem>_probability.png (16-bit, 65535 = 1.0; binary) or
 <stem>_probabilities.npy (float16, H x W x K; multi-class).
 Images go through segpipe/inference.py, the path the evaluate stage measures.
 """
@@ -25,7 +26,8 @@ from PIL import Image
 from segpipe.cli import run_stage, start_tensorflow
 from segpipe.image_io import SUPPORTED_EXTENSIONS, write_png
 from segpipe.outputs import write_text
-from segpipe.plots import overlay as tint
+from segpipe.palette import colour_mask
+from segpipe.plots import class_overlay
 
 
 def find_inputs(path: Path) -> list[tuple[Path, Path]]:
@@ -50,12 +52,16 @@ def default_threshold(model_path: Path) -> tuple[float, str]:
 
 
 def write_outputs(target: Path, image: np.ndarray, ids: np.ndarray, probability: np.ndarray, *, overlay: bool,
-                  probabilities: bool) -> None:
+                  colour: bool, probabilities: bool) -> None:
     """<target>.png (binary: 0/255, so it is viewable; multi-class: class ids), and the optional extras."""
-    write_png(target.with_suffix(".png"), ids * 255 if probability.shape[-1] == 1 else ids)
+    num_classes = probability.shape[-1]
+    write_png(target.with_suffix(".png"), ids * 255 if num_classes == 1 else ids)
     if overlay:
         gray_or_color = image[..., 0] if image.shape[-1] == 1 else image
-        write_png(target.with_name(f"{target.name}_overlay.png"), tint(gray_or_color, ids > 0, ids > 0))
+        write_png(target.with_name(f"{target.name}_overlay.png"),
+                  class_overlay(gray_or_color, ids, num_classes=num_classes))
+    if colour:
+        write_png(target.with_name(f"{target.name}_colour.png"), colour_mask(ids, num_classes=num_classes))
     if probabilities:
         if probability.shape[-1] == 1:
             scaled = np.round(np.clip(probability[..., 0], 0, 1) * 65535).astype(np.uint16)
@@ -72,6 +78,8 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--threshold", type=float, default=None,
                         help="binary models: foreground where probability >= this; default: the evaluated best")
     parser.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
+    parser.add_argument("--colour", "--color", action="store_true",
+                        help="also write <stem>_colour.png, the mask in class colours")
     parser.add_argument("--probabilities", action="store_true", help="also write the probabilities")
     parser.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
     return parser.parse_args(argv)
@@ -99,7 +107,7 @@ def main(argv=None) -> None:
     for (_, stem), (image, probability) in zip(inputs, predictions, strict=True):
         (args.output / stem).parent.mkdir(parents=True, exist_ok=True)
         write_outputs(args.output / stem, image, to_class_ids(probability, threshold=threshold), probability,
-                      overlay=args.overlay, probabilities=args.probabilities)
+                      overlay=args.overlay, colour=args.colour, probabilities=args.probabilities)
     write_text(args.output / "predict.json", json.dumps({"model": str(args.model), "threshold": threshold,
                                                           "threshold_source": source, "images": len(inputs)},
                                                          indent=2) + "\n")

@@ -1,16 +1,31 @@
 """Find image/mask pairs in a raw data folder, whatever its layout.
 
-Accepted layouts (folder names are case-insensitive):
-    raw/images/...      + raw/masks/...                       one pool; build-csv makes the split
-    raw/train/{images,masks}/... + raw/valid/{images,masks}/...   a given split (also val/validation,
-                                                               and an optional test/{images,masks})
+Accepted layouts (folder names are case-insensitive; <images> and <masks> are the folders that
+`convert.image_folder` and `convert.mask_folder` name, see below):
+    raw/<images>/... + raw/<masks>/...                one pool; build-csv makes the split
+    raw/<images>/{train,valid}/... + raw/<masks>/{train,valid}/...   the same, with a given split
+    raw/train/{<images>,<masks>}/... + raw/valid/{<images>,<masks>}/...   a given split
+    raw/train/ + raw/trainannot/ + raw/val/ + raw/valannot/ ...      side by side per split: set
+                                               image_folder: "{split}", mask_folder: "{split}annot"
+Split folders may be named train/training, valid/val/validation, test/testing; test is optional.
 Inside any images folder, files may sit directly or in group subfolders (images/<group>/x.jpg); the
 masks folder mirrors it (masks/<group>/x.png). The group (subfolder path, "all" when none) becomes the
-balancing key. A mask is paired with its image by stem: the mask stem must equal
-`mask_stem_pattern.format(stem=<image stem>)`, compared case-insensitively, any supported extension.
+balancing key.
+
+Folders: `auto` accepts exactly one of the usual names (IMAGE_FOLDER_NAMES, MASK_FOLDER_NAMES); a
+layout with two candidates (DRIVE's `1st_manual/` beside its field-of-view `mask/`) is an error that
+lists them, never a guess. A name or glob pattern (`1st_manual`, `*_labels`) must match exactly one.
+
+Pairing: by stem, the mask stem being `mask_stem_pattern.format(stem=<image stem>)` ("{stem}_mask"),
+or by key, when `image_key` is set: a regular expression whose first group, searched in the image
+stem, must equal the same search (`mask_key`, default `image_key`) in the mask stem
+(`case17_image` <-> `case17_label` with `(case\\d+)`; `img_0042` <-> `0042_gt` with `(\\d+)`).
+Stems and keys compare case-insensitively; any supported extension.
 """
 from __future__ import annotations
 
+import fnmatch
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +33,10 @@ from segpipe.image_io import SUPPORTED_EXTENSIONS
 
 NO_GROUP = "all"
 SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "val": "valid",
-                 "validation": "valid", "test": "test"}
+                 "validation": "valid", "test": "test", "testing": "test"}
+IMAGE_FOLDER_NAMES = ("images", "image", "imgs", "img", "jpegimages", "inputs")
+MASK_FOLDER_NAMES = ("masks", "mask", "labels", "label", "gt", "groundtruth", "ground_truth", "annotations",
+                     "annotation", "annot", "segmentations", "segmentationclass", "1st_manual", "targets")
 IGNORED_FILES = {"thumbs.db", "desktop.ini"}
 
 
@@ -37,11 +55,60 @@ class Problem:
     reason: str
 
 
-def _child_dir(parent: Path, name: str) -> Path | None:
-    for child in sorted(parent.iterdir()):
-        if child.is_dir() and child.name.lower() == name:
-            return child
-    return None
+@dataclass(frozen=True)
+class Naming:
+    """How files are found and paired: the convert params of the same names (see the module docstring)."""
+    image_folder: str = "auto"
+    mask_folder: str = "auto"
+    mask_stem_pattern: str = "{stem}"
+    image_key: str | None = None
+    mask_key: str | None = None
+
+    def check(self) -> None:
+        """Raises ValueError naming the param when the rules cannot work together."""
+        if ("{split}" in self.image_folder) != ("{split}" in self.mask_folder):
+            raise ValueError(f"params convert.image_folder ({self.image_folder!r}) and convert.mask_folder "
+                             f"({self.mask_folder!r}): either both name the split with '{{split}}' (side-by-side "
+                             "split folders such as train/ + trainannot/) or neither does.")
+        if self.image_key is None:
+            if self.mask_key is not None:
+                raise ValueError("param 'convert.mask_key' is set but convert.image_key is null; set image_key too "
+                                 "(mask_key alone has nothing to compare with).")
+            return
+        if self.mask_stem_pattern != "{stem}":
+            raise ValueError(f"params convert.image_key ({self.image_key!r}) and convert.mask_stem_pattern "
+                             f"({self.mask_stem_pattern!r}) are two pairing rules; keep one (mask_stem_pattern: "
+                             "'{stem}' when pairing by key).")
+        for name in ("image_key", "mask_key"):
+            pattern = getattr(self, name)
+            if pattern is None:
+                continue
+            try:
+                groups = re.compile(pattern).groups
+            except re.error as err:
+                raise ValueError(f"param 'convert.{name}' is not a valid regular expression ({pattern!r}: {err}).") from None
+            if groups < 1:
+                raise ValueError(f"param 'convert.{name}' ({pattern!r}) needs a group in parentheses around the key, "
+                                 "e.g. '(\\d+)' or '(case\\d+)_'.")
+
+
+def _matching_dirs(parent: Path, spec: str, names: tuple[str, ...]) -> list[Path]:
+    children = sorted(c for c in parent.iterdir() if c.is_dir())
+    if spec == "auto":
+        return [c for c in children if c.name.lower() in names]
+    return [c for c in children if fnmatch.fnmatch(c.name.lower(), spec.lower())]
+
+
+def _folder(parent: Path, spec: str, *, param: str, names: tuple[str, ...], exclude: Path | None = None) -> Path | None:
+    """The one folder in `parent` that `spec` names (see the module docstring), None when there is none."""
+    found = [c for c in _matching_dirs(parent, spec, names) if c != exclude]
+    if len(found) > 1:
+        what = "images" if param == "image_folder" else "masks"
+        listed = ", ".join(f"'{c.name}/'" for c in found)
+        raise ValueError(f"'{parent}' has {len(found)} folders that could hold the {what}: {listed}. Set "
+                         f"convert.{param} to the one that does (e.g. convert.{param}: {found[-1].name}); "
+                         "segpipe does not guess.")
+    return found[0] if found else None
 
 
 def _list_files(root: Path, problems: list[Problem]) -> list[Path]:
@@ -62,31 +129,70 @@ def _group_of(path: Path, root: Path) -> str:
     return NO_GROUP if parent == "." else parent
 
 
-def _pair_folder(images_dir: Path, masks_dir: Path, split: str, mask_stem_pattern: str,
-                 problems: list[Problem]) -> list[Pair]:
-    masks: dict[tuple[str, str], list[Path]] = {}
-    for path in _list_files(masks_dir, problems):
-        masks.setdefault((_group_of(path, masks_dir), path.stem.lower()), []).append(path)
-    images: dict[tuple[str, str], list[Path]] = {}
-    for path in _list_files(images_dir, problems):
-        images.setdefault((_group_of(path, images_dir), path.stem.lower()), []).append(path)
+def _key(stem: str, pattern: str) -> str | None:
+    found = re.search(pattern, stem)
+    return found.group(1).lower() if found and found.group(1) is not None else None
 
+
+def _keyed(files: list[Path], root: Path, key_of, *, param: str, pattern: str | None,
+           problems: list[Problem]) -> dict[tuple[str, str], list[Path]]:
+    """{(group, key): files}; files whose stem the key rule does not match become problems."""
+    keyed: dict[tuple[str, str], list[Path]] = {}
+    for path in files:
+        key = key_of(path.stem)
+        if key is None:
+            problems.append(Problem(path, f"the name does not match convert.{param} {pattern!r}, so it cannot be "
+                                          "paired; rename the file or change the pattern"))
+            continue
+        keyed.setdefault((_group_of(path, root), key), []).append(path)
+    return keyed
+
+
+def _pair_folder(images_dir: Path, masks_dir: Path, split: str, naming: Naming,
+                 problems: list[Problem]) -> list[Pair]:
+    mask_files, image_files = _list_files(masks_dir, problems), _list_files(images_dir, problems)
+    if naming.image_key is None:
+        image_key, mask_key = (lambda stem: stem.lower()), (lambda stem: stem.lower())
+        lookup = lambda stem: naming.mask_stem_pattern.format(stem=stem).lower()  # noqa: E731
+    else:
+        mask_pattern = naming.mask_key or naming.image_key
+        image_key = lambda stem: _key(stem, naming.image_key)  # noqa: E731
+        mask_key = lambda stem: _key(stem, mask_pattern)  # noqa: E731
+        lookup = image_key
+        if image_files and all(image_key(p.stem) is None for p in image_files):
+            raise ValueError(f"param 'convert.image_key' '{naming.image_key}' matches none of the {len(image_files)} "
+                             f"image names in '{images_dir}' (e.g. '{image_files[0].stem}'); fix the pattern.")
+        if mask_files and all(mask_key(p.stem) is None for p in mask_files):
+            param = "mask_key" if naming.mask_key else "image_key (used for masks too: convert.mask_key is null)"
+            raise ValueError(f"param 'convert.{param}' '{mask_pattern}' matches none of the {len(mask_files)} mask "
+                             f"names in '{masks_dir}' (e.g. '{mask_files[0].stem}'); fix the pattern or set "
+                             "convert.mask_key for the masks.")
+    masks = _keyed(mask_files, masks_dir, mask_key, param=naming.mask_key and "mask_key" or "image_key",
+                   pattern=naming.mask_key or naming.image_key, problems=problems)
+    images = _keyed(image_files, images_dir, image_key, param="image_key", pattern=naming.image_key, problems=problems)
+
+    rule = ("convert.mask_stem_pattern sets the mask naming rule" if naming.image_key is None
+            else "convert.image_key/mask_key set the pairing rule")
     pairs, used_masks = [], set()
-    for (group, stem_key), image_paths in sorted(images.items()):
-        mask_key = (group, mask_stem_pattern.format(stem=image_paths[0].stem).lower())
-        used_masks.add(mask_key)  # reported with its image(s) below, not again as an orphan
+    for (group, key), image_paths in sorted(images.items()):
+        mask_lookup = (group, lookup(image_paths[0].stem))
+        used_masks.add(mask_lookup)  # reported with its image(s) below, not again as an orphan
         if len(image_paths) > 1:
+            shared = "stem" if naming.image_key is None else f"key '{key}'"
             for path in image_paths:
-                problems.append(Problem(path, "several images share this stem ("
+                problems.append(Problem(path, f"several images share this {shared} ("
                                         + ", ".join(p.name for p in image_paths)
-                                        + "), so their masks and outputs would collide; rename all but one"))
+                                        + "), so they would pair with one mask and their outputs would collide; "
+                                        + "rename all but one" + ("" if naming.image_key is None
+                                                                  else " or make convert.image_key capture more")))
             continue
         image_path = image_paths[0]
-        candidates = masks.get(mask_key, [])
+        candidates = masks.get(mask_lookup, [])
         if not candidates:
-            expected = masks_dir / ("" if group == NO_GROUP else group) / mask_stem_pattern.format(stem=image_path.stem)
-            problems.append(Problem(image_path, f"image without mask: expected '{expected}.<ext>' "
-                                    "(convert.mask_stem_pattern sets the mask naming rule)"))
+            where = masks_dir / ("" if group == NO_GROUP else group)
+            expected = (f"'{where / naming.mask_stem_pattern.format(stem=image_path.stem)}.<ext>'"
+                        if naming.image_key is None else f"a mask in '{where}' whose key is '{key}'")
+            problems.append(Problem(image_path, f"image without mask: expected {expected} ({rule})"))
             continue
         if len(candidates) > 1:
             problems.append(Problem(image_path, "several masks match this image ("
@@ -96,51 +202,110 @@ def _pair_folder(images_dir: Path, masks_dir: Path, split: str, mask_stem_patter
         pairs.append(Pair("/".join(parts), split, group, image_path, candidates[0]))
     for key in sorted(set(masks) - used_masks):
         for path in masks[key]:
-            problems.append(Problem(path, "mask without image: no image in "
-                                    f"'{images_dir}' has a stem that gives this mask name under "
-                                    "convert.mask_stem_pattern"))
+            problems.append(Problem(path, f"mask without image: no image in '{images_dir}' pairs with it ({rule})"))
     return pairs
 
 
-def find_pairs(raw_dir: Path, *, mask_stem_pattern: str) -> tuple[list[Pair], list[Problem]]:
+def _split_folders(parent: Path) -> dict[str, Path]:
+    """{split: folder} for the children of `parent` named like a split; two for one split is an error."""
+    found: dict[str, Path] = {}
+    for child in sorted(c for c in parent.iterdir() if c.is_dir()):
+        split = SPLIT_ALIASES.get(child.name.lower())
+        if split:
+            if split in found:
+                raise ValueError(f"'{found[split]}' and '{child}' are both the {split} split; keep one.")
+            found[split] = child
+    return found
+
+
+def _side_by_side(raw_dir: Path, naming: Naming) -> dict[str, tuple[Path, Path]]:
+    """{split: (images folder, masks folder)} for image_folder/mask_folder patterns with {split}."""
+    pattern = re.compile("^" + re.escape(naming.image_folder).replace(re.escape("{split}"), "(?P<split>.+)") + "$",
+                         re.IGNORECASE)
+    folders: dict[str, tuple[Path, Path]] = {}
+    for child in sorted(c for c in raw_dir.iterdir() if c.is_dir()):
+        found = pattern.match(child.name)
+        split = SPLIT_ALIASES.get(found.group("split").lower()) if found else None
+        if not split:
+            continue
+        if split in folders:
+            raise ValueError(f"'{folders[split][0]}' and '{child}' are both the {split} split; keep one.")
+        mask_name = naming.mask_folder.replace("{split}", found.group("split")).lower()
+        masks = [c for c in raw_dir.iterdir() if c.is_dir() and c.name.lower() == mask_name]
+        if not masks:
+            raise ValueError(f"'{child}' holds the {split} images (convert.image_folder: {naming.image_folder!r}) "
+                             f"but '{raw_dir / mask_name}' does not exist (convert.mask_folder: "
+                             f"{naming.mask_folder!r}); fix the folder name or the param.")
+        folders[split] = (child, masks[0])
+    return folders
+
+
+def find_folders(raw_dir: Path, naming: Naming) -> dict[str, tuple[Path, Path]]:
+    """{split ("" for a pool): (images folder, masks folder)}. Raises ValueError for a layout it cannot read."""
+    raw_dir = Path(raw_dir)
+    layout_help = (f"expected '{raw_dir}/images' + '{raw_dir}/masks', or "
+                   f"'{raw_dir}/train/{{images,masks}}' + '{raw_dir}/valid/{{images,masks}}' "
+                   "(other folder names: convert.image_folder, convert.mask_folder; README: Using your own data)")
+    if not raw_dir.is_dir():
+        raise ValueError(f"raw data folder '{raw_dir}' does not exist; {layout_help}.")
+    if "{split}" in naming.image_folder:
+        folders = _side_by_side(raw_dir, naming)
+        if "train" not in folders:
+            raise ValueError(f"no training images: no folder in '{raw_dir}' matches convert.image_folder "
+                             f"{naming.image_folder!r} with {{split}} = train (or training).")
+        return folders
+    images = _folder(raw_dir, naming.image_folder, param="image_folder", names=IMAGE_FOLDER_NAMES)
+    split_dirs = _split_folders(raw_dir)
+    if images and split_dirs:
+        raise ValueError(f"'{raw_dir}' mixes a pooled layout ({images.name}/) with split folders "
+                         f"({', '.join(sorted(split_dirs))}); use one layout: {layout_help}.")
+    if images:
+        masks = _folder(raw_dir, naming.mask_folder, param="mask_folder", names=MASK_FOLDER_NAMES, exclude=images)
+        if masks is None:
+            raise ValueError(f"'{raw_dir}' has an images folder ('{images.name}/') but no masks folder "
+                             f"(convert.mask_folder: {naming.mask_folder!r}); {layout_help}.")
+        image_splits, mask_splits = _split_folders(images), _split_folders(masks)
+        loose = [p for p in images.iterdir() if p.is_file() and not p.name.startswith(".")]
+        if image_splits and not loose and set(image_splits) == set(mask_splits):
+            # images/train + masks/train (ADE20K style): the subfolders are a given split, not groups.
+            if "train" not in image_splits:
+                raise ValueError(f"'{images}' has split folders {sorted(image_splits)} but no train/; {layout_help}.")
+            return {split: (image_splits[split], mask_splits[split]) for split in image_splits}
+        return {"": (images, masks)}
+    if not split_dirs:
+        raise ValueError(f"no images found: '{raw_dir}' has no images folder and no train/ folder; {layout_help}.")
+    if "train" not in split_dirs:
+        raise ValueError(f"'{raw_dir}' has split folders {sorted(split_dirs)} but no train/; {layout_help}.")
+    folders = {}
+    for split, folder in split_dirs.items():
+        images = _folder(folder, naming.image_folder, param="image_folder", names=IMAGE_FOLDER_NAMES)
+        masks = images and _folder(folder, naming.mask_folder, param="mask_folder", names=MASK_FOLDER_NAMES,
+                                   exclude=images)
+        if images is None or masks is None:
+            found = ", ".join(f"'{c.name}/'" for c in sorted(folder.iterdir()) if c.is_dir()) or "no folders"
+            raise ValueError(f"'{folder}' needs an images folder and a masks folder (convert.image_folder: "
+                             f"{naming.image_folder!r}, convert.mask_folder: {naming.mask_folder!r}); found {found}. "
+                             f"Set those params to the folder names; {layout_help}.")
+        folders[split] = (images, masks)
+    return folders
+
+
+def find_pairs(raw_dir: Path, *, naming: Naming = Naming()) -> tuple[list[Pair], list[Problem]]:
     """Lists the image/mask pairs of `raw_dir` and every problem found on the way.
 
     Args:
         raw_dir: the raw data folder (see the module docstring for layouts).
-        mask_stem_pattern: mask stem as a format string of the image stem, e.g. "{stem}_mask".
+        naming: folder and pairing rules (the convert params of the same names).
 
     Returns:
         (pairs sorted by id, problems). Layout errors that leave nothing to convert raise ValueError.
     """
+    naming.check()
     raw_dir = Path(raw_dir)
-    layout_help = (f"expected '{raw_dir}/images' + '{raw_dir}/masks', or "
-                   f"'{raw_dir}/train/{{images,masks}}' + '{raw_dir}/valid/{{images,masks}}'")
-    if not raw_dir.is_dir():
-        raise ValueError(f"raw data folder '{raw_dir}' does not exist; {layout_help}.")
-    split_dirs = {}
-    for child in sorted(raw_dir.iterdir()):
-        split = SPLIT_ALIASES.get(child.name.lower())
-        if child.is_dir() and split:
-            if split in split_dirs:
-                raise ValueError(f"'{split_dirs[split]}' and '{child}' are both the {split} split; keep one.")
-            split_dirs[split] = child
-    pooled = _child_dir(raw_dir, "images")
-    if pooled and split_dirs:
-        raise ValueError(f"'{raw_dir}' mixes a pooled layout (images/) with split folders "
-                         f"({', '.join(sorted(split_dirs))}); use one layout: {layout_help}.")
-    if split_dirs and "train" not in split_dirs:
-        raise ValueError(f"'{raw_dir}' has split folders {sorted(split_dirs)} but no train/; {layout_help}.")
-    folders = {"": raw_dir} if pooled else split_dirs
-    if not folders:
-        raise ValueError(f"no images found: '{raw_dir}' has no images/ folder and no train/ folder; {layout_help}.")
-
     problems: list[Problem] = []
     pairs: list[Pair] = []
-    for split, folder in sorted(folders.items()):
-        images_dir, masks_dir = _child_dir(folder, "images"), _child_dir(folder, "masks")
-        if images_dir is None or masks_dir is None:
-            raise ValueError(f"'{folder}' needs both an images/ and a masks/ folder; {layout_help}.")
-        pairs += _pair_folder(images_dir, masks_dir, split, mask_stem_pattern, problems)
+    for split, (images_dir, masks_dir) in sorted(find_folders(raw_dir, naming).items()):
+        pairs += _pair_folder(images_dir, masks_dir, split, naming, problems)
     lowered = {}
     for pair in pairs:  # output names must also be unique on case-insensitive file systems
         lowered.setdefault(pair.id.lower(), []).append(pair)
@@ -151,6 +316,5 @@ def find_pairs(raw_dir: Path, *, mask_stem_pattern: str) -> tuple[list[Pair], li
                                     "another image's; rename one"))
     pairs = [p for p in pairs if p.id not in clashes]
     if not pairs and not problems:
-        raise ValueError(f"no images found under '{raw_dir}'; {layout_help}, with images in "
-                         f"{', '.join(SUPPORTED_EXTENSIONS)}.")
+        raise ValueError(f"no images found under '{raw_dir}'; expected images in {', '.join(SUPPORTED_EXTENSIONS)}.")
     return sorted(pairs, key=lambda p: p.id), problems

@@ -1,10 +1,11 @@
 """The row schema every data CSV shares: columns, how they are read, and how a row's numbers are computed.
 
 A row is one (image, mask) pair of PNGs: `id`, `image_path`, `mask_path` (repo-relative POSIX paths),
-`group` (the sub-folder it came from; "" at the top level), `height`, `width` (of the PNGs) and
-`foreground_fraction` (share of mask pixels that are not class 0). convert-to-png's manifest adds the
-`split` the raw layout named and the source files; train/valid/test, subset and augmented CSVs have
-exactly ROW_COLUMNS.
+`group` (the sub-folder it came from; "" at the top level), `height`, `width` (of the PNGs),
+`foreground_fraction` (share of the labelled, i.e. not void, mask pixels that are not class 0) and
+`class_pixels` (pixel count of each class id 0, 1, ..., space-separated; void pixels are in none).
+convert-to-png's manifest adds the `split` the raw layout named and the source files;
+train/valid/test, subset and augmented CSVs have exactly ROW_COLUMNS.
 """
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROW_COLUMNS = ["id", "image_path", "mask_path", "group", "height", "width", "foreground_fraction"]
+from segpipe.image_io import IGNORE_ID
+
+ROW_COLUMNS = ["id", "image_path", "mask_path", "group", "height", "width", "foreground_fraction", "class_pixels"]
 MANIFEST_COLUMNS = ["id", "split", "group", "image_path", "mask_path", "height", "width",
-                    "foreground_fraction", "source_image", "source_mask"]
-# Read as text: ids such as "007" or "1e5" and a group named "NA" must stay what the file says.
+                    "foreground_fraction", "class_pixels", "source_image", "source_mask"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_TEXT_COLUMNS = {"id": str, "group": str, "split": str}
+# Read as text: ids such as "007" or "1e5" and a group named "NA" must stay what the file says.
+_TEXT_COLUMNS = {"id": str, "group": str, "split": str, "class_pixels": str}
 
 
 def read_rows(csv_path: Path, *, made_by: str = "the earlier stages") -> pd.DataFrame:
@@ -37,8 +40,30 @@ def read_rows(csv_path: Path, *, made_by: str = "the earlier stages") -> pd.Data
 
 
 def foreground_fraction(class_ids: np.ndarray) -> float:
-    """Share of pixels that are not class 0, rounded to 6 digits as the CSVs store it."""
-    return round(float(np.count_nonzero(class_ids)) / class_ids.size, 6)
+    """Share of the labelled (not void) pixels that are not class 0, rounded to 6 digits as the CSVs store it;
+    0 for a mask that is all void."""
+    labelled = np.count_nonzero(class_ids != IGNORE_ID)
+    foreground = labelled - np.count_nonzero(class_ids == 0)
+    return round(float(foreground) / labelled, 6) if labelled else 0.0
+
+
+def class_pixels(class_ids: np.ndarray) -> str:
+    """The `class_pixels` column: pixel count per class id 0..max id (at least 0 and 1), space-separated."""
+    counts = np.bincount(class_ids[class_ids != IGNORE_ID].ravel(), minlength=2)
+    return " ".join(str(int(c)) for c in counts)
+
+
+def class_pixel_table(rows: pd.DataFrame, *, num_classes: int) -> np.ndarray:
+    """(rows, classes) int64 counts from the `class_pixels` column; classes = 2 for binary tasks."""
+    width = max(2, num_classes)
+    table = np.zeros((len(rows), width), np.int64)
+    for index, text in enumerate(rows["class_pixels"]):
+        counts = [int(c) for c in str(text).split()]
+        if len(counts) > width:
+            raise ValueError(f"row '{rows['id'].iloc[index]}' has pixels of class {len(counts) - 1}, more than "
+                             f"num_classes={num_classes} allows; rerun the data stages (dvc repro).")
+        table[index, :len(counts)] = counts
+    return table
 
 
 def check_files(rows: pd.DataFrame, *, source: str) -> None:

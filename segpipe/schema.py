@@ -9,7 +9,8 @@ from __future__ import annotations
 
 IMAGE_MODES = ("RGB", "L")
 ON_ERROR = ("fail", "skip")
-BALANCING_KEYS = ("auto", "group", "foreground")
+BALANCING_KEYS = ("auto", "group", "foreground", "rarest_class")
+CLASS_WEIGHTS = (None, "auto")
 CACHE_MODES = ("auto", "memory", "none")
 ENCODERS = ("plain", "resnet50", "efficientnetb0", "mobilenetv2")
 ENCODER_WEIGHTS = (None, "imagenet")
@@ -26,17 +27,46 @@ def _image_size(value) -> bool:
     return len(value) == 2 and all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in value)
 
 
+def _folder(value) -> bool:
+    bare = value.replace("{split}", "")
+    return bool(value) and not any(c in bare for c in "/\\{}")
+
+
+def _ignore_value(value) -> bool:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value is None or 0 <= value <= 65535
+    return len(value) == 3 and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value)
+
+
+def _class_weights(value) -> bool:
+    if value is None or isinstance(value, str):
+        return value in CLASS_WEIGHTS
+    return all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in value) and sum(value) > 0
+
+
 SHARED = {
     "seed": dict(kind=int),
-    "num_classes": dict(kind=int, minimum=1),
+    "num_classes": dict(kind=int, minimum=1, maximum=255, hint="(Mask value 255 marks void pixels.)"),
+    "class_names": dict(kind=(list, type(None)), check=lambda v: v is None or all(isinstance(n, str) and n for n in v),
+                        hint="Expected null or a list of names, one per class."),
     "mlflow": dict(kind=bool),
 }
 
 SECTIONS = {
     "convert": {
         "image_mode": dict(kind=str, choices=IMAGE_MODES),
+        "image_folder": dict(kind=str, check=_folder, hint="Expected auto, a folder name or glob pattern "
+                             "(no '/'), or a name with '{split}' such as '{split}'."),
+        "mask_folder": dict(kind=str, check=_folder, hint="Expected auto, a folder name or glob pattern "
+                            "(no '/'), or a name with '{split}' such as '{split}annot'."),
         "mask_stem_pattern": dict(kind=str, check=lambda s: "{stem}" in s,
                                   hint="It must contain '{stem}', e.g. '{stem}_mask'."),
+        "image_key": dict(kind=(str, type(None))),
+        "mask_key": dict(kind=(str, type(None))),
+        "palette": dict(kind=(list, str, type(None))),
+        "palette_tolerance": dict(kind=int, minimum=0, maximum=255),
+        "ignore_value": dict(kind=(int, list, type(None)), check=_ignore_value,
+                             hint="Expected null, a mask value (e.g. 255) or a colour [r, g, b] with convert.palette."),
         "mask_threshold": dict(kind=int, minimum=1, maximum=255),
         "invert_mask": dict(kind=bool),
         "max_gray_fraction": dict(kind=float, minimum=0.0, maximum=1.0),
@@ -62,6 +92,9 @@ SECTIONS = {
         "batch_size": dict(kind=int, minimum=1),
         "steps_per_epoch": dict(kind=int, minimum=0),
         "sampling_weights": dict(kind=(list, type(None))),
+        "class_weights": dict(kind=(str, list, type(None)), check=_class_weights,
+                              hint="Expected null, auto (from the training masks' class frequencies) or one "
+                                   "non-negative weight per class."),
         "cache": dict(kind=str, choices=CACHE_MODES),
         "online_augment": dict(kind=bool),
         "encoder": dict(kind=str, choices=ENCODERS),

@@ -3,14 +3,14 @@
 Reads:   --train-csv (from build-csv) and the PNGs it lists.
 Writes:  --output-dir/images/<id>__aug<k>.png, --output-dir/masks/<id>__aug<k>.png and
          --output-dir/augmented.csv in the format of train.csv (id, image_path, mask_path, group,
-         height, width, foreground_fraction), groups kept so that balancing still works.
+         height, width, foreground_fraction, class_pixels), groups kept so that balancing still works.
          `copies: 0` writes an empty (header-only) augmented.csv.
 Params:  seed; augment.copies, group_multipliers ({group: factor}, e.g. {rare: 3}), transforms
          (albumentations serialisation, see params.yaml), num_workers (0 = all cores).
 
 Each copy is seeded from (seed, id, copy index), so the output does not depend on worker scheduling:
 the same params give byte-identical files. Masks use nearest-neighbour interpolation in every
-geometric transform and keep exactly the class ids they had.
+geometric transform and keep exactly the class ids they had; padding is void (255), never class 0.
 """
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ import pandas as pd
 from PIL import Image
 
 from segpipe.cli import run_stage
-from segpipe.image_io import write_png
+from segpipe.image_io import IGNORE_ID, write_png
 from segpipe.outputs import replace_dir, write_csv
 from segpipe.parallel import map_in_order
 from segpipe.params import Params
-from segpipe.rows import ROW_COLUMNS, foreground_fraction, read_rows
+from segpipe.rows import ROW_COLUMNS, class_pixels, foreground_fraction, read_rows
 
 
 
@@ -48,14 +48,14 @@ def augment_row(task: tuple[dict, int], *, compose, seed: int, output_dir: Path,
         compose.set_random_seed(copy_seed(seed, row["id"], copy))
         result = compose(image=image, mask=mask)
         new_image, new_mask = result["image"], result["mask"]
-        assert set(np.unique(new_mask).tolist()) <= class_ids | {0}, "a transform created new mask values"
+        assert set(np.unique(new_mask).tolist()) <= class_ids | {0, IGNORE_ID}, "a transform created new mask values"
         new_id = f"{row['id']}__aug{copy:02d}"
         write_png(output_dir / "images" / f"{new_id}.png", np.ascontiguousarray(new_image))
         write_png(output_dir / "masks" / f"{new_id}.png", np.ascontiguousarray(new_mask))
         rows.append({"id": new_id, "image_path": f"{output_prefix}/images/{new_id}.png",
                      "mask_path": f"{output_prefix}/masks/{new_id}.png", "group": row["group"],
                      "height": new_mask.shape[0], "width": new_mask.shape[1],
-                     "foreground_fraction": foreground_fraction(new_mask)})
+                     "foreground_fraction": foreground_fraction(new_mask), "class_pixels": class_pixels(new_mask)})
     return rows
 
 

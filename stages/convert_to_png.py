@@ -4,13 +4,16 @@ Reads:   --raw-dir, in any layout of segpipe/raw_layout.py (pooled images/+masks
          train/valid[/test] split, optional group subfolders), any of JPEG, PNG, BMP, TIFF, GIF, WebP.
 Writes:  --output-dir/images/<id>.png  8-bit RGB (or L, see convert.image_mode), EXIF orientation applied;
          --output-dir/masks/<id>.png   single-channel class ids: {0, 1} for binary tasks, 0..num_classes-1
-                                       otherwise; same size as its image (orientation applied alike);
+                                       otherwise, 255 for void (convert.ignore_value); same size as its
+                                       image (orientation applied alike);
          --output-dir/manifest.csv     id, split, group, image_path, mask_path (relative to the output
-                                       dir), height, width, foreground_fraction, source_image, source_mask;
+                                       dir), height, width, foreground_fraction, class_pixels,
+                                       source_image, source_mask;
          --skipped                     CSV (path, reason) of inputs skipped under on_error: skip; header
                                        only when nothing was skipped.
-Params:  num_classes; convert.image_mode, mask_stem_pattern, mask_threshold, invert_mask,
-         max_gray_fraction, on_error (fail | skip), num_workers (0 = all available cores).
+Params:  num_classes; convert.image_mode, image_folder, mask_folder, mask_stem_pattern, image_key,
+         mask_key (segpipe/raw_layout.py), palette, palette_tolerance (segpipe/palette.py), ignore_value,
+         mask_threshold, invert_mask, max_gray_fraction, on_error (fail | skip), num_workers (0 = all cores).
 
 Every problem is collected before anything is written. With on_error: fail (the default) the stage
 fails with one message listing them all, and the previous output stays as it was.
@@ -27,11 +30,11 @@ from segpipe.cli import run_stage
 from segpipe.image_io import (LOSSY_FORMATS, apply_orientation, exif_orientation, image_to_array,
                               mask_to_class_ids, open_image, write_png)
 from segpipe.outputs import replace_dir, write_csv
+from segpipe.palette import Palette, colour_mask_to_class_ids, load_palette
 from segpipe.parallel import map_in_order
 from segpipe.params import Params
-from segpipe.raw_layout import Pair, Problem, find_pairs
-from segpipe.rows import MANIFEST_COLUMNS, foreground_fraction
-
+from segpipe.raw_layout import Naming, Pair, Problem, find_pairs
+from segpipe.rows import MANIFEST_COLUMNS, class_pixels, foreground_fraction
 
 
 def _orient_pair(image, mask):
@@ -55,8 +58,12 @@ def _orient_pair(image, mask):
 
 
 def convert_pair(pair: Pair, *, output_dir: Path, raw_dir: Path, image_mode: str, num_classes: int,
-                 mask_threshold: int, invert_mask: bool, max_gray_fraction: float):
-    """Converts one pair into output_dir. Returns (manifest row or None, list of Problem)."""
+                 mask_threshold: int, invert_mask: bool, max_gray_fraction: float, ignore_value=None,
+                 palette: Palette | None = None, palette_tolerance: int = 0):
+    """Converts one pair into output_dir. Returns (manifest row or None, list of Problem).
+
+    The mask goes through the palette when there is one (colour-coded masks), else through
+    `mask_to_class_ids` (values are ids, or thresholded for binary tasks)."""
     problems = []
     try:
         image = open_image(pair.image_path)
@@ -75,8 +82,13 @@ def convert_pair(pair: Pair, *, output_dir: Path, raw_dir: Path, image_mode: str
                               f"but image '{pair.image_path}' is {image.size[0]}x{image.size[1]}; "
                               "masks must have their image's size")]
     try:
-        class_ids = mask_to_class_ids(mask, num_classes=num_classes, threshold=mask_threshold,
-                                      invert=invert_mask, max_gray_fraction=max_gray_fraction, lossy=lossy)
+        if palette is not None:
+            class_ids = colour_mask_to_class_ids(mask, palette, tolerance=palette_tolerance, lossy=lossy,
+                                                 max_off_fraction=max_gray_fraction)
+        else:
+            class_ids = mask_to_class_ids(mask, num_classes=num_classes, threshold=mask_threshold,
+                                          invert=invert_mask, max_gray_fraction=max_gray_fraction, lossy=lossy,
+                                          ignore_value=ignore_value)
     except ValueError as err:
         return None, [Problem(pair.mask_path, str(err))]
     pixels = image_to_array(image, image_mode=image_mode)
@@ -88,6 +100,7 @@ def convert_pair(pair: Pair, *, output_dir: Path, raw_dir: Path, image_mode: str
         "image_path": image_rel, "mask_path": mask_rel,
         "height": pixels.shape[0], "width": pixels.shape[1],
         "foreground_fraction": foreground_fraction(class_ids),
+        "class_pixels": class_pixels(class_ids),
         "source_image": pair.image_path.relative_to(raw_dir).as_posix(),
         "source_mask": pair.mask_path.relative_to(raw_dir).as_posix(),
     }
@@ -120,14 +133,25 @@ def main(argv=None) -> None:
     params = all_params.section("convert")
     num_classes = all_params.shared("num_classes")
 
-    pairs, problems = find_pairs(args.raw_dir, mask_stem_pattern=params["mask_stem_pattern"])
+    if isinstance(params["ignore_value"], list) and params["palette"] is None:
+        raise ValueError(f"param 'convert.ignore_value' is the colour {params['ignore_value']}, which only a palette "
+                         "can read; set convert.palette (colour -> class), or give ignore_value as a mask value.")
+    if params["invert_mask"] and params["palette"] is not None:
+        raise ValueError("params convert.invert_mask and convert.palette both say which pixels are foreground; "
+                         "with a palette, set invert_mask: false and order the palette's colours instead.")
+    palette = load_palette(params["palette"], raw_dir=args.raw_dir, num_classes=num_classes,
+                           ignore_value=params["ignore_value"])
+    naming = Naming(**{key: params[key] for key in ("image_folder", "mask_folder", "mask_stem_pattern", "image_key",
+                                                    "mask_key")})
+    pairs, problems = find_pairs(args.raw_dir, naming=naming)
     # Pairs are decoded even when pairing already found problems, so that one run reports them all.
     with replace_dir(args.output_dir) as tmp_dir:
         rows, bad = convert_all(
             pairs, num_workers=params["num_workers"], output_dir=tmp_dir, raw_dir=args.raw_dir,
             image_mode=params["image_mode"], num_classes=num_classes,
             mask_threshold=params["mask_threshold"], invert_mask=params["invert_mask"],
-            max_gray_fraction=params["max_gray_fraction"])
+            max_gray_fraction=params["max_gray_fraction"], ignore_value=params["ignore_value"], palette=palette,
+            palette_tolerance=params["palette_tolerance"])
         problems += bad
         if problems and params["on_error"] == "fail":
             raise ValueError(format_problems(problems, args.raw_dir))

@@ -4,15 +4,17 @@ Reads:   --model (from train), --csv-dir/{valid,test}.csv and their PNGs, --hist
          CSV, for the learning-curve picture), --run-info (the MLflow id of the run that trained the model).
 Writes:  --metrics JSON (flat keys: <split>_<score> at threshold 0.5 and <split>_<score>_at_best_threshold),
          --threshold JSON (the best validation threshold by IoU; predict uses it by default),
-         --plots-dir/{threshold_curve,per_image,worst,confusion}.csv (declared as DVC plots),
-         --plots-dir/overlays/*.png (TP green / FP red / FN blue), --plots-dir/png/*.png rendered offline.
-Params:  seed, num_classes, mlflow; evaluate.boundary_tolerance, num_samples, worst_k, confusion_pixels,
+         --plots-dir/{threshold_curve,class_scores,per_image,worst,confusion}.csv (declared as DVC plots),
+         --plots-dir/overlays/*.png (binary: TP green / FP red / FN blue; multi-class: truth | prediction in
+         class colours with a legend; void gray), --plots-dir/png/*.png rendered offline.
+Params:  seed, num_classes, class_names, mlflow; evaluate.boundary_tolerance, num_samples, worst_k, confusion_pixels,
          batch_size. MLflow: a new record of this experiment per run (all params, these metrics, a link
          to the training run), never a write into the training run (segpipe/tracking.py).
 
 Predictions go through segpipe/inference.py (as segpipe-predict's do): at the model's input size, with
 the probabilities resized back to each image's own size, so every score is measured on the original
-masks. Metric conventions: segpipe/metrics.py and segpipe/evaluation.py.
+masks. Void pixels (255) count nowhere. Multi-class metrics add <split>_class_iou and <split>_class_dice,
+{class name: score}. Metric conventions: segpipe/metrics.py and segpipe/evaluation.py.
 """
 from __future__ import annotations
 
@@ -23,6 +25,23 @@ from pathlib import Path
 from segpipe.cli import run_stage, start_tensorflow
 from segpipe.outputs import write_json
 from segpipe.params import Params
+
+
+def rounded(value):
+    """A score (or {class: score}) rounded to 6 digits for the metrics file; None (no score) stays None."""
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    return None if value is None else round(float(value), 6)
+
+
+def flatten_scores(flat: dict) -> dict[str, float]:
+    """Metrics for MLflow, which takes numbers only: {class: score} becomes <key>_<class>; None is left out."""
+    out = {}
+    for key, value in flat.items():
+        for name, score in (value.items() if isinstance(value, dict) else [("", value)]):
+            if score is not None:
+                out[f"{key}_{name}" if name else key] = score
+    return out
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -43,6 +62,7 @@ def main(argv=None) -> None:
     all_params = Params(args.params)
     params = all_params.section("evaluate")
     num_classes, seed, track = (all_params.shared(name) for name in ("num_classes", "seed", "mlflow"))
+    class_names = all_params.class_names()
     if not args.model.is_file():
         raise ValueError(f"model '{args.model}' not found; run the train stage first (dvc repro).")
     start_tensorflow()  # then the modules that use it: after the cheap checks (see its docstring)
@@ -50,7 +70,8 @@ def main(argv=None) -> None:
     import pandas as pd
 
     from segpipe import inference, metrics
-    from segpipe.evaluation import confusion_sample, per_image_table, split_scores
+    from segpipe.evaluation import confusion_matrix, confusion_sample, per_image_table, split_scores
+    from segpipe.image_io import IGNORE_ID
     from segpipe.image_io import read_png
     from segpipe.plots import write_evaluation_plots
     from segpipe.rows import check_files, read_rows
@@ -76,7 +97,8 @@ def main(argv=None) -> None:
     threshold, sweep = 0.5, pd.DataFrame()
     if num_classes == 1:
         sweep = pd.DataFrame(metrics.threshold_sweep([p[..., 0] for p in probabilities["valid"]],
-                                                     [t > 0 for t in truths["valid"]]))
+                                                     [t == 1 for t in truths["valid"]],
+                                                     labelled=[t != IGNORE_ID for t in truths["valid"]]))
         threshold = metrics.best_threshold(sweep.to_dict("records"))
     flat, per_image = {"best_threshold": threshold}, None
     for name in splits:
@@ -84,22 +106,27 @@ def main(argv=None) -> None:
         for value, suffix in ((0.5, ""), (threshold, "_at_best_threshold")) if num_classes == 1 else ((0.5, ""),):
             predictions = [inference.to_class_ids(p, threshold=value) for p in probabilities[name]]
             scores, rows = split_scores(name, predictions, truths[name], num_classes=num_classes,
-                                        tolerance=params["boundary_tolerance"], suffix=suffix)
+                                        class_names=class_names, tolerance=params["boundary_tolerance"], suffix=suffix)
             flat.update(scores)
             if name == "valid" and value == threshold:
                 per_image, valid_predictions = rows, predictions
-    flat = {k: round(float(v), 6) for k, v in sorted(flat.items())}
+    flat = {k: rounded(v) for k, v in sorted(flat.items())}
 
     valid = splits["valid"]
     table = per_image_table(valid, per_image, threshold=threshold)
     worst = table.sort_values(["iou", "id"]).head(params["worst_k"])
     shown = set(valid.sort_values("id")["id"][:params["num_samples"]]) | set(worst["id"])
+    class_scores = None if num_classes == 1 else pd.DataFrame(
+        {"class": class_names, "iou": list(flat["valid_class_iou"].values()),
+         "dice": list(flat["valid_class_dice"].values())})
     write_evaluation_plots(
         args.plots_dir, sweep=sweep, per_image=table, worst=worst, best_threshold=threshold,
-        confusion=confusion_sample(valid_predictions, truths["valid"], num_classes=num_classes,
+        confusion=confusion_sample(valid_predictions, truths["valid"], class_names=class_names,
                                    pixels=params["confusion_pixels"], seed=seed),
+        matrix=confusion_matrix(valid_predictions, truths["valid"], num_classes=num_classes),
+        class_names=class_names, num_classes=num_classes, class_scores=class_scores,
         history=pd.read_csv(args.history) if args.history.is_file() else None,
-        overlays={row_id: (images["valid"][i], valid_predictions[i] > 0, truths["valid"][i] > 0)
+        overlays={row_id: (images["valid"][i], valid_predictions[i], truths["valid"][i])
                   for i, row_id in enumerate(valid["id"]) if row_id in shown})
     write_json(args.threshold, {"threshold": threshold, "chosen_by": "highest pooled IoU on the validation split"
                                 if num_classes == 1 else "argmax (multi-class: no threshold)"})
@@ -111,13 +138,16 @@ def main(argv=None) -> None:
                            tags={**git_tags(project_root()), "stage": "evaluate", "dvc_experiment": experiment_name(),
                                  "training_run_id": training_run_id or "none (trained without MLflow)"})
     if run_id:
-        tracker.log_metrics(flat, step=0)
+        tracker.log_metrics(flatten_scores(flat), step=0)
         for path in [args.metrics, args.threshold, *sorted(args.plots_dir.rglob("*.png")),
                      args.plots_dir / "per_image.csv", args.plots_dir / "worst.csv"]:
             tracker.log_artifact(path)
         tracker.end()
     headline = ", ".join(f"{k} {flat[k]:.4f}" for k in ("valid_iou", "valid_dice", "valid_image_mean_boundary_f",
                                                         "valid_iou_at_best_threshold", "valid_mean_iou") if k in flat)
+    if "valid_class_iou" in flat:
+        headline += "; IoU per class: " + ", ".join(
+            f"{name} {'-' if v is None else f'{v:.3f}'}" for name, v in flat["valid_class_iou"].items())
     print(f"evaluate: {headline}; best threshold {threshold:g}; worst: {', '.join(worst['id'])}")
 
 

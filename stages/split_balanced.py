@@ -2,17 +2,19 @@
 
 Reads:   --train-csv (from build-csv).
 Writes:  --output-dir/<NN>_<name>.csv, one per subset, same columns as train.csv;
-         --summary JSON: {"key": "group" | "foreground", "bin_edges": [...] (foreground key only),
-                          "total_rows": N, "subsets": [{"name", "file", "rows", "groups",
-                          "foreground_min", "foreground_max"}, ...]} in file order.
-Params:  split_balanced.key (auto | group | foreground), split_balanced.num_bins.
+         --summary JSON: {"key": "group" | "foreground" | "rarest_class", "bin_edges": [...] (foreground
+                          key only), "class_pixels": [...] (training pixels per class), "total_rows": N,
+                          "subsets": [{"name", "file", "rows", "groups", "foreground_min",
+                          "foreground_max"}, ...]} in file order.
+Params:  num_classes; split_balanced.key (auto | group | foreground | rarest_class), split_balanced.num_bins.
 
 Contract with train: the input pipeline builds one repeated, shuffled dataset per subset file listed
 in the summary and draws from them with `tf.data.Dataset.sample_from_datasets` (weights from the
 train params, equal by default), so a small group is seen as often as a large one. Augmented rows are
 assigned to subsets by the same key: their group, or their foreground_fraction binned with
-`bin_edges` (segpipe.balancing.foreground_bins). `key: auto` means group when train.csv has more than
-one group, otherwise foreground-fraction quantile bins.
+`bin_edges` (segpipe.balancing.foreground_bins); with rarest_class they go with their source image.
+`key: auto` means group when train.csv has more than one group, otherwise rarest_class for multi-class
+tasks and foreground-fraction quantile bins for binary ones.
 """
 from __future__ import annotations
 
@@ -21,19 +23,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from segpipe.balancing import foreground_bin_edges, foreground_bins, safe_name
+from segpipe.balancing import foreground_bin_edges, foreground_bins, rarest_classes, safe_name
 from segpipe.cli import run_stage
 from segpipe.outputs import replace_dir, write_csv, write_json
 from segpipe.params import Params
-from segpipe.rows import read_rows
+from segpipe.rows import class_pixel_table, read_rows
 
 
-def split_into_subsets(train: pd.DataFrame, *, key: str, num_bins: int) -> tuple[dict, list[pd.DataFrame]]:
+def split_into_subsets(train: pd.DataFrame, *, key: str, num_bins: int,
+                       num_classes: int = 1) -> tuple[dict, list[pd.DataFrame]]:
     """Returns (summary dict, subset frames in summary order). See the module docstring."""
     if key == "auto":
-        key = "group" if train["group"].nunique() > 1 else "foreground"
+        key = "group" if train["group"].nunique() > 1 else "rarest_class" if num_classes > 1 else "foreground"
     edges = None
-    if key == "group":
+    class_totals = class_pixel_table(train, num_classes=num_classes).sum(axis=0)
+    if key == "rarest_class":
+        labels = pd.Series(rarest_classes(train, class_totals=class_totals, num_classes=num_classes), index=train.index)
+        names = sorted(labels.unique(), key=lambda c: (class_totals[c], c))  # rarest first
+    elif key == "group":
         labels = train["group"].astype(str)
         names = sorted(labels.unique())
     else:
@@ -43,7 +50,7 @@ def split_into_subsets(train: pd.DataFrame, *, key: str, num_bins: int) -> tuple
     subsets, frames = [], []
     for index, name in enumerate(names):
         frame = train[labels == name].sort_values("id")
-        display = str(name) if key == "group" else f"foreground_bin_{name}"
+        display = {"group": str(name), "rarest_class": f"rarest_class_{name}"}.get(key, f"foreground_bin_{name}")
         subsets.append({
             "name": display, "file": f"{index:02d}_{safe_name(display)}.csv", "rows": len(frame),
             "groups": sorted(frame["group"].astype(str).unique()),
@@ -51,7 +58,8 @@ def split_into_subsets(train: pd.DataFrame, *, key: str, num_bins: int) -> tuple
             "foreground_max": float(frame["foreground_fraction"].max()),
         })
         frames.append(frame)
-    summary = {"key": key, "bin_edges": edges, "total_rows": len(train), "subsets": subsets}
+    summary = {"key": key, "bin_edges": edges, "class_pixels": [int(c) for c in class_totals],
+               "total_rows": len(train), "subsets": subsets}
     return summary, frames
 
 
@@ -62,14 +70,19 @@ def main(argv=None) -> None:
     parser.add_argument("--summary", type=Path, required=True, help="subsets.json to write")
     parser.add_argument("--params", type=Path, required=True, help="params.yaml")
     args = parser.parse_args(argv)
-    params = Params(args.params).section("split_balanced")
+    all_params = Params(args.params)
+    params = all_params.section("split_balanced")
+    num_classes = all_params.shared("num_classes")
 
     train = read_rows(args.train_csv, made_by="the build-csv stage")
     if train.empty:
         raise ValueError(f"'{args.train_csv}' has no rows; there is nothing to train on.")
     if params["key"] == "group" and train["group"].nunique() < 2:
         print("split-balanced: warning: key 'group' but train.csv has a single group; one subset")
-    summary, frames = split_into_subsets(train, key=params["key"], num_bins=params["num_bins"])
+    if params["key"] == "rarest_class" and num_classes == 1:
+        raise ValueError("param 'split_balanced.key' is rarest_class, which needs a multi-class task (num_classes > 1); "
+                         "use foreground (or auto) for binary masks.")
+    summary, frames = split_into_subsets(train, key=params["key"], num_bins=params["num_bins"], num_classes=num_classes)
     with replace_dir(args.output_dir) as tmp_dir:
         for subset, frame in zip(summary["subsets"], frames):
             write_csv(tmp_dir / subset["file"], frame)

@@ -59,19 +59,22 @@ def main(argv=None) -> None:
     from segpipe.callbacks import LogToMlflow
     from segpipe.devices import configure_runtime
     from segpipe.keras_metrics import training_metrics
-    from segpipe.losses import make_loss
+    from segpipe.losses import make_loss, resolve_class_weights
     from segpipe.model import build_unet, export_saved_model
     from segpipe.resume import open_backup
+    from segpipe.rows import class_pixel_table
     from segpipe.tracking import Tracker, experiment_name, git_tags, project_root
     from segpipe.training import fit_in_phases, make_optimizer, plateau_callback, run_summary, training_phases
 
     placement, policy, reason = configure_runtime(devices=train["devices"], precision=train["precision"],
                                                   deterministic=train["deterministic"], seed=seed)
-    loss = make_loss(weights=train["loss"], focal_gamma=train["focal_gamma"])
     summary, subsets, valid = training_rows(
         summary_path=args.subsets_summary, subsets_dir=args.subsets_dir, augmented_csv=args.augmented_csv,
         valid_csv=args.valid_csv, sampling_weights=train["sampling_weights"])
     train_rows = pd.concat(subsets, ignore_index=True)
+    class_weights = resolve_class_weights(train["class_weights"], num_classes=num_classes,
+                                          pixels_per_class=class_pixel_table(train_rows, num_classes=num_classes).sum(0))
+    loss = make_loss(weights=train["loss"], focal_gamma=train["focal_gamma"], class_weights=class_weights)
 
     image_size = tuple(train["image_size"])
     global_batch = train["batch_size"] * placement.num_replicas
@@ -84,7 +87,7 @@ def main(argv=None) -> None:
     print(f"train: {len(train_rows)} training rows ({counts}), {len(valid)} validation rows; input "
           f"{image_size[0]}x{image_size[1]}x{channels}; global batch {global_batch} ({train['batch_size']} x "
           f"{placement.num_replicas} replica(s) on {devices_used}); {steps} steps/epoch; precision {policy} "
-          f"({reason})", flush=True)
+          f"({reason})" + (f"; class weights {class_weights}" if class_weights else ""), flush=True)
 
     inputs = [args.subsets_summary, args.augmented_csv, args.valid_csv,
               *(args.subsets_dir / subset["file"] for subset in summary["subsets"])]
@@ -135,7 +138,7 @@ def main(argv=None) -> None:
 
     history, metrics, facts = run_summary(outcome, images_per_epoch=steps * global_batch)
     facts.update(precision_policy=policy, devices=devices_used, num_replicas=placement.num_replicas,
-                 global_batch_size=global_batch)
+                 global_batch_size=global_batch, class_weights=class_weights)
     write_bytes(args.model, resume.best_model.read_bytes())
     best_model = keras.models.load_model(args.model, compile=False)
     export_saved_model(best_model, args.saved_model)

@@ -37,7 +37,8 @@ def make_train_csv(folder: Path, count: int = 3) -> Path:
             Image.fromarray(array).save(folder / kind / f"x{index}.png")
         rows.append({"id": f"x{index}", "image_path": str(folder / "images" / f"x{index}.png"),
                      "mask_path": str(folder / "masks" / f"x{index}.png"), "group": "a" if index else "b",
-                     "height": 48, "width": 48, "foreground_fraction": red.mean()})
+                     "height": 48, "width": 48, "foreground_fraction": red.mean(),
+                     "class_pixels": f"{np.sum(~red)} {np.sum(red)}"})
     path = folder / "train.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -58,10 +59,14 @@ def test_masks_stay_aligned_and_keep_class_ids(tmp_path):
     for row in rows.itertuples():
         image = np.asarray(Image.open(row.image_path))
         mask = np.asarray(Image.open(row.mask_path))
-        assert set(np.unique(mask)) <= {0, 1}
-        agreement = np.mean(mask == (image[..., 0] > 127))
+        assert set(np.unique(mask)) <= {0, 1, 255}  # 255: padding is void, never class 0
+        labelled = mask != 255
+        agreement = np.mean(mask[labelled] == (image[..., 0] > 127)[labelled])
         assert agreement > 0.9, (row.id, agreement)  # edge pixels may differ; a misaligned mask gives ~0.5
-        assert row.foreground_fraction == pytest.approx(mask.mean(), abs=1e-6)
+        assert row.foreground_fraction == pytest.approx(np.mean(mask[labelled] == 1), abs=1e-6)
+        assert row.class_pixels == f"{np.sum(mask == 0)} {np.sum(mask == 1)}"
+    padded = [np.asarray(Image.open(path)) for path in rows["mask_path"]]
+    assert any((m == 255).any() for m in padded), "the test's transforms pad; padding must be void (255)"
 
 
 def test_deterministic_and_independent_of_workers(tmp_path):

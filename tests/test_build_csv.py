@@ -9,7 +9,7 @@ import pytest
 from conftest import write_params
 from stages import build_csv
 
-COLUMNS = ["id", "image_path", "mask_path", "group", "height", "width", "foreground_fraction"]
+COLUMNS = ["id", "image_path", "mask_path", "group", "height", "width", "foreground_fraction", "class_pixels"]
 
 
 def write_manifest(png_dir: Path, rows: list[tuple[str, str, str, float]]) -> None:
@@ -17,7 +17,7 @@ def write_manifest(png_dir: Path, rows: list[tuple[str, str, str, float]]) -> No
     png_dir.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame([{
         "id": i, "split": split, "group": group, "image_path": f"images/{i}.png", "mask_path": f"masks/{i}.png",
-        "height": 16, "width": 20, "foreground_fraction": fg, "source_image": f"images/{i}.png",
+        "height": 16, "width": 20, "foreground_fraction": fg, "class_pixels": f"{round(320 * (1 - fg))} {round(320 * fg)}", "source_image": f"images/{i}.png",
         "source_mask": f"masks/{i}.png"} for i, split, group, fg in rows])
     frame.to_csv(png_dir / "manifest.csv", index=False)
 

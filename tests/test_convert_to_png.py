@@ -277,7 +277,7 @@ def test_skip_mode_writes_good_pairs_and_the_report(tmp_path):
 
 
 @pytest.mark.parametrize("setup, message", [
-    (lambda raw: raw.mkdir(), "no images/ folder and no train/ folder"),
+    (lambda raw: raw.mkdir(), "no images folder and no train/ folder"),
     (lambda raw: ((raw / "images").mkdir(parents=True), (raw / "masks").mkdir()), "no images found under"),
     (lambda raw: None, "does not exist"),
 ])
@@ -304,5 +304,5 @@ def test_multiclass_masks_keep_class_ids_and_reject_out_of_range(tmp_path):
     _save(Image.fromarray(ids), raw / "masks/a.png")
     out, _ = run_convert(raw, tmp_path, num_classes=4)
     np.testing.assert_array_equal(read(out / "masks/a.png"), ids)
-    with pytest.raises(ValueError, match=r"class ids \[3\] out of range for num_classes=3"):
+    with pytest.raises(ValueError, match=r"class ids 3 \(80 pixels\) out of range for num_classes=3"):
         run_convert(raw, tmp_path, num_classes=3)

@@ -70,9 +70,10 @@ def test_multiclass_scores_by_hand():
     matrix = class_confusion(predicted_ids, true_ids, num_classes=4)
     assert matrix[:3, :3].tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
     scores = class_scores(matrix)
-    iou = [2 / 3, 1 / 3, 1 / 2, 1.0]  # class 3 absent from both: 1.0 by convention
-    assert scores["iou_per_class"] == pytest.approx(iou)
+    iou = [2 / 3, 1 / 3, 1 / 2]  # class 3 absent from both truth and prediction: no score, not in the mean
+    assert scores["iou_per_class"][:3] == pytest.approx(iou) and scores["iou_per_class"][3] is None
     assert scores["mean_iou"] == pytest.approx(np.mean(iou))
+    assert scores["mean_dice"] == pytest.approx(np.mean([4 / 5, 2 / 4, 2 / 3]))
     assert scores["frequency_weighted_iou"] == pytest.approx(3 / 6 * 2 / 3 + 2 / 6 * 1 / 3 + 1 / 6 * 1 / 2)
     assert scores["dice_per_class"][:3] == pytest.approx([4 / 5, 2 / 4, 2 / 3])
 
@@ -116,19 +117,21 @@ def test_evaluate_split_scores_binary_and_multiclass():
     # binary: one image, probabilities over 4 pixels, truth ids
     probabilities = [np.array([[0.9, 0.6, 0.3, 0.1]])[..., None]]
     truths = [np.array([[1, 0, 1, 0]], np.uint8)]
-    flat, rows = split_scores_at("valid", probabilities, truths, num_classes=1, threshold=0.5, tolerance=1, suffix="")
+    binary = dict(num_classes=1, class_names=["background", "foreground"])
+    flat, rows = split_scores_at("valid", probabilities, truths, **binary, threshold=0.5, tolerance=1, suffix="")
     assert flat["valid_iou"] == pytest.approx(1 / 3) and flat["valid_precision"] == pytest.approx(1 / 2)
     # mean over background (iou 1/3: tp1 fp1 fn1) and foreground (1/3)
     assert flat["valid_mean_iou"] == pytest.approx(1 / 3)
     assert rows[0]["iou"] == pytest.approx(1 / 3)
-    flat, _ = split_scores_at("valid", probabilities, truths, num_classes=1, threshold=0.25, tolerance=1,
+    flat, _ = split_scores_at("valid", probabilities, truths, **binary, threshold=0.25, tolerance=1,
                               suffix="_at_best_threshold")
     assert flat["valid_iou_at_best_threshold"] == pytest.approx(2 / 3)  # 0.9, 0.6, 0.3 predicted: tp 2, fp 1
 
     # multi-class: argmax per pixel
     one_hot = np.eye(3)[np.array([[0, 1, 2, 2]])]
     truths = [np.array([[0, 1, 1, 2]], np.uint8)]
-    flat, rows = split_scores_at("test", [one_hot], truths, num_classes=3, threshold=0.5, tolerance=1, suffix="")
-    assert [flat[f"test_iou_class_{k}"] for k in range(3)] == pytest.approx([1.0, 1 / 2, 1 / 2])
+    flat, rows = split_scores_at("test", [one_hot], truths, num_classes=3, class_names=["sky", "road", "car"],
+                                 threshold=0.5, tolerance=1, suffix="")
+    assert flat["test_class_iou"] == pytest.approx({"sky": 1.0, "road": 1 / 2, "car": 1 / 2})
     assert flat["test_mean_iou"] == pytest.approx(2 / 3) and flat["test_pixel_accuracy"] == pytest.approx(3 / 4)
     assert rows[0]["iou"] == pytest.approx(2 / 3)

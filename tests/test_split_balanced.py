@@ -14,7 +14,8 @@ from stages import split_balanced
 
 def write_train(path: Path, rows: list[tuple[str, str, float]]) -> Path:
     frame = pd.DataFrame([{"id": i, "image_path": f"p/{i}.png", "mask_path": f"m/{i}.png", "group": g,
-                           "height": 8, "width": 8, "foreground_fraction": fg} for i, g, fg in rows])
+                           "height": 8, "width": 8, "foreground_fraction": fg,
+                           "class_pixels": f"{round(64 * (1 - fg))} {round(64 * fg)}"} for i, g, fg in rows])
     frame.to_csv(path, index=False)
     return path
 
@@ -54,7 +55,7 @@ def test_bin_edges_collapse_on_ties():
 
 def test_empty_train_csv_is_an_error(tmp_path):
     header_only = tmp_path / "header.csv"
-    header_only.write_text("id,image_path,mask_path,group,height,width,foreground_fraction\n")
+    header_only.write_text("id,image_path,mask_path,group,height,width,foreground_fraction,class_pixels\n")
     blank = tmp_path / "blank.csv"
     blank.write_text("")
     for path in (header_only, blank):
