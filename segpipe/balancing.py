@@ -4,7 +4,8 @@ A row's balancing subset is its `group` when the data has several groups, otherw
 of its `foreground_fraction` (so that images with tiny objects are not drowned by those with large ones),
 or, for multi-class data, its rarest class: the class present in the image (any pixel) that has the
 fewest pixels in the whole training split. Every street scene holds sky, road and buildings; what sets
-one apart is the bicyclist or the sign it also holds, and sampling by that keeps rare classes in sight.
+one apart is the bicyclist or the sign it also holds; sampling by that is meant to keep rare classes in
+sight (opt-in: on CamVid it did not beat foreground bins, see README's Status).
 """
 from __future__ import annotations
 

@@ -26,8 +26,8 @@ def split_scores(name: str, predictions: list[np.ndarray], truths: list[np.ndarr
         suffix: appended to every metric name (`_at_best_threshold`).
 
     Returns:
-        Flat scores (`valid_iou`, ...); multi-class adds `<split>_class_iou` and `<split>_class_dice`, each
-        {class name: score, or None for a class absent from truth and prediction}.
+        Flat scores (`valid_iou`, ...) and `<split>_class_iou`, `<split>_class_dice`, each {class name: score,
+        or None for a class absent from truth and prediction} (binary: background and foreground).
     """
     flat, per_image = {}, []
     labelled = [t != IGNORE_ID for t in truths]
@@ -49,13 +49,13 @@ def split_scores(name: str, predictions: list[np.ndarray], truths: list[np.ndarr
         classes = m.class_scores(matrix)
         flat[f"{name}_pixel_accuracy{suffix}"] = float(np.trace(matrix) / max(1, matrix.sum()))
         flat[f"{name}_mean_dice{suffix}"] = classes["mean_dice"]
-        flat[f"{name}_class_iou{suffix}"] = dict(zip(class_names, classes["iou_per_class"]))
-        flat[f"{name}_class_dice{suffix}"] = dict(zip(class_names, classes["dice_per_class"]))
         for prediction, truth, keep, image_matrix in zip(predictions, truths, labelled, matrices):
             image_classes = m.class_scores(image_matrix)
             per_image.append({"iou": image_classes["mean_iou"], "dice": image_classes["mean_dice"],
                               "boundary_f": m.boundary_f_score(prediction, truth, tolerance=tolerance, labelled=keep,
                                                                multi_class=True)})
+    flat[f"{name}_class_iou{suffix}"] = dict(zip(class_names, classes["iou_per_class"]))
+    flat[f"{name}_class_dice{suffix}"] = dict(zip(class_names, classes["dice_per_class"]))
     flat[f"{name}_mean_iou{suffix}"] = classes["mean_iou"]
     flat[f"{name}_frequency_weighted_iou{suffix}"] = classes["frequency_weighted_iou"]
     for key in ("iou", "dice", "boundary_f"):

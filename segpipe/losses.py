@@ -118,10 +118,12 @@ def class_weights_from_frequencies(pixels_per_class) -> list[float]:
 
 
 def resolve_class_weights(setting, *, pixels_per_class, num_classes: int) -> list[float] | None:
-    """`train.class_weights` as a list (None = unweighted): `auto` from the training pixels per class, a
-    given list checked to have one weight per class (binary: background, foreground)."""
+    """`train.class_weights` as a list (None = unweighted): `auto` from the training pixels per class for
+    multi-class tasks and none for binary ones (their Dice term already balances the foreground, and the
+    binary recipe was measured without weights); a given list is checked to have one weight per class
+    (binary: background, foreground)."""
     expected = max(2, num_classes)
-    if setting is None:
+    if setting is None or (setting == "auto" and num_classes == 1):
         return None
     if setting == "auto":
         return class_weights_from_frequencies(list(pixels_per_class)[:expected])

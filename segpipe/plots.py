@@ -137,7 +137,7 @@ def chart_specs(*, history: pd.DataFrame | None, sweep: pd.DataFrame, per_image:
                              "text": {"field": "share", "type": "quantitative", "format": ".2f"},
                              "color": {"condition": {"test": "datum.share > 0.5", "value": "white"},
                                        "value": "black"}}}])
-    if class_scores is not None and not class_scores.empty:
+    if class_scores is not None and len(class_scores) > 2:  # binary: valid_iou says it
         long = class_scores.melt(id_vars=["class"], value_vars=["iou", "dice"], var_name="score").dropna()
         specs["class_scores"] = _chart(
             long, "IoU and Dice per class (validation)", mark="bar", height=max(120, 16 * len(class_scores)),
@@ -168,7 +168,7 @@ def write_evaluation_plots(folder: Path, *, sweep: pd.DataFrame, per_image: pd.D
                            confusion: pd.DataFrame, matrix: np.ndarray, class_names: list[str], num_classes: int,
                            class_scores: pd.DataFrame | None, history: pd.DataFrame | None, best_threshold: float,
                            overlays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-    """Replaces `folder` with evaluate's plots: threshold_curve.csv (binary), class_scores.csv (multi-class),
+    """Replaces `folder` with evaluate's plots: threshold_curve.csv (binary), class_scores.csv,
     per_image.csv, worst.csv, confusion.csv (a pixel sample for DVC's template), overlays/<id>.png from
     {id: (image, predicted ids, true ids)}, and png/ charts (the confusion matrix from all pixels)."""
     with replace_dir(folder) as tmp:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -36,7 +37,7 @@ LOWER_IS_BETTER = ("loss",)
 # Old metric names -> new ones, so the first report after a rename still compares (prefix replacements).
 RENAMED_PREFIXES = {"best_val_": "best_valid_"}
 PLOTS = ("learning_curves_loss", "learning_curves_iou", "threshold_curve", "precision_recall", "confusion_matrix",
-         "per_image_iou")
+         "class_scores", "per_image_iou")
 GATE_FAILED = 3
 
 
@@ -59,7 +60,7 @@ def _number(value) -> str:
 def direction(name: str) -> str | None:
     """"higher" or "lower" when a metric has a better direction, None for numbers that have none
     (best_threshold, counts). Decided by the words of the name: `valid_iou_at_best_threshold` is an IoU."""
-    words = name.split("_")
+    words = re.split(r"[_.]", name)  # nested metrics come flattened: valid_class_iou.road
     if any(word in LOWER_IS_BETTER for word in words):
         return "lower"
     if any(word in HIGHER_IS_BETTER for word in words):

@@ -93,8 +93,8 @@ SECTIONS = {
         "steps_per_epoch": dict(kind=int, minimum=0),
         "sampling_weights": dict(kind=(list, type(None))),
         "class_weights": dict(kind=(str, list, type(None)), check=_class_weights,
-                              hint="Expected null, auto (from the training masks' class frequencies) or one "
-                                   "non-negative weight per class."),
+                              hint="Expected auto (multi-class: from the training masks' class frequencies), null "
+                                   "or one non-negative weight per class."),
         "cache": dict(kind=str, choices=CACHE_MODES),
         "online_augment": dict(kind=bool),
         "encoder": dict(kind=str, choices=ENCODERS),

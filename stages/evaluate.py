@@ -13,13 +13,14 @@ Params:  seed, num_classes, class_names, mlflow; evaluate.boundary_tolerance, nu
 
 Predictions go through segpipe/inference.py (as segpipe-predict's do): at the model's input size, with
 the probabilities resized back to each image's own size, so every score is measured on the original
-masks. Void pixels (255) count nowhere. Multi-class metrics add <split>_class_iou and <split>_class_dice,
-{class name: score}. Metric conventions: segpipe/metrics.py and segpipe/evaluation.py.
+masks. Void pixels (255) count nowhere. <split>_class_iou and <split>_class_dice are {class name: score}
+(class_names; binary: background and foreground). Metric conventions: segpipe/metrics.py and segpipe/evaluation.py.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from segpipe.cli import run_stage, start_tensorflow
@@ -35,12 +36,13 @@ def rounded(value):
 
 
 def flatten_scores(flat: dict) -> dict[str, float]:
-    """Metrics for MLflow, which takes numbers only: {class: score} becomes <key>_<class>; None is left out."""
+    """Metrics for MLflow, which takes numbers only: {class: score} becomes <key>_<class> (characters MLflow
+    refuses in a name become _); None is left out."""
     out = {}
     for key, value in flat.items():
         for name, score in (value.items() if isinstance(value, dict) else [("", value)]):
             if score is not None:
-                out[f"{key}_{name}" if name else key] = score
+                out[f"{key}_{re.sub(r'[^0-9A-Za-z_. -]', '_', name)}" if name else key] = score
     return out
 
 
@@ -116,9 +118,9 @@ def main(argv=None) -> None:
     table = per_image_table(valid, per_image, threshold=threshold)
     worst = table.sort_values(["iou", "id"]).head(params["worst_k"])
     shown = set(valid.sort_values("id")["id"][:params["num_samples"]]) | set(worst["id"])
-    class_scores = None if num_classes == 1 else pd.DataFrame(
-        {"class": class_names, "iou": list(flat["valid_class_iou"].values()),
-         "dice": list(flat["valid_class_dice"].values())})
+    at = "_at_best_threshold" if num_classes == 1 else ""  # the threshold the per-image table uses
+    class_scores = pd.DataFrame({"class": class_names, "iou": [flat[f"valid_class_iou{at}"][n] for n in class_names],
+                                 "dice": [flat[f"valid_class_dice{at}"][n] for n in class_names]})
     write_evaluation_plots(
         args.plots_dir, sweep=sweep, per_image=table, worst=worst, best_threshold=threshold,
         confusion=confusion_sample(valid_predictions, truths["valid"], class_names=class_names,
@@ -145,7 +147,7 @@ def main(argv=None) -> None:
         tracker.end()
     headline = ", ".join(f"{k} {flat[k]:.4f}" for k in ("valid_iou", "valid_dice", "valid_image_mean_boundary_f",
                                                         "valid_iou_at_best_threshold", "valid_mean_iou") if k in flat)
-    if "valid_class_iou" in flat:
+    if num_classes > 1:
         headline += "; IoU per class: " + ", ".join(
             f"{name} {'-' if v is None else f'{v:.3f}'}" for name, v in flat["valid_class_iou"].items())
     print(f"evaluate: {headline}; best threshold {threshold:g}; worst: {', '.join(worst['id'])}")

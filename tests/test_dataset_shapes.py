@@ -298,6 +298,10 @@ def test_class_weights_scale_each_class_and_auto_keeps_the_loss_scale():
     assert weighted == pytest.approx(plain * 2.0, rel=1e-5)  # (1 + 3) / 2 per pixel
     with pytest.raises(ValueError, match=r"'train.class_weights' has 2 weight\(s\) but there are 3 classes"):
         resolve_class_weights([1, 2], pixels_per_class=[1, 1, 1], num_classes=3)
+    assert resolve_class_weights("auto", pixels_per_class=[90, 10], num_classes=1) is None  # binary: Dice balances
+    assert resolve_class_weights([1, 4], pixels_per_class=[90, 10], num_classes=1) == [1.0, 4.0]
+    assert resolve_class_weights("auto", pixels_per_class=[90, 9, 1], num_classes=3) == \
+        class_weights_from_frequencies([90, 9, 1])
 
 
 def test_evaluation_leaves_void_out_and_absent_classes_out_of_the_mean():
@@ -348,7 +352,7 @@ def test_multiclass_street_scenes_through_every_stage(tmp_path):
     write_params(project, num_classes=3, class_names=["sky", "road", "car"],
                  convert={"num_workers": 1, "image_folder": "{split}", "mask_folder": "{split}_labels",
                           "image_key": r"(\d+)", "palette": "class_dict.csv", "ignore_value": [0, 0, 0]},
-                 augment={"copies": 1, "num_workers": 1}, train=TINY_TRAIN)
+                 augment={"copies": 1, "num_workers": 1}, split_balanced={"key": "rarest_class"}, train=TINY_TRAIN)
     run_data_stages(project)
     summary = json.loads((project / "data/subsets.json").read_text())
     assert summary["key"] == "rarest_class" and [s["name"] for s in summary["subsets"]] == ["rarest_class_2"]

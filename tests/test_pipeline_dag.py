@@ -89,7 +89,8 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
     charts = {name for name, plots in shown.items() if any(p["type"] == "vega" for p in plots)}
     images = {name for name, plots in shown.items() if all(p["type"] == "image" for p in plots)}
     assert charts == {"Loss", "IoU", "Learning rate", "Threshold curve (validation)", "Precision-recall (validation)",
-                      "Confusion matrix (pixel sample)", "IoU per validation image"}, sorted(shown)
+                      "Confusion matrix (pixel sample)", "IoU per class (validation)", "IoU per validation image"}, \
+        sorted(shown)
     assert images and all(name.startswith("plots/evaluate/overlays/") for name in images), sorted(images)
     assert set(shown) == charts | images
 

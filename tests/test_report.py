@@ -118,3 +118,11 @@ def test_base_reproduced_in_another_checkout_is_compared_and_named(repo, tmp_pat
     assert "both columns were reproduced by `dvc repro` on this machine, in this job: `origin/main`" in text
     done, _ = report(repo, "--base-dir", str(tmp_path / "nothing"))
     assert done.returncode == 2 and "has no dvc.yaml" in done.stderr
+
+
+def test_nested_per_class_metrics_have_a_direction():
+    from segpipe.report import direction
+
+    assert direction("valid_class_iou.sign_symbol") == "higher"  # DVC flattens {class: score} with a dot
+    assert direction("valid_class_dice.road") == "higher"
+    assert direction("best_threshold") is None
