@@ -14,32 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
+from run_stages import run_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "datasets" / "camvid_street"
 CLASS_NAMES = ["sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian",
                "bicyclist"]
 VOID = 11
-
-
-def run(command: list[str], cwd: Path, log: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    with open(log, "a") as fh:
-        fh.write(f"$ {' '.join(command)}\n")
-        fh.flush()
-        done = subprocess.run(command, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(command)}; see {log}")
 
 
 def main(argv=None) -> None:
@@ -69,27 +55,7 @@ def main(argv=None) -> None:
         (params[section] if name else params)[name or section] = yaml.safe_load(value)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    py = sys.executable
-    started = time.perf_counter()
-    for command in (
-            ["stages.convert_to_png", "--raw-dir", "data/raw", "--output-dir", "data/png", "--skipped", "data/skipped.csv"],
-            ["stages.build_csv", "--png-dir", "data/png", "--output-dir", "data/csv"],
-            ["stages.split_balanced", "--train-csv", "data/csv/train.csv", "--output-dir", "data/subsets",
-             "--summary", "data/subsets.json"],
-            ["stages.augment", "--train-csv", "data/csv/train.csv", "--output-dir", "data/augmented"]):
-        run([py, "-m", *command, "--params", "params.yaml"], project, log)
-    data_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    run([py, "-m", "stages.train", "--subsets-summary", "data/subsets.json", "--subsets-dir", "data/subsets",
-         "--augmented-csv", "data/augmented/augmented.csv", "--valid-csv", "data/csv/valid.csv",
-         "--model", "models/model.keras", "--metrics", "metrics/train.json", "--facts", "models/train_facts.json",
-         "--history", "plots/train_history.csv", "--run-info", "models/run.json", "--saved-model",
-         "models/saved_model", "--backup-dir", "models/backup", "--params", "params.yaml"], project, log)
-    train_seconds = time.perf_counter() - started
-    run([py, "-m", "stages.evaluate", "--model", "models/model.keras", "--csv-dir", "data/csv", "--history",
-         "plots/train_history.csv", "--run-info", "models/run.json", "--metrics", "metrics/evaluate.json",
-         "--threshold", "models/threshold.json", "--plots-dir", "plots/evaluate", "--params", "params.yaml"],
-        project, log)
+    seconds = run_stages(project, log, evaluate=True)
     scores = json.loads((project / "metrics/evaluate.json").read_text())
     facts = json.loads((project / "models/train_facts.json").read_text())
     subsets = json.loads((project / "data/subsets.json").read_text())
@@ -97,7 +63,7 @@ def main(argv=None) -> None:
           f"budget {args.minutes:g} min of training; overrides {args.set or 'none'}")
     print(f"  balancing key {subsets['key']} ({len(subsets['subsets'])} subsets); class weights "
           f"{facts.get('class_weights')}; best epoch {facts['best_epoch']}/{facts['epochs_run']}, "
-          f"{facts['images_per_second']} img/s; data stages {data_seconds:.0f}s, train {train_seconds:.0f}s")
+          f"{facts['images_per_second']} img/s; data stages {seconds['data']:.0f}s, train {seconds['train']:.0f}s")
     ious = scores["valid_class_iou"]
     print("  IoU per class: " + ", ".join(f"{name} {'-' if ious[name] is None else f'{ious[name]:.3f}'}"
                                           for name in CLASS_NAMES))

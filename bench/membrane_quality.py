@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,22 +26,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 from PIL import Image
+from run_stages import run, run_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 MEMBRANE = SHARED / "datasets" / "membrane_isbi2012"
 REFERENCE = SHARED / "refbench" / "keras_io_baseline.py"
-
-
-def run(command: list[str], cwd: Path, log: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", MLFLOW_TRACKING_URI="")
-    env.pop("MLFLOW_TRACKING_URI")
-    with open(log, "a") as fh:
-        fh.write(f"$ {' '.join(command)}\n")
-        fh.flush()
-        done = subprocess.run(command, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(command)}; see {log}")
 
 
 def pooled_scores(pairs) -> dict:
@@ -120,23 +109,7 @@ def main(argv=None) -> None:
         section, _, name = key.partition(".")
         params[section][name] = yaml.safe_load(value)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    py = sys.executable
-    started = time.perf_counter()
-    for command in (
-            ["stages.convert_to_png", "--raw-dir", "data/raw", "--output-dir", "data/png", "--skipped", "data/skipped.csv"],
-            ["stages.build_csv", "--png-dir", "data/png", "--output-dir", "data/csv"],
-            ["stages.split_balanced", "--train-csv", "data/csv/train.csv", "--output-dir", "data/subsets",
-             "--summary", "data/subsets.json"],
-            ["stages.augment", "--train-csv", "data/csv/train.csv", "--output-dir", "data/augmented"]):
-        run([py, "-m", *command, "--params", "params.yaml"], project, log)
-    data_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    run([py, "-m", "stages.train", "--subsets-summary", "data/subsets.json", "--subsets-dir", "data/subsets",
-         "--augmented-csv", "data/augmented/augmented.csv", "--valid-csv", "data/csv/valid.csv",
-         "--model", "models/model.keras", "--metrics", "metrics/train.json", "--facts", "models/train_facts.json",
-         "--history", "plots/history.csv",
-         "--run-info", "models/run.json", "--saved-model", "models/saved_model", "--backup-dir", "models/backup", "--params", "params.yaml"], project, log)
-    train_seconds = time.perf_counter() - started
+    seconds = run_stages(project, log, evaluate=False)
     ours = score_ours(project, split["val"])
     train_metrics = json.loads((project / "models/train_facts.json").read_text())
     theirs = reference["val_metrics_native"]
@@ -146,7 +119,7 @@ def main(argv=None) -> None:
     print(f"  segpipe default:    IoU {ours['iou']:.4f}  Dice {ours['dice']:.4f}  "
           f"(best epoch {train_metrics['best_epoch']}/{train_metrics['epochs_run']}, "
           f"{train_metrics['images_per_second']} img/s, {train_metrics['precision_policy']}; data stages "
-          f"{data_seconds:.0f}s, train stage {train_seconds:.0f}s)")
+          f"{seconds['data']:.0f}s, train stage {seconds['train']:.0f}s)")
     print(f"DIFFERENCE IoU {ours['iou'] - theirs['iou']:+.4f}  Dice {ours['dice'] - theirs['dice']:+.4f} "
           f"(target: IoU >= +0.05)")
     (work / "result.json").write_text(json.dumps({"ours": ours, "reference": theirs, "train": train_metrics,
