@@ -168,12 +168,14 @@ def write_evaluation_plots(folder: Path, *, sweep: pd.DataFrame, per_image: pd.D
                            confusion: pd.DataFrame, matrix: np.ndarray, class_names: list[str], num_classes: int,
                            class_scores: pd.DataFrame | None, history: pd.DataFrame | None, best_threshold: float,
                            overlays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-    """Replaces `folder` with evaluate's plots: threshold_curve.csv (binary), class_scores.csv,
+    """Replaces `folder` with evaluate's plots: threshold_curve.csv (multi-class: header only), class_scores.csv,
     per_image.csv, worst.csv, confusion.csv (a pixel sample for DVC's template), overlays/<id>.png from
     {id: (image, predicted ids, true ids)}, and png/ charts (the confusion matrix from all pixels)."""
     with replace_dir(folder) as tmp:
-        if not sweep.empty:
-            write_csv(tmp / "threshold_curve.csv", sweep.round(6))
+        # Multi-class (argmax, no threshold): the header alone, so `dvc plots show` draws an empty chart
+        # instead of failing to load a plot that dvc.yaml declares.
+        write_csv(tmp / "threshold_curve.csv", sweep.round(6) if not sweep.empty else pd.DataFrame(
+            columns=["threshold", "iou", "f1", "precision", "recall"]))
         if class_scores is not None:
             write_csv(tmp / "class_scores.csv", class_scores.round(6))
         write_csv(tmp / "per_image.csv", per_image)

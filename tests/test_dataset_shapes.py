@@ -370,6 +370,7 @@ def test_multiclass_street_scenes_through_every_stage(tmp_path):
     plots = project / "out/plots"
     assert pd.read_csv(plots / "class_scores.csv")["class"].tolist() == ["sky", "road", "car"]
     assert set(pd.read_csv(plots / "confusion.csv")["actual"]) <= {"sky", "road", "car"}
+    assert (plots / "threshold_curve.csv").read_text().strip() == "threshold,iou,f1,precision,recall"  # no threshold
     for chart in ("class_scores", "confusion_matrix"):
         assert (plots / "png" / f"{chart}.png").is_file()
     overlay = read(next((plots / "overlays").glob("*.png")))
@@ -384,3 +385,31 @@ def test_multiclass_street_scenes_through_every_stage(tmp_path):
     mask = read(predicted / "frame_000.png")
     assert mask.shape == (32, 40) and set(np.unique(mask)) <= {0, 1, 2}
     assert read(predicted / "frame_000_colour.png").shape == (32, 40, 3)
+
+
+def test_class_names_are_checked_against_num_classes(tmp_path):
+    from segpipe.params import Params
+
+    def names(**shared):
+        return Params(write_params(tmp_path, **shared)).class_names()
+
+    assert names(num_classes=1, class_names=None) == ["background", "foreground"]
+    assert names(num_classes=1, class_names=["lesion"]) == ["background", "lesion"]
+    assert names(num_classes=3, class_names=None) == ["class_0", "class_1", "class_2"]
+    with pytest.raises(ValueError, match=r"'class_names' has 2 name\(s\) but num_classes is 3; give one name per "
+                                         r"class"):
+        names(num_classes=3, class_names=["sky", "road"])
+    with pytest.raises(ValueError, match=r"'class_names' repeats a name"):
+        names(num_classes=2, class_names=["sky", "sky"])
+    with pytest.raises(ValueError, match=r"param 'num_classes' must be <= 255"):
+        names(num_classes=256, class_names=None)
+
+
+def test_training_iou_leaves_classes_absent_from_the_epoch_out_of_the_mean():
+    from segpipe.keras_metrics import ConfusionScore
+
+    truth = np.array([[[[0], [1], [1], [0]]]], np.uint8)
+    probabilities = np.eye(3, dtype=np.float32)[[[[0, 1, 0, 0]]]]  # class 2: never true, never predicted
+    metric = ConfusionScore("iou", num_classes=3)
+    metric.update_state(truth, probabilities)
+    assert float(metric.result()) == pytest.approx((2 / 3 + 1 / 2) / 2)  # not /3 with class 2 as 0 (or 1)
