@@ -283,9 +283,14 @@ def find_folders(raw_dir: Path, naming: Naming) -> dict[str, tuple[Path, Path]]:
                                    exclude=images)
         if images is None or masks is None:
             found = ", ".join(f"'{c.name}/'" for c in sorted(folder.iterdir()) if c.is_dir()) or "no folders"
+            siblings = [c.name for c in sorted(raw_dir.iterdir()) if c.is_dir() and c != folder
+                        and c.name.lower().startswith(folder.name.lower())]
+            beside = (f" If the images sit directly in '{folder.name}/' and the masks in '{siblings[0]}/' beside it, "
+                      f"set convert.image_folder: '{{split}}' and convert.mask_folder: "
+                      f"'{{split}}{siblings[0][len(folder.name):]}'." if siblings else "")
             raise ValueError(f"'{folder}' needs an images folder and a masks folder (convert.image_folder: "
                              f"{naming.image_folder!r}, convert.mask_folder: {naming.mask_folder!r}); found {found}. "
-                             f"Set those params to the folder names; {layout_help}.")
+                             f"Set those params to the folder names; {layout_help}.{beside}")
         folders[split] = (images, masks)
     return folders
 

@@ -147,6 +147,9 @@ def test_side_by_side_split_folders(tmp_path):
     _, manifest = run_convert(raw, tmp_path, **params)
     assert list(zip(manifest["id"], manifest["split"])) == [
         ("test/0001TP_test", "test"), ("train/0001TP_train", "train"), ("valid/0001TP_val", "valid")]
+    with pytest.raises(ValueError, match=r"masks in '\w+annot/' beside it, set convert.image_folder: '\{split\}' "
+                                         r"and convert.mask_folder: '\{split\}annot'"):
+        run_convert(raw, tmp_path)  # the same data without the params: the error says which to set
     (raw / "valannot").rename(raw / "val_labels")
     with pytest.raises(ValueError, match=r"'.*valannot' does not exist \(convert.mask_folder: '\{split\}annot'\)"):
         run_convert(raw, tmp_path, **params)
