@@ -2,14 +2,16 @@
 
 Reads:   --png-dir/manifest.csv (written by convert-to-png).
 Writes:  --output-dir/train.csv, valid.csv, test.csv with columns
-         id, image_path, mask_path, group, height, width, foreground_fraction; sorted by id; paths are
+         id, image_path, mask_path, group, height, width, foreground_fraction, class_pixels; sorted by id; paths are
          POSIX and relative to the repo root (the folder dvc runs in) when --png-dir is relative.
          test.csv has only the header unless the raw data has a test/ split.
-Params:  seed; build_csv.valid_fraction, build_csv.stratify_bins.
+Params:  seed, num_classes; build_csv.valid_fraction, build_csv.stratify_bins.
 
 A split given by the raw data (train/ + valid/) is kept. Without one, a seeded split takes
-`valid_fraction` of the images, stratified by group, or by foreground-fraction quantile bins
-(`stratify_bins`) when there is a single group. A given train/ without valid/ is split the same way.
+`valid_fraction` of the images, stratified by group; with a single group, by foreground-fraction
+quantile bins (`stratify_bins`) for binary tasks and by each image's rarest class for multi-class ones
+(segpipe.balancing.rarest_classes), so a class that only a few images hold lands in both splits in
+proportion. A given train/ without valid/ is split the same way.
 """
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segpipe.balancing import foreground_bin_edges, foreground_bins
+from segpipe.balancing import foreground_bin_edges, foreground_bins, rarest_classes
 from segpipe.cli import run_stage
 from segpipe.outputs import write_csv
 from segpipe.params import Params
-from segpipe.rows import ROW_COLUMNS, read_rows
+from segpipe.rows import ROW_COLUMNS, class_pixel_table, read_rows
 
 
 
@@ -36,15 +38,16 @@ def _largest_remainder(sizes: np.ndarray, total: int) -> np.ndarray:
     return np.minimum(shares, sizes)
 
 
-def stratified_split(frame: pd.DataFrame, *, valid_fraction: float, stratify_bins: int,
-                     seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Seeded split of `frame` into (train, valid), stratified by group or foreground bins.
+def stratified_split(frame: pd.DataFrame, *, valid_fraction: float, stratify_bins: int, seed: int,
+                     num_classes: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seeded split of `frame` into (train, valid), stratified by group, foreground bins or rarest class.
 
     Args:
         frame: rows with at least id, group, foreground_fraction.
         valid_fraction: share of rows for validation; at least one row goes each way.
         stratify_bins: foreground-fraction quantile bins used when there is a single group.
         seed: the random seed; the same inputs and seed give the same split.
+        num_classes: > 1 stratifies a single group by each row's rarest class (needs class_pixels).
     """
     if len(frame) < 2:
         raise ValueError(f"cannot split {len(frame)} image(s) into train and valid; add images "
@@ -52,6 +55,9 @@ def stratified_split(frame: pd.DataFrame, *, valid_fraction: float, stratify_bin
     frame = frame.sort_values("id").reset_index(drop=True)
     if frame["group"].nunique() > 1:
         strata = frame["group"].astype(str).to_numpy()
+    elif num_classes > 1:
+        totals = class_pixel_table(frame, num_classes=num_classes).sum(axis=0)
+        strata = rarest_classes(frame, class_totals=totals, num_classes=num_classes).astype(str)
     else:
         edges = foreground_bin_edges(frame["foreground_fraction"], num_bins=stratify_bins)
         strata = foreground_bins(frame["foreground_fraction"], edges).astype(str)
@@ -74,7 +80,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     all_params = Params(args.params)
     params = all_params.section("build_csv")
-    seed = all_params.shared("seed")
+    seed, num_classes = all_params.shared("seed"), all_params.shared("num_classes")
 
     manifest = read_rows(args.png_dir / "manifest.csv", made_by="the convert-to-png stage")
     for column in ("image_path", "mask_path"):
@@ -86,10 +92,11 @@ def main(argv=None) -> None:
         valid = manifest[manifest["split"] == "valid"]
         if valid.empty:
             train, valid = stratified_split(train, valid_fraction=params["valid_fraction"],
-                                            stratify_bins=params["stratify_bins"], seed=seed)
+                                            stratify_bins=params["stratify_bins"], seed=seed,
+                                            num_classes=num_classes)
     else:
         train, valid = stratified_split(manifest, valid_fraction=params["valid_fraction"],
-                                        stratify_bins=params["stratify_bins"], seed=seed)
+                                        stratify_bins=params["stratify_bins"], seed=seed, num_classes=num_classes)
     test = manifest[manifest["split"] == "test"]
     leaked = set(train["id"]) & set(valid["id"])
     assert not leaked, f"ids in both train and valid: {sorted(leaked)[:5]}"

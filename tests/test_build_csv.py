@@ -90,3 +90,18 @@ def test_missing_manifest_and_too_few_images(tmp_path):
     write_manifest(png, [("only", "", "all", 0.1)])
     with pytest.raises(ValueError, match="cannot split 1 image"):
         run(tmp_path, png)
+
+
+def test_single_group_multiclass_split_is_stratified_by_rarest_class():
+    # 20 street scenes hold sky and road; 5 of them also hold a bicyclist (class 2), 10 a car (class 3).
+    rows = []
+    for index in range(20):
+        counts = [500, 400, 3 if index % 4 == 0 else 0, 50 if index % 2 == 1 else 0]
+        rows.append({"id": f"f{index:02d}", "group": "all", "foreground_fraction": 0.5,
+                     "class_pixels": " ".join(map(str, counts))})
+    frame = pd.DataFrame(rows)
+    for seed in range(5):
+        train, valid = build_csv.stratified_split(frame, valid_fraction=0.2, stratify_bins=4, seed=seed, num_classes=4)
+        with_bicyclist = {f"f{i:02d}" for i in range(0, 20, 4)}
+        assert len(valid) == 4 and len(set(valid["id"]) & with_bicyclist) == 1  # 20% of the 5, every seed
+        assert len(set(valid["id"]) & {f"f{i:02d}" for i in range(1, 20, 2)}) == 2  # car-rarest: 20% of 10
