@@ -7,8 +7,9 @@ A run keeps its state in a folder that DVC persists between `dvc repro` runs (`p
 - state.json: what Keras keeps nowhere: the fingerprint, the MLflow run id, where each phase started,
   the phases done, and the dropout random state per epoch.
 A killed run continues from its last finished epoch; a finished run clears the folder, so the next one
-starts fresh. A backup made with other params or data (its fingerprint differs) is discarded with a
-message instead of being resumed.
+starts fresh. A backup made with other params or data (its fingerprint differs), or one with a file
+that cannot be read back (cut off by a kill, a full disk or a hand edit), is discarded with a one-line
+message naming the file instead of being resumed: a fresh start is slower, a wrong resume is worse.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import h5py
 import keras
 import pandas as pd
 
@@ -44,6 +46,23 @@ def _intact(path: Path) -> bool:
         return False
 
 
+def _readable_weights(path: Path) -> bool:
+    """Whether a Keras .weights.h5 file opens as HDF5 (a truncated or garbage file does not)."""
+    try:
+        with h5py.File(path, "r"):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _json_object(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 class ResumeState:
     """The backup folder: load, save and clear the state of an interrupted run."""
 
@@ -60,16 +79,36 @@ class ResumeState:
         if not self.state_file.is_file():
             self.clear()
             return {}
-        state = json.loads(self.state_file.read_text())
-        if state.get("fingerprint") != self.fingerprint:
+        state = _json_object(self.state_file)
+        if state is not None and state.get("fingerprint") != self.fingerprint:
             print(f"train: the interrupted run in '{self.folder}' used other params or data; starting afresh.")
             self.clear()
             return {}
-        if self.best_model.exists() and not _intact(self.best_model):
-            print(f"train: '{self.best_model}' was cut off when the run was killed; starting afresh.")
+        unreadable = self.unreadable_file() if state is not None else self.state_file
+        if unreadable is not None:
+            print(f"train: '{unreadable}' of the interrupted run cannot be read back (cut off by a kill, a full "
+                  "disk or an edit); starting afresh.")
             self.clear()
             return {}
         return state
+
+    def unreadable_file(self) -> Path | None:
+        """The first file of the backup that cannot be read back as what it should be, or None."""
+        if self.best_model.exists() and not _intact(self.best_model):
+            return self.best_model
+        if self.history_csv.is_file():
+            try:
+                if "epoch" not in pd.read_csv(self.history_csv).columns:
+                    return self.history_csv
+            except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+                return self.history_csv
+        for metadata in sorted(self.keras_dir.glob("*/training_metadata.json")):
+            if not isinstance((_json_object(metadata) or {}).get("epoch"), int):
+                return metadata
+        for weights in sorted(self.keras_dir.glob("*/latest.weights.h5")):
+            if not _readable_weights(weights):
+                return weights
+        return None
 
     def save(self, state: dict) -> None:
         write_json(self.state_file, {**state, "fingerprint": self.fingerprint})

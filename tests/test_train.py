@@ -227,6 +227,18 @@ def test_backup_from_other_params_is_not_resumed(project):
     assert json.loads((project / "stale/facts.json").read_text())["epochs_run"] == 1
 
 
+def test_garbage_backup_is_not_resumed_and_the_run_completes(project):
+    backup = project / "garbage/backup"
+    (backup / "keras/all_layers").mkdir(parents=True)
+    (backup / "state.json").write_text('{"fingerprint": "trunc')  # cut off mid-write
+    (backup / "keras/all_layers/latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    done = run_stage(project, "train", *train_args("garbage", params_file(project, "p_garbage", epochs=1)),
+                     env=env_for(project, MLFLOW_TRACKING_URI=""))
+    assert done.returncode == 0, done.stderr
+    assert "state.json' of the interrupted run cannot be read back" in done.stdout and "Traceback" not in done.stderr
+    assert json.loads((project / "garbage/facts.json").read_text())["epochs_run"] == 1
+
+
 @pytest.mark.parametrize("train, message", [
     ({"image_size": [30, 30]}, r"image size 30x30 is not divisible by 2\*\*depth = 4"),
     ({"loss": {"bce": 1, "lovasz": 1}}, r"unknown \['lovasz'\]"),
