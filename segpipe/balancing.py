@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segpipe.rows import check_files, class_pixel_table, read_rows
+from segpipe.rows import check_files, read_rows
 
 AUGMENTED_ID = "__aug"  # augment names copies <id>__augNN (stages/augment.py)
 
@@ -37,10 +37,10 @@ def foreground_bins(foreground_fraction: pd.Series, edges: list[float]) -> np.nd
     return np.searchsorted(np.asarray(edges, dtype=float), foreground_fraction.to_numpy(dtype=float), side="right")
 
 
-def rarest_classes(rows: pd.DataFrame, *, class_totals: np.ndarray, num_classes: int) -> np.ndarray:
-    """Each row's rarest present class (int): the class with pixels in the row and the fewest in `class_totals`."""
-    table = class_pixel_table(rows, num_classes=num_classes)
-    totals = np.asarray(class_totals, np.float64)[:table.shape[1]]
+def rarest_classes(table: np.ndarray) -> np.ndarray:
+    """Each row's rarest present class (int), from a (rows, classes) `class_pixel_table`: the class with
+    pixels in the row and the fewest in all rows together."""
+    totals = table.sum(axis=0).astype(np.float64)
     # A row with no labelled pixel has no class; it joins the subset of the most common class.
     scores = np.where(table > 0, totals[None, :], np.inf)
     return np.where(np.isfinite(scores).any(axis=1), scores.argmin(axis=1), int(np.argmax(totals)))

@@ -35,7 +35,7 @@ def split_scores(name: str, predictions: list[np.ndarray], truths: list[np.ndarr
         predicted = [p[keep] > 0 for p, keep in zip(predictions, labelled)]
         true = [t[keep] == 1 for t, keep in zip(truths, labelled)]
         counts = [m.confusion_counts(p, t) for p, t in zip(predicted, true)]
-        classes = m.class_scores(sum(m.class_confusion(p, t, num_classes=2) for p, t in zip(predicted, true)))
+        classes = m.class_scores(confusion_matrix(predictions, truths, num_classes=1))
         for prediction, truth, keep, count in zip(predictions, truths, labelled, counts):
             scores = m.scores_from_counts(count)
             per_image.append({"iou": scores["iou"], "dice": scores["dice"],

@@ -32,7 +32,6 @@ VOID_COLOUR = (128, 128, 128)
 class Palette:
     colours: np.ndarray   # (K, 3) uint8, every colour that may appear in a mask
     class_ids: np.ndarray  # (K,) uint8: the class id of each colour, IGNORE_ID for void
-    names: tuple[str, ...]  # one per colour ("" when the source has no names)
 
 
 def _colour(value, where: str) -> tuple[int, int, int]:
@@ -114,8 +113,7 @@ def load_palette(value, *, raw_dir: Path, num_classes: int, ignore_value) -> Pal
         raise ValueError(f"param 'convert.palette' has {next_id} class colour(s) (void excluded) but num_classes is "
                          f"{num_classes}, which needs {expected}" + (" (background, foreground)" if num_classes == 1
                                                                       else "") + "; make them agree.")
-    return Palette(np.array([c for _, c in entries], np.uint8), np.array(ids, np.uint8),
-                   tuple(name for name, _ in entries))
+    return Palette(np.array([c for _, c in entries], np.uint8), np.array(ids, np.uint8))
 
 
 def colour_mask_to_class_ids(im: Image.Image, palette: Palette, *, tolerance: int, lossy: bool,
@@ -156,9 +154,14 @@ def display_colours(num_classes: int) -> np.ndarray:
     return DISPLAY_COLOURS[np.arange(num_classes) % len(DISPLAY_COLOURS)]
 
 
-def colour_mask(class_ids: np.ndarray, *, num_classes: int) -> np.ndarray:
-    """Class ids (H, W) -> RGB uint8 (H, W, 3) in the display colours, void gray."""
+def colour_table(num_classes: int) -> np.ndarray:
+    """(256, 3) uint8: the display colour of every possible mask value; void (and any id beyond the classes) gray."""
     table = np.tile(np.asarray(VOID_COLOUR, np.uint8), (256, 1))
     colours = display_colours(num_classes)
     table[:len(colours)] = colours
-    return table[class_ids]
+    return table
+
+
+def colour_mask(class_ids: np.ndarray, *, num_classes: int) -> np.ndarray:
+    """Class ids (H, W) -> RGB uint8 (H, W, 3) in the display colours, void gray."""
+    return colour_table(num_classes)[class_ids]

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from segpipe.balancing import safe_name
 from segpipe.image_io import IGNORE_ID, write_png
 from segpipe.outputs import replace_dir, write_bytes, write_csv, write_text
-from segpipe.palette import VOID_COLOUR, display_colours
+from segpipe.palette import VOID_COLOUR, colour_table, display_colours
 
 TRUE_POSITIVE = (0, 200, 0)     # green: foreground found
 FALSE_POSITIVE = (255, 40, 40)  # red: predicted foreground that is background
@@ -35,11 +35,10 @@ def _tint(base: np.ndarray, where: np.ndarray, colour, alpha: float) -> None:
 def overlay(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray, *, labelled: np.ndarray | None = None,
             alpha: float = 0.55) -> np.ndarray:
     """RGB uint8 picture: the image in gray, TP / FP / FN pixels tinted green / red / blue, void gray."""
-    base = _gray_base(image)
-    out = base.copy()
+    out = _gray_base(image)
     for where, colour in ((predicted & truth, TRUE_POSITIVE), (predicted & ~truth, FALSE_POSITIVE),
                           (~predicted & truth, FALSE_NEGATIVE)):
-        out[where] = (1 - alpha) * base[where] + alpha * np.asarray(colour, np.float32)
+        _tint(out, where, colour, alpha)  # the three regions are disjoint: each tints untouched pixels
     if labelled is not None:
         _tint(out, ~labelled, VOID_COLOUR, 0.8)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
@@ -48,12 +47,11 @@ def overlay(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray, *, labe
 def class_overlay(image: np.ndarray, ids: np.ndarray, *, num_classes: int, alpha: float = 0.55) -> np.ndarray:
     """RGB uint8 picture: the image in gray, each pixel tinted with its class's display colour, void gray."""
     out = _gray_base(image)
-    colours = display_colours(num_classes)
+    colours = colour_table(num_classes)
     for class_id in np.unique(ids):
         if num_classes == 1 and class_id == 0:
             continue  # binary: the background stays the image
-        colour = VOID_COLOUR if class_id >= len(colours) else colours[class_id]
-        _tint(out, ids == class_id, colour, 0.8 if class_id == IGNORE_ID else alpha)
+        _tint(out, ids == class_id, colours[class_id], 0.8 if class_id == IGNORE_ID else alpha)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 

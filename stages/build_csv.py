@@ -56,8 +56,7 @@ def stratified_split(frame: pd.DataFrame, *, valid_fraction: float, stratify_bin
     if frame["group"].nunique() > 1:
         strata = frame["group"].astype(str).to_numpy()
     elif num_classes > 1:
-        totals = class_pixel_table(frame, num_classes=num_classes).sum(axis=0)
-        strata = rarest_classes(frame, class_totals=totals, num_classes=num_classes).astype(str)
+        strata = rarest_classes(class_pixel_table(frame, num_classes=num_classes)).astype(str)
     else:
         edges = foreground_bin_edges(frame["foreground_fraction"], num_bins=stratify_bins)
         strata = foreground_bins(frame["foreground_fraction"], edges).astype(str)

@@ -73,8 +73,7 @@ def main(argv=None) -> None:
 
     from segpipe import inference, metrics
     from segpipe.evaluation import confusion_matrix, confusion_sample, per_image_table, split_scores
-    from segpipe.image_io import IGNORE_ID
-    from segpipe.image_io import read_png
+    from segpipe.image_io import IGNORE_ID, read_png
     from segpipe.plots import write_evaluation_plots
     from segpipe.rows import check_files, read_rows
     from segpipe.tracking import Tracker, experiment_name, git_tags, project_root

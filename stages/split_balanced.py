@@ -37,9 +37,10 @@ def split_into_subsets(train: pd.DataFrame, *, key: str, num_bins: int,
         # Multi-class too: on CamVid (bench/camvid_quality.py, 8 min) rarest_class did not beat foreground bins.
         key = "group" if train["group"].nunique() > 1 else "foreground"
     edges = None
-    class_totals = class_pixel_table(train, num_classes=num_classes).sum(axis=0)
+    class_table = class_pixel_table(train, num_classes=num_classes)
+    class_totals = class_table.sum(axis=0)
     if key == "rarest_class":
-        labels = pd.Series(rarest_classes(train, class_totals=class_totals, num_classes=num_classes), index=train.index)
+        labels = pd.Series(rarest_classes(class_table), index=train.index)
         names = sorted(labels.unique(), key=lambda c: (class_totals[c], c))  # rarest first
     elif key == "group":
         labels = train["group"].astype(str)
