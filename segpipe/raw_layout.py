@@ -151,11 +151,12 @@ def _keyed(files: list[Path], root: Path, key_of, *, param: str, pattern: str | 
 def _pair_folder(images_dir: Path, masks_dir: Path, split: str, naming: Naming,
                  problems: list[Problem]) -> list[Pair]:
     mask_files, image_files = _list_files(masks_dir, problems), _list_files(images_dir, problems)
+    mask_pattern = naming.mask_key or naming.image_key
+    mask_param = "mask_key" if naming.mask_key else "image_key"
     if naming.image_key is None:
         image_key, mask_key = (lambda stem: stem.lower()), (lambda stem: stem.lower())
         lookup = lambda stem: naming.mask_stem_pattern.format(stem=stem).lower()  # noqa: E731
     else:
-        mask_pattern = naming.mask_key or naming.image_key
         image_key = lambda stem: _key(stem, naming.image_key)  # noqa: E731
         mask_key = lambda stem: _key(stem, mask_pattern)  # noqa: E731
         lookup = image_key
@@ -167,8 +168,7 @@ def _pair_folder(images_dir: Path, masks_dir: Path, split: str, naming: Naming,
             raise ValueError(f"param 'convert.{param}' '{mask_pattern}' matches none of the {len(mask_files)} mask "
                              f"names in '{masks_dir}' (e.g. '{mask_files[0].stem}'); fix the pattern or set "
                              "convert.mask_key for the masks.")
-    masks = _keyed(mask_files, masks_dir, mask_key, param=naming.mask_key and "mask_key" or "image_key",
-                   pattern=naming.mask_key or naming.image_key, problems=problems)
+    masks = _keyed(mask_files, masks_dir, mask_key, param=mask_param, pattern=mask_pattern, problems=problems)
     images = _keyed(image_files, images_dir, image_key, param="image_key", pattern=naming.image_key, problems=problems)
 
     rule = ("convert.mask_stem_pattern sets the mask naming rule" if naming.image_key is None
