@@ -6,6 +6,7 @@ CSVLogger in the callback list, so that the history file has their columns.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import keras
@@ -77,6 +78,52 @@ class TimeBudget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.max_minutes and (logs or {}).get("elapsed_seconds", 0.0) >= self.max_minutes * 60:
             self.spent = True
+            self.model.stop_training = True
+
+
+class PlanEpochs(keras.callbacks.Callback):
+    """Turns a time budget into an epoch count, once, and stops there.
+
+    After the phase's `after`-th epoch (the first one pays for graph tracing and filling the cache), the
+    epochs that fit in what is left of `max_minutes` at the last epoch's pace (plus 10%) are added to those done. The
+    count goes into `total_epochs` (the learning-rate schedule's length, in epochs of this phase), into
+    `state["planned_epochs"]` (a resumed run keeps it), and raises the early-stopping patience to a quarter
+    of it: a cosine schedule gains most in its last epochs, when the rate is low, so a plateau while the
+    rate is still high must not end the run. Multi-worker: the workers take the smallest count.
+    """
+
+    def __init__(self, *, max_minutes: float, first_epoch: int, total_epochs, state: dict,
+                 early_stopping: keras.callbacks.EarlyStopping | None, strategy=None, after: int = 2):
+        super().__init__()
+        self.max_minutes, self.first_epoch, self.total_epochs = max_minutes, first_epoch, total_epochs
+        self.state, self.early_stopping, self.strategy, self.after = state, early_stopping, strategy, after
+        self.reached = False
+        if state.get("planned_epochs"):
+            self._adopt(state["planned_epochs"])
+
+    def _adopt(self, planned: int) -> None:
+        self.state["planned_epochs"] = planned
+        self.total_epochs.assign(planned - self.first_epoch)
+        if self.early_stopping is not None:
+            self.early_stopping.patience = max(self.early_stopping.patience, math.ceil(planned / 4))
+
+    def on_epoch_end(self, epoch, logs=None):
+        done, logs = epoch + 1, logs or {}
+        if not self.state.get("planned_epochs") and done - self.first_epoch >= self.after:
+            left = self.max_minutes * 60 - logs["elapsed_seconds"]
+            # 10% margin: later epochs pay for checkpoints and a busier machine; finishing the schedule matters
+            # more than one more epoch (TimeBudget still stops an overrun at the budget).
+            planned = done + max(0, int(left // (1.1 * max(logs["epoch_seconds"], 1e-3))))
+            if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                count = self.strategy.run(lambda: tf.constant(float(planned)))
+                planned = int(self.strategy.reduce(tf.distribute.ReduceOp.MIN, count, axis=None))
+            self._adopt(planned)
+            print(f"train: time budget {self.max_minutes:g} min at {logs['epoch_seconds']:.1f} s/epoch: "
+                  f"{planned} epochs planned, the learning-rate schedule spans them"
+                  + (f"; early-stopping patience {self.early_stopping.patience}" if self.early_stopping else ""),
+                  flush=True)
+        if self.state.get("planned_epochs") and done >= self.state["planned_epochs"]:
+            self.reached = True
             self.model.stop_training = True
 
 

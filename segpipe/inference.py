@@ -1,13 +1,26 @@
-"""Prediction with a trained model, the one path that evaluate and segpipe.predict share.
+"""Prediction with a trained model: the one path that training's export, evaluate and segpipe.predict share.
 
-An image goes in as uint8 (H, W, C) at its own size; it is resized to the model's input size exactly as
-training resized it (`resize_image`), scaled to [0, 1], and the model's probabilities are resized
-(bilinear) back to the image's size. `to_class_ids` is the one rule from probabilities to a mask.
+An image goes in as uint8 (H, W, C) at its own size and comes out as probabilities (H, W, K) at that size,
+in one of two ways, the way the model was trained (`train.input`, recorded in models/inference.json):
+- `resize`: the image is resized to the model's input size exactly as training resized it (`resize_image`),
+  and the probabilities are resized (bilinear) back.
+- `patches`: sliding windows of the model's input size at native resolution. Windows overlap by
+  `tile_overlap` (a share of the window), images smaller than a window are zero-padded (as training pads
+  its crops), and each window's probabilities are blended with a Gaussian weight (sigma = 1/8 of the
+  window, as nnU-Net does), so window borders, where the network sees the least context, count the least
+  and no seams show. Windows go through the model `batch_size` at a time: memory is one batch of windows
+  plus two image-sized float32 arrays, whatever the image size.
+Test-time augmentation (`tta`) averages the probabilities over flips (and 90-degree turns) of each window.
+
+Everything is TensorFlow ops in one `tf.function` per model (`prediction_function`), so the SavedModel's
+serving signature (segpipe/model.py) is this very code. `to_class_ids` is the one rule from probabilities
+to a mask.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import keras
 import numpy as np
@@ -15,6 +28,15 @@ import tensorflow as tf
 
 from segpipe.image_io import apply_orientation, exif_orientation, image_to_array, open_image
 from segpipe.progress import progress
+from segpipe.schema import TTA_MODES
+
+INPUT_MODES = ("resize", "patches")
+# Each test-time transform is (quarter turns, mirror left-right); `flips` are the dihedral group's four
+# elements without odd turns (identity, left-right, up-down = left-right after a half turn, half turn).
+TTA_TRANSFORMS = {"none": [(0, False)],
+                  "flips": [(0, False), (0, True), (2, False), (2, True)],
+                  "flips_rotations": [(turns, mirror) for turns in range(4) for mirror in (False, True)]}
+assert tuple(TTA_TRANSFORMS) == TTA_MODES
 
 
 def resize_image(image, image_size: tuple[int, int]):
@@ -31,11 +53,6 @@ def to_unit_range(image):
     return tf.cast(image, tf.float32) / 255.0
 
 
-def model_inputs(images: list[np.ndarray], *, image_size: tuple[int, int]) -> tf.Tensor:
-    """uint8 images (H, W, C) of any sizes -> float32 batch (N, height, width, C) in [0, 1]."""
-    return to_unit_range(tf.stack([resize_image(image, image_size) for image in images]))
-
-
 def load_image(path: Path, *, channels: int) -> np.ndarray:
     """An image file as uint8 (H, W, channels), upright (EXIF orientation applied), in any format that
     convert-to-png reads."""
@@ -47,36 +64,112 @@ def load_image(path: Path, *, channels: int) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
-def predict_probabilities(model: keras.Model, images: list[np.ndarray], *, batch_size: int) -> list[np.ndarray]:
-    """Probabilities at each image's own size.
-
-    Args:
-        model: a trained segpipe model (input float32 in [0, 1]).
-        images: uint8 arrays (H, W, C), C the model's input channels; sizes may differ.
-        batch_size: images per model call.
-
-    Returns:
-        float32 arrays (H, W, K) in [0, 1], one per image: K = 1 (binary) or num_classes (softmax).
-    """
-    image_size = tuple(model.input_shape[1:3])
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        probabilities = model(model_inputs(chunk, image_size=image_size), training=False)
-        out += [tf.image.resize(p, image.shape[:2], method="bilinear").numpy()
-                for p, image in zip(probabilities, chunk)]
-    return out
+def read_input_mode(path: Path) -> str:
+    """The input mode (`resize` | `patches`) that train recorded in its inference JSON (models/inference.json)."""
+    try:
+        mode = json.loads(Path(path).read_text())["input"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"'{path}' is missing or unreadable; it records how the model takes images (resize or "
+                         "patches): rerun the train stage (dvc repro).") from None
+    if mode not in INPUT_MODES:
+        raise ValueError(f"'{path}' says input {mode!r}; expected one of {list(INPUT_MODES)}: rerun the train stage.")
+    return mode
 
 
-def predict_files(model: keras.Model, paths: list[Path], *, batch_size: int,
-                  desc: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(image, probabilities at its own size) per file, in order: `batch_size` files are read and predicted
-    at a time (memory stays one batch), with progress named `desc`."""
+def check_tta(tta: str, *, input_size: tuple[int, int], param: str = "evaluate.tta") -> None:
+    """A ValueError naming `param` for an unknown TTA mode, or turns on a non-square model input."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"param '{param}' must be one of {list(TTA_MODES)}, got {tta!r}.")
+    if tta == "flips_rotations" and input_size[0] != input_size[1]:
+        raise ValueError(f"param '{param}' is flips_rotations, but the model's input {input_size[0]}x{input_size[1]} "
+                         "is not square and a 90-degree turn would change its shape; use flips, or train with a "
+                         "square train.image_size.")
+
+
+def _averaged(model: keras.Model, batch, *, tta: str):
+    """Probabilities of a float32 batch (B, h, w, C), averaged over the TTA transforms (each undone)."""
+    total = 0.0
+    for turns, mirror in TTA_TRANSFORMS[tta]:
+        seen = tf.image.flip_left_right(batch) if mirror else batch
+        probabilities = model(tf.image.rot90(seen, turns) if turns else seen, training=False)
+        probabilities = tf.image.rot90(probabilities, 4 - turns) if turns else probabilities
+        total += tf.image.flip_left_right(probabilities) if mirror else probabilities
+    return total / len(TTA_TRANSFORMS[tta])
+
+
+def window_starts(length, window: int, overlap: float):
+    """Start offsets (int32) of windows of `window` pixels that cover `length` >= window pixels, spread
+    evenly from 0 to length - window, with consecutive windows overlapping by at least `overlap`."""
+    stride = max(1, int(window * (1.0 - overlap)))
+    span = tf.cast(length - window, tf.float32)
+    count = tf.cast(tf.math.ceil(span / stride), tf.int32) + 1
+    return tf.cast(tf.round(tf.linspace(0.0, span, count)), tf.int32)
+
+
+def gaussian_weights(window: tuple[int, int]) -> np.ndarray:
+    """(h, w) float32 blending weights: a Gaussian with sigma = 1/8 of the window, 1 at the centre, floored
+    at 1e-3 so that the image's own corners, which one window's corner alone covers, keep a weight."""
+    axes = [np.exp(-0.5 * ((np.arange(n) - (n - 1) / 2) / (n / 8)) ** 2) for n in window]
+    return np.maximum(np.outer(*axes), 1e-3).astype(np.float32)
+
+
+def sliding_window(model: keras.Model, image, *, tile_overlap: float, tta: str, batch_size: int):
+    """Probabilities (H, W, K) of a uint8 image (H, W, C) by blended sliding windows (module docstring)."""
+    window = tuple(model.input_shape[1:3])
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    padded = tf.pad(to_unit_range(image), [[0, tf.maximum(0, window[0] - height)],
+                                           [0, tf.maximum(0, window[1] - width)], [0, 0]])
+    starts_y = window_starts(tf.shape(padded)[0], window[0], tile_overlap)
+    starts_x = window_starts(tf.shape(padded)[1], window[1], tile_overlap)
+    grid_y, grid_x = tf.meshgrid(starts_y, starts_x, indexing="ij")
+    starts = tf.reshape(tf.stack([grid_y, grid_x], axis=-1), [-1, 2])
+    # (h, w, 2) pixel offsets inside a window: start + offsets indexes a window's pixels in the image.
+    offsets = tf.stack(tf.meshgrid(tf.range(window[0]), tf.range(window[1]), indexing="ij"), axis=-1)
+    weight = tf.constant(gaussian_weights(window))[..., None]
+    channels = max(1, int(model.output_shape[-1]))
+    total = tf.zeros(tf.concat([tf.shape(padded)[:2], [channels]], axis=0))
+    weights = tf.zeros(tf.concat([tf.shape(padded)[:2], [1]], axis=0))
+    num_windows = tf.shape(starts)[0]
+    for first in tf.range(0, num_windows, batch_size):
+        indices = starts[first:first + batch_size][:, None, None, :] + offsets[None]
+        probabilities = _averaged(model, tf.gather_nd(padded, indices), tta=tta)
+        total = tf.tensor_scatter_nd_add(total, indices, probabilities * weight)
+        weights = tf.tensor_scatter_nd_add(weights, indices, tf.broadcast_to(weight, tf.shape(probabilities[..., :1])))
+    return (total / weights)[:height, :width]
+
+
+def resized_prediction(model: keras.Model, image, *, tta: str):
+    """Probabilities (H, W, K) of a uint8 image (H, W, C) predicted at the model's input size, resized back."""
+    batch = to_unit_range(resize_image(image, tuple(model.input_shape[1:3])))[None]
+    return tf.image.resize(_averaged(model, batch, tta=tta)[0], tf.shape(image)[:2], method="bilinear")
+
+
+def prediction_function(model: keras.Model, *, input_mode: str, tile_overlap: float, tta: str,
+                        batch_size: int) -> Callable:
+    """A tf.function: uint8 image (H, W, C) of any size -> float32 probabilities (H, W, K), traced once."""
+    if input_mode not in INPUT_MODES:
+        raise ValueError(f"input mode must be one of {list(INPUT_MODES)}, got {input_mode!r}; retrain the model "
+                         "(models/inference.json records how it was trained).")
+    check_tta(tta, input_size=tuple(model.input_shape[1:3]))
+    if not 0 <= tile_overlap < 1:
+        raise ValueError(f"param 'evaluate.tile_overlap' must be in [0, 1), got {tile_overlap}.")
+    signature = [tf.TensorSpec([None, None, model.input_shape[-1]], tf.uint8, name="image")]
+    if input_mode == "patches":
+        return tf.function(lambda image: sliding_window(model, image, tile_overlap=tile_overlap, tta=tta,
+                                                        batch_size=batch_size), input_signature=signature)
+    return tf.function(lambda image: resized_prediction(model, image, tta=tta), input_signature=signature)
+
+
+def predict_files(model: keras.Model, paths: list[Path], *, input_mode: str, tile_overlap: float, tta: str,
+                  batch_size: int, desc: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(image, probabilities at its own size) per file, in order, one image in memory at a time, with
+    progress named `desc`. `batch_size`: windows per model call (patches)."""
+    predict = prediction_function(model, input_mode=input_mode, tile_overlap=tile_overlap, tta=tta,
+                                  batch_size=batch_size)
     channels = model.input_shape[-1]
-    batches = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
-    for batch in progress(batches, desc=desc, unit="batch"):
-        images = [load_image(path, channels=channels) for path in batch]
-        yield from zip(images, predict_probabilities(model, images, batch_size=batch_size))
+    for path in progress(paths, desc=desc, unit="image"):
+        image = load_image(path, channels=channels)
+        yield image, predict(tf.constant(image)).numpy()
 
 
 def to_class_ids(probabilities: np.ndarray, *, threshold: float) -> np.ndarray:

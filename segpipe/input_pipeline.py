@@ -10,6 +10,17 @@ Training (`training_dataset`) follows the split-balanced contract: one stream pe
 decoded, cached and visited in a new seeded order every pass, drawn by weight, then optional in-graph
 flips/90-degree turns, batched and prefetched. It is infinite: pass `steps_per_epoch` to `model.fit`.
 
+Two ways to fit images to the network's input (`train.input`, segpipe/input_mode.py picks for `auto`):
+- resize: every image resized to `image_size` (bilinear, masks nearest) before the cache.
+- patches (`Patches`): images stay at native resolution in the cache; each element is a random crop of
+  `image_size` pixels x a scale drawn log-uniformly from `scale_range` (then resized to `image_size`),
+  centred with probability `foreground_share` on a random pixel of a class the image holds (binary: the
+  foreground; multi-class: a class drawn uniformly among those present, so rare classes get a fair share
+  of crops), else placed uniformly. Images smaller than a crop are padded: zeros, masks void (255).
+  Validation cuts each image into non-overlapping windows padded with void: every pixel is scored once,
+  at native resolution, for the cost of one forward pass over the image (evaluate blends overlapping
+  windows; segpipe/inference.py).
+
 Reproducibility: element k of the training stream is a pure function of (seed, k). Every random
 choice (which subset, the order of each pass over a subset, the flips and turns) comes from a
 stateless op keyed by the seed and a position, never from a random-op state that iterators share.
@@ -21,16 +32,28 @@ batches). It also lets a later phase or a resumed run start at any batch (`first
 """
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 from PIL import Image
 
+from segpipe.image_io import IGNORE_ID
 from segpipe.inference import resize_image, to_unit_range
 from segpipe.schema import CACHE_MODES
+
+
+@dataclass(frozen=True)
+class Patches:
+    """How training crops patches from native-resolution images (module docstring)."""
+    foreground_share: float            # train.patch_foreground_share
+    scale_range: tuple[float, float]   # train.patch_scale_range
+    num_classes: int
+
 
 def find_undecodable(rows: pd.DataFrame) -> list[str]:
     """Paths among the rows that PIL cannot fully decode (used to name the file behind a TF error)."""
@@ -58,9 +81,12 @@ def naming_bad_files(rows: pd.DataFrame):
                          "(dvc repro) or remove these rows.") from None
 
 
-def _decode(image_path, mask_path, *, image_size: tuple[int, int], channels: int):
+def _decode(image_path, mask_path, *, image_size: tuple[int, int] | None, channels: int):
+    """uint8 image and mask, resized to `image_size`, or at native size when it is None (patches)."""
     image = tf.io.decode_png(tf.io.read_file(image_path), channels=channels)
     mask = tf.io.decode_png(tf.io.read_file(mask_path), channels=1)
+    if image_size is None:
+        return image, mask
     mask = tf.image.resize(mask, image_size, method="nearest")
     # Cached as uint8 (4x less memory than float32); normalised after the cache.
     return resize_image(image, image_size), tf.cast(mask, tf.uint8)
@@ -78,17 +104,24 @@ def cache_budget_bytes() -> int:
         return 2 * 1024 ** 3
 
 
-def resolve_cache(cache: str, *, num_rows: int, image_size: tuple[int, int], channels: int,
-                  memory_budget_bytes: int) -> bool:
-    """Whether to cache decoded rows in memory: `auto` caches when they fit in the budget."""
+def resolve_cache(cache: str, *, pixels: int, channels: int, memory_budget_bytes: int) -> bool:
+    """Whether to cache decoded rows in memory: `auto` caches when their `pixels` (all rows, at the size
+    they are cached: resized, or native for patches) fit in the budget."""
     if cache not in CACHE_MODES:
         raise ValueError(f"param 'cache' must be one of {list(CACHE_MODES)}, got {cache!r}.")
     if cache != "auto":
         return cache == "memory"
-    return num_rows * image_size[0] * image_size[1] * (channels + 1) <= memory_budget_bytes
+    return pixels * (channels + 1) <= memory_budget_bytes
 
 
-def _decoded(rows: pd.DataFrame, *, image_size, channels: int):
+def cached_pixels(rows: pd.DataFrame, *, image_size: tuple[int, int], patches: bool) -> int:
+    """Pixels the cache holds for `rows`: resized images, or (patches) each subset padded to its largest."""
+    if not patches:
+        return len(rows) * image_size[0] * image_size[1]
+    return len(rows) * int(rows["height"].astype(int).max()) * int(rows["width"].astype(int).max())
+
+
+def _decoded(rows: pd.DataFrame, *, image_size: tuple[int, int] | None, channels: int):
     """Decoded rows in CSV order, always: evaluation keeps row order, and the cached training table is indexed by row."""
     dataset = tf.data.Dataset.from_tensor_slices((rows["image_path"].to_numpy(str), rows["mask_path"].to_numpy(str)))
     return dataset.map(lambda i, m: _decode(i, m, image_size=image_size, channels=channels),
@@ -96,7 +129,7 @@ def _decoded(rows: pd.DataFrame, *, image_size, channels: int):
 
 
 # What each stateless random stream is keyed by, besides the seed: distinct purposes never share numbers.
-SUBSET_CHOICE, PASS_ORDER, ONLINE_AUGMENT = 1, 2, 3
+SUBSET_CHOICE, PASS_ORDER, ONLINE_AUGMENT, PATCH = 1, 2, 3, 4
 
 
 def _key(seed: int, *path):
@@ -121,7 +154,16 @@ def _subset_stream(rows: pd.DataFrame, *, index: int, seed: int, first_element: 
     first_pass, skip = divmod(first_element, num_rows)
     orders = tf.data.Dataset.counter(start=first_pass).map(
         lambda p: _pass_order(num_rows, _key(seed, PASS_ORDER, index, p)))
-    if cache:
+    if cache and image_size is None:
+        # Native sizes differ: the table is padded to the largest, and each row is cut back to its own size.
+        sized = _decoded(rows, image_size=None, channels=channels).map(lambda i, m: (i, m, tf.shape(i)[:2]))
+        table = sized.padded_batch(num_rows, padding_values=(tf.constant(0, tf.uint8), tf.constant(
+            IGNORE_ID, tf.uint8), 0)).cache().repeat()
+        stream = tf.data.Dataset.zip(orders, table).flat_map(
+            lambda order, decoded: tf.data.Dataset.from_tensor_slices(order).map(
+                lambda j: (decoded[0][j, :decoded[2][j, 0], :decoded[2][j, 1]],
+                           decoded[1][j, :decoded[2][j, 0], :decoded[2][j, 1]])))
+    elif cache:
         table = _decoded(rows, image_size=image_size, channels=channels).batch(num_rows).cache().repeat()
         stream = tf.data.Dataset.zip(orders, table).flat_map(
             lambda order, decoded: tf.data.Dataset.from_tensor_slices(order).map(
@@ -165,6 +207,47 @@ def _augment_online(image, mask, key):
     return both[..., :-1], both[..., -1:]
 
 
+def _uniform_int(key, maxval):
+    """A stateless integer in [0, maxval) (0 when maxval is 0)."""
+    return tf.random.stateless_uniform([], seed=key, maxval=tf.maximum(maxval, 1), dtype=tf.int32)
+
+
+def _patch_centre(mask, key, *, num_classes: int):
+    """(found, y, x): a random labelled pixel of a class the mask holds (binary: the foreground; multi-class:
+    a class drawn uniformly among those present), or found = False when there is none."""
+    keys = tf.random.experimental.stateless_split(key, num=2)
+    if num_classes == 1:
+        target = tf.constant(1, tf.uint8)
+    else:
+        counts = tf.math.bincount(tf.cast(tf.reshape(mask, [-1]), tf.int32), minlength=256, maxlength=256)
+        present = tf.cast(tf.where(counts[:num_classes] > 0)[:, 0], tf.uint8)
+        target = tf.concat([present, [IGNORE_ID]], axis=0)[_uniform_int(keys[0], tf.size(present))]
+    pixels = tf.cast(tf.where(tf.equal(mask[..., 0], target) & (target != IGNORE_ID)), tf.int32)
+    count = tf.shape(pixels)[0]
+    pixel = tf.concat([pixels, [[0, 0]]], axis=0)[_uniform_int(keys[1], count)]
+    return count > 0, pixel[0], pixel[1]
+
+
+def _random_patch(image, mask, key, *, image_size: tuple[int, int], patches: Patches):
+    """A random crop of an image and its mask at native resolution, resized to `image_size` (module docstring)."""
+    keys = tf.random.experimental.stateless_split(key, num=5)
+    low, high = (math.log(s) for s in patches.scale_range)
+    scale = tf.exp(tf.random.stateless_uniform([], seed=keys[0], minval=low, maxval=high))
+    crop = [tf.maximum(1, tf.cast(tf.round(size * scale), tf.int32)) for size in image_size]
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    padding = [[0, tf.maximum(0, crop[0] - height)], [0, tf.maximum(0, crop[1] - width)], [0, 0]]
+    image, mask = tf.pad(image, padding), tf.pad(mask, padding, constant_values=IGNORE_ID)
+    room = [tf.shape(image)[0] - crop[0], tf.shape(image)[1] - crop[1]]  # largest top-left corner
+    found, y, x = _patch_centre(mask, keys[1], num_classes=patches.num_classes)
+    centred = found & (tf.random.stateless_uniform([], seed=keys[2]) < patches.foreground_share)
+    top = tf.where(centred, tf.clip_by_value(y - crop[0] // 2, 0, room[0]), _uniform_int(keys[3], room[0] + 1))
+    left = tf.where(centred, tf.clip_by_value(x - crop[1] // 2, 0, room[1]), _uniform_int(keys[4], room[1] + 1))
+    image = image[top:top + crop[0], left:left + crop[1]]
+    mask = mask[top:top + crop[0], left:left + crop[1]]
+    image = tf.cast(tf.round(tf.clip_by_value(tf.image.resize(image, image_size, method="bilinear"), 0, 255)), tf.uint8)
+    return image, tf.cast(tf.image.resize(mask, image_size, method="nearest"), tf.uint8)
+
+
 def _with_options(dataset, *, deterministic: bool):
     options = tf.data.Options()
     options.deterministic = deterministic
@@ -174,17 +257,18 @@ def _with_options(dataset, *, deterministic: bool):
 
 def training_dataset(subsets: list[pd.DataFrame], *, weights: list[float] | None, image_size: tuple[int, int],
                      channels: int, batch_size: int, seed: int, cache: bool, online_augment: bool,
-                     deterministic: bool, first_batch: int = 0) -> tf.data.Dataset:
+                     deterministic: bool, patches: Patches | None = None, first_batch: int = 0) -> tf.data.Dataset:
     """Infinite, balanced training batches. See the module docstring.
 
     Args:
         subsets: one DataFrame of rows (image_path, mask_path, ...) per balancing subset; none empty.
         weights: sampling weight per subset (normalised here); None = equal.
-        image_size: (height, width) the rows are resized to.
+        image_size: (height, width) of the network input: the rows are resized to it, or cropped (patches).
         channels: 3 for RGB PNGs, 1 for gray.
         batch_size: the global batch size.
         seed: keys every random choice; the same seed gives the same batches.
         deterministic: keep element order in parallel maps (False trades reproducibility for speed).
+        patches: crop patches at native resolution (`Patches`); None = resize whole images.
         first_batch: start at this batch of the stream (a later training phase, a resumed run).
 
     Returns:
@@ -197,10 +281,16 @@ def training_dataset(subsets: list[pd.DataFrame], *, weights: list[float] | None
     draw = _subset_draw([w / sum(weights) for w in weights], seed=seed, batch_size=batch_size)
     choices = tf.data.Dataset.counter(start=first_batch).map(draw).unbatch()
     drawn = _elements_drawn(draw, num_subsets=len(subsets), first_batch=first_batch)
-    streams = [_subset_stream(rows, index=index, seed=seed, first_element=drawn[index], image_size=image_size,
-                              channels=channels, cache=cache, deterministic=deterministic)
+    streams = [_subset_stream(rows, index=index, seed=seed, first_element=drawn[index],
+                              image_size=None if patches else image_size, channels=channels, cache=cache,
+                              deterministic=deterministic)
                for index, rows in enumerate(subsets)]
     dataset = tf.data.Dataset.choose_from_datasets(streams, choices)
+    if patches is not None:
+        positions = tf.data.Dataset.counter(start=first_batch * batch_size)
+        dataset = tf.data.Dataset.zip(dataset, positions).map(
+            lambda pair, k: _random_patch(*pair, _key(seed, PATCH, k), image_size=image_size, patches=patches),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if online_augment:
         positions = tf.data.Dataset.counter(start=first_batch * batch_size)
         dataset = tf.data.Dataset.zip(dataset, positions).map(
@@ -211,10 +301,25 @@ def training_dataset(subsets: list[pd.DataFrame], *, weights: list[float] | None
     return _with_options(dataset, deterministic=deterministic)
 
 
+def _windows(image, mask, *, image_size: tuple[int, int]):
+    """An image and mask cut into non-overlapping windows of `image_size`, padded (zeros, void) to fill the last."""
+    def cut(array, fill):
+        height, width = tf.shape(array)[0], tf.shape(array)[1]
+        rows, cols = -(-height // image_size[0]), -(-width // image_size[1])
+        array = tf.pad(array, [[0, rows * image_size[0] - height], [0, cols * image_size[1] - width], [0, 0]],
+                       constant_values=fill)
+        array = tf.reshape(array, [rows, image_size[0], cols, image_size[1], array.shape[-1]])
+        return tf.reshape(tf.transpose(array, [0, 2, 1, 3, 4]), [rows * cols, *image_size, array.shape[-1]])
+    return tf.data.Dataset.from_tensor_slices((cut(image, 0), cut(mask, IGNORE_ID)))
+
+
 def evaluation_dataset(rows: pd.DataFrame, *, image_size: tuple[int, int], channels: int, batch_size: int,
-                       cache: bool) -> tf.data.Dataset:
-    """Batches of every row once, in CSV order (no shuffle, no augmentation); same dtypes as training."""
-    dataset = _decoded(rows, image_size=image_size, channels=channels)
+                       cache: bool, windows: bool = False) -> tf.data.Dataset:
+    """Batches of every row once, in CSV order (no shuffle, no augmentation); same dtypes as training.
+    `windows` (patch training): native-resolution windows of `image_size` instead of resized images."""
+    dataset = _decoded(rows, image_size=None if windows else image_size, channels=channels)
+    if windows:
+        dataset = dataset.flat_map(lambda image, mask: _windows(image, mask, image_size=image_size))
     dataset = dataset.cache() if cache else dataset
     dataset = dataset.map(_normalise, num_parallel_calls=tf.data.AUTOTUNE)
     return _with_options(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE), deterministic=True)

@@ -172,8 +172,22 @@ def encoder_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return [layer for layer in model.layers if layer.name.startswith("encoder_") and layer.name != "encoder_preprocess"]
 
 
-def export_saved_model(model: keras.Model, folder: Path) -> None:
-    """`model` as a TF SavedModel for TF Serving (signature `serve`: float32 images in [0, 1] -> probabilities),
-    replacing `folder` atomically."""
+def export_saved_model(model: keras.Model, folder: Path, *, input_mode: str, tile_overlap: float = 0.5) -> None:
+    """`model` as a TF SavedModel for TF Serving, replacing `folder` atomically. Two signatures:
+    - `serve`: one uint8 image (H, W, C) of any size -> float32 probabilities (H, W, K) at that size, by
+      segpipe/inference.py's own path (resize, or blended sliding windows for `patches` models; no TTA):
+      what evaluate measures with its default tile_overlap and tta;
+    - `serve_model_input`: float32 batches (B, h, w, C) in [0, 1] at the model's input size -> probabilities.
+    """
+    import tensorflow as tf
+
+    from segpipe.inference import prediction_function
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", prediction_function(model, input_mode=input_mode, tile_overlap=tile_overlap,
+                                                      tta="none", batch_size=8))
+    archive.add_endpoint("serve_model_input", lambda images: model(images, training=False),
+                         input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
     with replace_dir(folder) as tmp:
-        model.export(str(tmp), format="tf_saved_model", verbose=False)
+        archive.write_out(str(tmp), verbose=False)

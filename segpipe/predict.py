@@ -1,14 +1,16 @@
 """Predict masks for new images with a trained model.
 
     segpipe-predict --model models/model.keras --input <file or folder> --output <folder>
-        [--threshold T] [--overlay] [--colour] [--probabilities] [--batch-size 8]
+        [--threshold T] [--tta none|flips|flips_rotations] [--tile-overlap 0.5] [--overlay] [--colour]
+        [--probabilities] [--batch-size 8]
 
 Accepts every format the convert stage accepts (PNG, JPEG, BMP, TIFF, GIF, WebP; 16-bit, palette,
-EXIF-rotated), applies the EXIF orientation, predicts at the model's input size and writes each mask
+EXIF-rotated), applies the EXIF orientation, predicts the way the model was trained (inference.json
+beside the model: resized to its input, or sliding windows at native resolution) and writes each mask
 at the image's ORIGINAL (upright) size as <output>/<relative path stem>.png:
 binary models write 0/255 (viewable), multi-class models write class ids 0..K-1.
-The threshold (binary) defaults to the best validation threshold from the evaluate stage
-(threshold.json beside the model), else 0.5. --overlay adds <stem>_overlay.png (the image in gray, the
+The threshold (binary), test-time augmentation and window overlap default to what the evaluate stage
+measured with (threshold.json beside the model), else 0.5, none and 0.5. --overlay adds <stem>_overlay.png (the image in gray, the
 prediction tinted in the class colours), --colour adds <stem>_colour.png (the mask in the class
 colours of evaluate's overlays: viewable class-id masks), --probabilities adds <stem>_probability.png (16-bit, 65535 = 1.0; binary) or
 <stem>_probabilities.npy (float16, H x W x K; multi-class).
@@ -28,6 +30,7 @@ from segpipe.image_io import SUPPORTED_EXTENSIONS, write_png
 from segpipe.outputs import write_text
 from segpipe.palette import colour_mask
 from segpipe.plots import class_overlay
+from segpipe.schema import TTA_MODES
 
 
 def find_inputs(path: Path) -> list[tuple[Path, Path]]:
@@ -43,12 +46,14 @@ def find_inputs(path: Path) -> list[tuple[Path, Path]]:
     return [(p, p.relative_to(path).with_suffix("")) for p in files]
 
 
-def default_threshold(model_path: Path) -> tuple[float, str]:
-    """The evaluated best threshold from threshold.json beside the model, else 0.5."""
+def evaluated_settings(model_path: Path) -> tuple[dict, str]:
+    """{threshold, tta, tile_overlap} as evaluate measured them (threshold.json beside the model), else defaults."""
     file = Path(model_path).with_name("threshold.json")
+    defaults = {"threshold": 0.5, "tta": "none", "tile_overlap": 0.5}
     if file.is_file():
-        return float(json.loads(file.read_text())["threshold"]), f"from {file}"
-    return 0.5, "default (no threshold.json beside the model; run the evaluate stage)"
+        saved = json.loads(file.read_text())
+        return {key: saved.get(key, value) for key, value in defaults.items()}, f"from {file}"
+    return defaults, "default (no threshold.json beside the model; run the evaluate stage)"
 
 
 def write_outputs(target: Path, image: np.ndarray, ids: np.ndarray, probability: np.ndarray, *, overlay: bool,
@@ -77,11 +82,15 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, required=True, help="folder for the masks (created)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="binary models: foreground where probability >= this; default: the evaluated best")
+    parser.add_argument("--tta", choices=TTA_MODES, default=None,
+                        help="test-time augmentation; default: what evaluate used")
+    parser.add_argument("--tile-overlap", type=float, default=None,
+                        help="sliding windows (patch-trained models): overlap share; default: what evaluate used")
     parser.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
     parser.add_argument("--colour", "--color", action="store_true",
                         help="also write <stem>_colour.png, the mask in class colours")
     parser.add_argument("--probabilities", action="store_true", help="also write the probabilities")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per model call (default 8)")
     return parser.parse_args(argv)
 
 
@@ -93,23 +102,32 @@ def main(argv=None) -> None:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}.")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}.")
+    if args.tile_overlap is not None and not 0 <= args.tile_overlap < 1:
+        raise ValueError(f"--tile-overlap must be in [0, 1), got {args.tile_overlap}.")
     inputs = find_inputs(args.input)
-    threshold, source = (args.threshold, "given") if args.threshold is not None else default_threshold(args.model)
+    settings, source = evaluated_settings(args.model)
+    given = {"threshold": args.threshold, "tta": args.tta, "tile_overlap": args.tile_overlap}
+    settings.update({key: value for key, value in given.items() if value is not None})
+    threshold = settings.pop("threshold")
     start_tensorflow()  # after the cheap checks: see its docstring
     import keras
 
-    from segpipe.inference import predict_files, to_class_ids
+    from segpipe.inference import predict_files, read_input_mode, to_class_ids
 
+    input_mode = read_input_mode(args.model.with_name("inference.json"))
     model = keras.models.load_model(args.model, compile=False)
-    print(f"predict: {len(inputs)} image(s), model input {model.input_shape[1:]}, threshold {threshold:g} ({source})")
-    predictions = predict_files(model, [path for path, _ in inputs], batch_size=args.batch_size, desc="predict")
+    print(f"predict: {len(inputs)} image(s), model input {model.input_shape[1:]} ({input_mode}), threshold "
+          f"{threshold:g}, tta {settings['tta']}, tile overlap {settings['tile_overlap']:g} (unless given: {source})")
+    predictions = predict_files(model, [path for path, _ in inputs], batch_size=args.batch_size, desc="predict",
+                                input_mode=input_mode, **settings)
     # strict: zip then runs the generator to its end, so its progress prints the closing line.
     for (_, stem), (image, probability) in zip(inputs, predictions, strict=True):
         (args.output / stem).parent.mkdir(parents=True, exist_ok=True)
         write_outputs(args.output / stem, image, to_class_ids(probability, threshold=threshold), probability,
                       overlay=args.overlay, colour=args.colour, probabilities=args.probabilities)
     write_text(args.output / "predict.json", json.dumps({"model": str(args.model), "threshold": threshold,
-                                                          "threshold_source": source, "images": len(inputs)},
+                                                          "input": input_mode, **settings,
+                                                          "defaults_source": source, "images": len(inputs)},
                                                          indent=2) + "\n")
     print(f"predict: masks written to {args.output}")
 

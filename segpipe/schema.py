@@ -12,6 +12,8 @@ ON_ERROR = ("fail", "skip")
 BALANCING_KEYS = ("auto", "group", "foreground", "rarest_class")
 CLASS_WEIGHTS = (None, "auto")
 CACHE_MODES = ("auto", "memory", "none")
+INPUTS = ("auto", "resize", "patches")
+TTA_MODES = ("none", "flips", "flips_rotations")
 ENCODERS = ("plain", "resnet50", "efficientnetb0", "mobilenetv2")
 ENCODER_WEIGHTS = (None, "imagenet")
 UPSAMPLING = ("transpose", "bilinear")
@@ -34,8 +36,13 @@ def _folder(value) -> bool:
 
 def _ignore_value(value) -> bool:
     if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-        return value is None or 0 <= value <= 65535
+        return value is None or 0 <= value <= 255
     return len(value) == 3 and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value)
+
+
+def _scale_range(value) -> bool:
+    return (len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            and 0 < value[0] <= value[1])
 
 
 def _class_weights(value) -> bool:
@@ -90,6 +97,10 @@ SECTIONS = {
     "train": {
         "image_size": dict(kind=list, check=_image_size, hint="expected [height, width]."),
         "batch_size": dict(kind=int, minimum=1),
+        "input": dict(kind=str, choices=INPUTS),
+        "patch_foreground_share": dict(kind=float, minimum=0.0, maximum=1.0),
+        "patch_scale_range": dict(kind=list, check=_scale_range, hint="expected [low, high], 0 < low <= high, "
+                                  "e.g. [0.8, 1.25]."),
         "steps_per_epoch": dict(kind=int, minimum=0),
         "sampling_weights": dict(kind=(list, type(None))),
         "class_weights": dict(kind=(str, list, type(None)), check=_class_weights,
@@ -133,5 +144,7 @@ SECTIONS = {
         "worst_k": dict(kind=int, minimum=0),
         "confusion_pixels": dict(kind=int, minimum=1),
         "batch_size": dict(kind=int, minimum=1),
+        "tta": dict(kind=str, choices=TTA_MODES),
+        "tile_overlap": dict(kind=float, minimum=0.0, maximum=0.9),
     },
 }

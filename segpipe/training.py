@@ -25,8 +25,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from segpipe.callbacks import (TIMING_COLUMNS, EpochClock, LogLearningRate, RequireMonitor, ResumedEarlyStopping,
-                               SaveResumeState, StopTogether, TimeBudget, history_name, keras_name, monitor_mode)
+from segpipe.callbacks import (TIMING_COLUMNS, EpochClock, LogLearningRate, PlanEpochs, RequireMonitor,
+                               ResumedEarlyStopping, SaveResumeState, StopTogether, TimeBudget, history_name,
+                               keras_name, monitor_mode)
 from segpipe.keras_multi_worker import patch_fit_for_multi_worker
 from segpipe.model import encoder_layers
 from segpipe.resume import ResumeState, set_random_state
@@ -34,19 +35,44 @@ from segpipe.schema import OPTIMIZERS, SCHEDULES
 
 
 
-def make_optimizer(*, optimizer: str, learning_rate: float, schedule: str, warmup_epochs: int, epochs: int,
+@keras.saving.register_keras_serializable(package="segpipe")
+class PlannedCosineDecay(keras.optimizers.schedules.CosineDecay):
+    """Keras' CosineDecay (linear warm-up from 0 over `warmup_steps`, then cosine decay to 1% of
+    `learning_rate` after `epochs` epochs), with `epochs` either an int, and then every rate is Keras' own
+    to the bit, or a tf.Variable that a time budget sets once the first epochs are timed (PlanEpochs): the
+    decay length is read from it at every step, so the rates of the steps already taken do not change
+    while they are within the warm-up."""
+
+    def __init__(self, *, learning_rate: float, warmup_steps: int, steps_per_epoch: int, epochs):
+        self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
+        super().__init__(initial_learning_rate=0.0 if warmup_steps else learning_rate, decay_steps=1, alpha=0.01,
+                         warmup_target=learning_rate if warmup_steps else None, warmup_steps=warmup_steps)
+
+    @property
+    def decay_steps(self):
+        if isinstance(self.epochs, int):
+            return max(1, self.epochs * self.steps_per_epoch - self.warmup_steps)
+        return tf.maximum(1.0, tf.cast(self.epochs, tf.float32) * self.steps_per_epoch - self.warmup_steps)
+
+    @decay_steps.setter
+    def decay_steps(self, value):
+        """CosineDecay's __init__ sets it; here it follows `epochs`."""
+
+    def get_config(self):
+        return {"learning_rate": self.warmup_target or self.initial_learning_rate, "warmup_steps": self.warmup_steps,
+                "steps_per_epoch": self.steps_per_epoch, "epochs": int(keras.ops.convert_to_numpy(self.epochs))}
+
+
+def make_optimizer(*, optimizer: str, learning_rate: float, schedule: str, warmup_epochs: int, epochs,
                    steps_per_epoch: int, weight_decay: float, momentum: float) -> keras.optimizers.Optimizer:
     """Adam / AdamW / SGD+momentum with a constant or cosine-with-warm-up learning rate.
 
     `plateau` uses a constant rate here; the stage's ReduceLROnPlateau callback lowers it.
-    Cosine: linear warm-up from 0 over `warmup_epochs`, then cosine decay to 1% of the rate at `epochs`.
+    Cosine: `PlannedCosineDecay` over `epochs` (an int, or a tf.Variable that a time budget sets later).
     """
     if schedule == "cosine":
-        warmup_steps = warmup_epochs * steps_per_epoch
-        decay_steps = max(1, (epochs - warmup_epochs) * steps_per_epoch)
-        rate = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if warmup_steps else learning_rate, decay_steps=decay_steps, alpha=0.01,
-            warmup_target=learning_rate if warmup_steps else None, warmup_steps=warmup_steps)
+        rate = PlannedCosineDecay(learning_rate=learning_rate, warmup_steps=warmup_epochs * steps_per_epoch,
+                                  steps_per_epoch=steps_per_epoch, epochs=epochs)
     elif schedule in ("constant", "plateau"):
         rate = learning_rate
     else:
@@ -66,11 +92,18 @@ def plateau_callback(*, monitor: str, patience: int) -> keras.callbacks.ReduceLR
                                              patience=patience, min_lr=1e-6)
 
 
-def training_phases(model: keras.Model, *, freeze_encoder_epochs: int, epochs: int) -> list[tuple[str, int]]:
-    """[(phase name, the epoch it ends after)]: `frozen_encoder` first when the model has an encoder to freeze."""
-    frozen = [("frozen_encoder", min(freeze_encoder_epochs, epochs))] if (
+# The last epoch a budgeted phase may reach before PlanEpochs has planned (it stops the run long before).
+UNPLANNED_EPOCHS = 9999
+
+
+def training_phases(model: keras.Model, *, freeze_encoder_epochs: int, epochs: int,
+                    max_minutes: float = 0) -> list[tuple[str, int]]:
+    """[(phase name, the epoch it ends after)]: `frozen_encoder` first when the model has an encoder to freeze.
+    With a time budget the last phase ends when PlanEpochs says (UNPLANNED_EPOCHS until it has planned)."""
+    last = UNPLANNED_EPOCHS if max_minutes else epochs
+    frozen = [("frozen_encoder", min(freeze_encoder_epochs, last))] if (
         encoder_layers(model) and freeze_encoder_epochs) else []
-    return frozen + [("all_layers", epochs)]
+    return frozen + [("all_layers", last)]
 
 
 def _best_row(history: pd.DataFrame, *, monitor: str) -> int | None:
@@ -140,7 +173,15 @@ def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_
         print(f"train: epochs {first_epoch + 1}-{last_epoch} with "
               f"{'the encoder frozen' if phase == 'frozen_encoder' else 'all layers trainable'}"
               f" ({trainable:,} trainable weights)", flush=True)
-        compile_phase(model, epochs=last_epoch - first_epoch)
+        planning = max_minutes and phase == phases[-1][0]
+        if planning:
+            last_epoch = state.get("planned_epochs") or last_epoch
+            # The schedule's length in epochs, which PlanEpochs sets after timing the first epochs (the warm-up).
+            with strategy.scope():
+                phase_epochs = tf.Variable(last_epoch - first_epoch, trainable=False, dtype=tf.int64)
+        else:
+            phase_epochs = last_epoch - first_epoch
+        compile_phase(model, epochs=phase_epochs)
         start_epoch = resume.keras_epoch(phase) or first_epoch
         if str(start_epoch) in state.get("random_states", {}):
             set_random_state(model, state["random_states"][str(start_epoch)])
@@ -149,6 +190,8 @@ def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_
         early_stopping = ResumedEarlyStopping(best=best, wait=wait, monitor=keras_name(monitor), mode=mode,
                                               patience=patience) if patience else None
         budget = TimeBudget(max_minutes=max_minutes)
+        plan = PlanEpochs(max_minutes=max_minutes, first_epoch=first_epoch, total_epochs=phase_epochs, state=state,
+                          early_stopping=early_stopping, strategy=strategy) if planning else None
         together = StopTogether(strategy) if multi_worker else None
         phase_callbacks = [
             LogLearningRate(), EpochClock(seconds_before=float(history["elapsed_seconds"].iloc[-1]) if len(history)
@@ -156,7 +199,7 @@ def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_
             RequireMonitor(monitor), keras.callbacks.CSVLogger(str(resume.history_csv), append=True),
             keras.callbacks.ModelCheckpoint(str(resume.best_model), monitor=keras_name(monitor), mode=mode,
                                             save_best_only=True, initial_value_threshold=best),
-            *[c for c in (early_stopping, budget, together) if c is not None], *callbacks,
+            *[c for c in (plan, early_stopping, budget, together) if c is not None], *callbacks,
             SaveResumeState(resume=resume, state=state),  # before BackupAndRestore: see its docstring
             keras.callbacks.BackupAndRestore(str(resume.keras_dir / phase)), keras.callbacks.TerminateOnNaN()]
         model.fit(training_data(first_batch=start_epoch * steps_per_epoch), validation_data=validation_data,
@@ -170,12 +213,15 @@ def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_
                                  "usable epoch; lower train.learning_rate, or set train.precision: float32 to rule "
                                  "out overflow.")
             state["stop_reason"] = f"loss not finite in epoch {len(history)}; kept the best epoch before"
+        elif plan is not None and plan.reached:
+            state["stop_reason"] = (f"time budget of {max_minutes:g} minutes: the {state['planned_epochs']} "
+                                    "planned epochs run")
         elif budget.spent:
             state["stop_reason"] = f"time budget of {max_minutes:g} minutes spent"
         elif together is not None and together.stopped_by_another:
             state["stop_reason"] = "another worker stopped"
         elif early_stopping is not None and early_stopping.stopped_epoch and phase == "all_layers":
-            state["stop_reason"] = f"early stopping: no {monitor} improvement in {patience} epochs"
+            state["stop_reason"] = f"early stopping: no {monitor} improvement in {early_stopping.patience} epochs"
         if phase != phases[-1][0]:
             model.save_weights(weights_file)
         done.append(phase)

@@ -1,19 +1,20 @@
 """evaluate: measure the trained model on the validation split (and test, if the raw data has one).
 
-Reads:   --model (from train), --csv-dir/{valid,test}.csv and their PNGs, --history (train's per-epoch
+Reads:   --model (from train), --inference (train's record of resize or patches), --csv-dir/{valid,test}.csv and their PNGs, --history (train's per-epoch
          CSV, for the learning-curve picture), --run-info (the MLflow id of the run that trained the model).
 Writes:  --metrics JSON (flat keys: <split>_<score> at threshold 0.5 and <split>_<score>_at_best_threshold),
-         --threshold JSON (the best validation threshold by IoU; predict uses it by default),
+         --threshold JSON (the best validation threshold by IoU, and the tta and tile_overlap measured with:
+         segpipe-predict uses them by default),
          --plots-dir/{threshold_curve,class_scores,per_image,worst,confusion}.csv (declared as DVC plots),
          --plots-dir/overlays/*.png (binary: TP green / FP red / FN blue; multi-class: truth | prediction in
          class colours with a legend; void gray), --plots-dir/png/*.png rendered offline.
 Params:  seed, num_classes, class_names, mlflow; evaluate.boundary_tolerance, num_samples, worst_k, confusion_pixels,
-         batch_size. MLflow: a new record of this experiment per run (all params, these metrics, a link
+         batch_size (windows per model call), tta, tile_overlap. MLflow: a new record of this experiment per run (all params, these metrics, a link
          to the training run), never a write into the training run (segpipe/tracking.py).
 
-Predictions go through segpipe/inference.py (as segpipe-predict's do): at the model's input size, with
-the probabilities resized back to each image's own size, so every score is measured on the original
-masks. Void pixels (255) count nowhere. <split>_class_iou and <split>_class_dice are {class name: score}
+Predictions go through segpipe/inference.py (as segpipe-predict's and the SavedModel's do): resized to the
+model's input and back, or blended sliding windows at native resolution for patch-trained models, with
+optional test-time augmentation, so every score is measured on the original masks. Void pixels (255) count nowhere. <split>_class_iou and <split>_class_dice are {class name: score}
 (class_names; binary: background and foreground). Metric conventions: segpipe/metrics.py and segpipe/evaluation.py.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import time
 from pathlib import Path
 
 from segpipe.cli import run_stage, start_tensorflow
@@ -49,6 +51,7 @@ def flatten_scores(flat: dict) -> dict[str, float]:
 def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="the trained model (.keras)")
+    parser.add_argument("--inference", type=Path, required=True, help="train's inference JSON (resize/patches)")
     parser.add_argument("--csv-dir", type=Path, required=True, help="folder with valid.csv (and test.csv)")
     parser.add_argument("--history", type=Path, required=True, help="train's per-epoch history CSV")
     parser.add_argument("--run-info", type=Path, required=True, help="train's MLflow run id (JSON)")
@@ -88,12 +91,16 @@ def main(argv=None) -> None:
         splits["test"] = test
     if splits["valid"].empty:
         raise ValueError(f"'{args.csv_dir / 'valid.csv'}' has no rows; nothing to evaluate.")
+    input_mode = inference.read_input_mode(args.inference)
+    settings = dict(input_mode=input_mode, tile_overlap=params["tile_overlap"], tta=params["tta"])
     images, truths, probabilities = {}, {}, {}
+    started = time.perf_counter()
     for name, rows in splits.items():
         check_files(rows, source=f"{args.csv_dir / name}.csv")
         images[name], probabilities[name] = map(list, zip(*inference.predict_files(
-            model, list(rows["image_path"]), batch_size=params["batch_size"], desc=f"evaluate {name}")))
+            model, list(rows["image_path"]), batch_size=params["batch_size"], desc=f"evaluate {name}", **settings)))
         truths[name] = [read_png(path) for path in rows["mask_path"]]
+    seconds_per_image = (time.perf_counter() - started) / sum(len(rows) for rows in splits.values())
 
     threshold, sweep = 0.5, pd.DataFrame()
     if num_classes == 1:
@@ -130,7 +137,8 @@ def main(argv=None) -> None:
         overlays={row_id: (images["valid"][i], valid_predictions[i], truths["valid"][i])
                   for i, row_id in enumerate(valid["id"]) if row_id in shown})
     write_json(args.threshold, {"threshold": threshold, "chosen_by": "highest pooled IoU on the validation split"
-                                if num_classes == 1 else "argmax (multi-class: no threshold)"})
+                                if num_classes == 1 else "argmax (multi-class: no threshold)",
+                                "tta": params["tta"], "tile_overlap": params["tile_overlap"]})
     write_json(args.metrics, flat)
 
     training_run_id = json.loads(args.run_info.read_text()).get("run_id") if args.run_info.is_file() else None
@@ -149,7 +157,8 @@ def main(argv=None) -> None:
     if num_classes > 1:
         headline += "; IoU per class: " + ", ".join(
             f"{name} {'-' if v is None else f'{v:.3f}'}" for name, v in flat["valid_class_iou"].items())
-    print(f"evaluate: {headline}; best threshold {threshold:g}; worst: {', '.join(worst['id'])}")
+    print(f"evaluate: {headline}; best threshold {threshold:g}; worst: {', '.join(worst['id'])}; "
+          f"input {input_mode}, tta {params['tta']}: {seconds_per_image:.2f} s/image")
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ Writes:  --model (best epoch by train.monitor, .keras), --saved-model (TF SavedM
          devices; not a DVC metric, so `dvc metrics diff` shows no timing noise), --history CSV (one row
          per epoch: losses, metrics, learning rate), --run-info JSON (the MLflow run id, for evaluate);
          persists --backup-dir between runs to resume an interrupted one (segpipe/resume.py); optional
-         TensorBoard logs in --tensorboard-dir.
+         TensorBoard logs in --tensorboard-dir; --inference JSON (how the model takes images: `resize` or
+         `patches`, from train.input, with the reason; evaluate and segpipe-predict read it).
 Params:  seed, num_classes, mlflow, convert.image_mode (channels), train.* (see params.yaml).
 
 train.batch_size is per replica (global batch = batch_size x replicas); the training loop (phases, resume,
-callbacks) is segpipe/training.py.
+callbacks, the time-budget plan) is segpipe/training.py; `train.input: auto` is decided in segpipe/input_mode.py.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--history", type=Path, required=True, help="per-epoch history CSV to write")
     parser.add_argument("--run-info", type=Path, required=True, help="MLflow run id JSON to write")
     parser.add_argument("--saved-model", type=Path, required=True, help="TF SavedModel export for TF Serving")
+    parser.add_argument("--inference", type=Path, required=True, help="JSON to write: how the model takes images")
     parser.add_argument("--backup-dir", type=Path, required=True, help="resume state of an interrupted run")
     parser.add_argument("--tensorboard-dir", type=Path, default=Path("logs/tensorboard"),
                         help="TensorBoard logs, with train.tensorboard: true")
@@ -55,9 +57,10 @@ def main(argv=None) -> None:
     import pandas as pd
 
     from segpipe import input_pipeline as pipeline
-    from segpipe.balancing import training_rows
+    from segpipe.balancing import AUGMENTED_ID, training_rows
     from segpipe.callbacks import LogToMlflow
     from segpipe.devices import configure_runtime
+    from segpipe.input_mode import choose_input
     from segpipe.keras_metrics import training_metrics
     from segpipe.losses import make_loss, resolve_class_weights
     from segpipe.model import build_unet, export_saved_model
@@ -77,17 +80,26 @@ def main(argv=None) -> None:
     loss = make_loss(weights=train["loss"], focal_gamma=train["focal_gamma"], class_weights=class_weights)
 
     image_size = tuple(train["image_size"])
+    originals = train_rows[~train_rows["id"].str.contains(AUGMENTED_ID, regex=False)]
+    input_mode, input_reason = choose_input(train["input"], rows=originals, image_size=image_size,
+                                            num_classes=num_classes, seed=seed)
+    patches = pipeline.Patches(foreground_share=train["patch_foreground_share"],
+                               scale_range=tuple(train["patch_scale_range"]),
+                               num_classes=num_classes) if input_mode == "patches" else None
     global_batch = train["batch_size"] * placement.num_replicas
     steps = pipeline.steps_per_epoch(num_rows=len(train_rows), batch_size=global_batch,
                                      requested=train["steps_per_epoch"])
-    cache = pipeline.resolve_cache(train["cache"], num_rows=len(train_rows) + len(valid), image_size=image_size,
-                                   channels=channels, memory_budget_bytes=pipeline.cache_budget_bytes())
+    cache = pipeline.resolve_cache(
+        train["cache"], channels=channels, memory_budget_bytes=pipeline.cache_budget_bytes(),
+        pixels=sum(pipeline.cached_pixels(rows, image_size=image_size, patches=patches is not None)
+                   for rows in [*subsets, valid]))
     devices_used = placement.description
     counts = ", ".join(f"{subset['name']}={len(rows)}" for subset, rows in zip(summary["subsets"], subsets))
     print(f"train: {len(train_rows)} training rows ({counts}), {len(valid)} validation rows; input "
           f"{image_size[0]}x{image_size[1]}x{channels}; global batch {global_batch} ({train['batch_size']} x "
           f"{placement.num_replicas} replica(s) on {devices_used}); {steps} steps/epoch; precision {policy} "
           f"({reason})" + (f"; class weights {class_weights}" if class_weights else ""), flush=True)
+    print(f"train: input {input_mode} ({input_reason})", flush=True)
 
     inputs = [args.subsets_summary, args.augmented_csv, args.valid_csv,
               *(args.subsets_dir / subset["file"] for subset in summary["subsets"])]
@@ -123,14 +135,15 @@ def main(argv=None) -> None:
     with pipeline.naming_bad_files(pd.concat([train_rows, valid], ignore_index=True)):
         outcome = fit_in_phases(
             model, phases=training_phases(model, freeze_encoder_epochs=train["freeze_encoder_epochs"],
-                                          epochs=train["epochs"]),
+                                          epochs=train["epochs"], max_minutes=train["max_minutes"]),
             compile_phase=compile_phase, steps_per_epoch=steps,
             training_data=partial(pipeline.training_dataset, subsets, weights=train["sampling_weights"],
                                   image_size=image_size, channels=channels, batch_size=global_batch, seed=seed,
                                   cache=cache, online_augment=train["online_augment"],
-                                  deterministic=train["deterministic"]),
+                                  deterministic=train["deterministic"], patches=patches),
             validation_data=pipeline.evaluation_dataset(valid, image_size=image_size, channels=channels,
-                                                        batch_size=global_batch, cache=cache),
+                                                        batch_size=global_batch, cache=cache,
+                                                        windows=patches is not None),
             monitor=train["monitor"], patience=train["patience"], max_minutes=train["max_minutes"],
             callbacks=callbacks, resume=resume, state=state)
     if not placement.is_chief:
@@ -138,16 +151,20 @@ def main(argv=None) -> None:
 
     history, metrics, facts = run_summary(outcome, images_per_epoch=steps * global_batch)
     facts.update(precision_policy=policy, devices=devices_used, num_replicas=placement.num_replicas,
-                 global_batch_size=global_batch, class_weights=class_weights)
+                 global_batch_size=global_batch, class_weights=class_weights, input=input_mode,
+                 input_reason=input_reason, planned_epochs=state.get("planned_epochs"))
     write_bytes(args.model, resume.best_model.read_bytes())
     best_model = keras.models.load_model(args.model, compile=False)
-    export_saved_model(best_model, args.saved_model)
+    inference = {"input": input_mode, "reason": input_reason, "image_size": list(image_size)}
+    export_saved_model(best_model, args.saved_model, input_mode=input_mode)
+    write_json(args.inference, inference)
     write_csv(args.history, history)
     write_json(args.metrics, metrics)
     write_json(args.facts, facts)
     write_json(args.run_info, {"run_id": state["mlflow_run_id"]})  # no tracking URI: machine-specific
     if state["mlflow_run_id"]:
-        tracker.finish_training(metrics=metrics, facts=facts, files=[args.history, args.metrics, args.facts],
+        tracker.finish_training(metrics=metrics, facts=facts,
+                                files=[args.history, args.metrics, args.facts, args.inference],
                                 model=best_model, example_input=pipeline.example_batch(
                                     valid, image_size=image_size, channels=channels))
     resume.clear()

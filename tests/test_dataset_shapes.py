@@ -362,7 +362,7 @@ def test_multiclass_street_scenes_through_every_stage(tmp_path):
     done = run_stage(project, "train", *train_args("out"))
     assert done.returncode == 0, done.stderr
     assert "class weights [" in done.stdout
-    done = run_stage(project, "evaluate", "--model", "out/model.keras", "--csv-dir", "data/csv", "--history",
+    done = run_stage(project, "evaluate", "--model", "out/model.keras", "--inference", "out/inference.json", "--csv-dir", "data/csv", "--history",
                      "out/history.csv", "--run-info", "out/run.json", "--metrics", "out/evaluate.json",
                      "--threshold", "out/threshold.json", "--plots-dir", "out/plots", "--params", "params.yaml")
     assert done.returncode == 0, done.stderr

@@ -164,7 +164,7 @@ def test_truncated_png_error_names_the_file(three_groups, tmp_path):
 
 
 def test_cache_resolution():
-    fits = dict(num_rows=10, image_size=(8, 8), channels=3)
+    fits = dict(pixels=10 * 8 * 8, channels=3)
     assert ip.resolve_cache("auto", **fits, memory_budget_bytes=10 * 8 * 8 * 4)
     assert not ip.resolve_cache("auto", **fits, memory_budget_bytes=100)
     assert ip.resolve_cache("memory", **fits, memory_budget_bytes=0)

@@ -39,7 +39,7 @@ def train_args(out: str = "out", params: str = "params.yaml") -> list[str]:
             "data/augmented/augmented.csv", "--valid-csv", "data/csv/valid.csv", "--model", f"{out}/model.keras",
             "--metrics", f"{out}/train.json", "--facts", f"{out}/facts.json", "--history", f"{out}/history.csv",
             "--run-info", f"{out}/run.json",
-            "--saved-model", f"{out}/saved_model",
+            "--saved-model", f"{out}/saved_model", "--inference", f"{out}/inference.json",
             "--backup-dir", f"{out}/backup", "--params", params]
 
 
@@ -315,7 +315,7 @@ def test_two_workers_on_localhost_train_together(project):
 def test_evaluate_measures_the_trained_model_and_logs_into_its_run(project):
     params = params_file(project, "p_eval", epochs=1)
     assert run_stage(project, "train", *train_args("eval", params)).returncode == 0
-    done = run_stage(project, "evaluate", "--model", "eval/model.keras", "--csv-dir", "data/csv", "--history",
+    done = run_stage(project, "evaluate", "--model", "eval/model.keras", "--inference", "eval/inference.json", "--csv-dir", "data/csv", "--history",
                      "eval/history.csv", "--run-info", "eval/run.json", "--metrics", "eval/evaluate.json",
                      "--threshold", "eval/threshold.json", "--plots-dir", "eval/plots", "--params", params)
     assert done.returncode == 0, done.stderr
@@ -369,15 +369,23 @@ def trained(project) -> Path:
     return project / "trained"
 
 
-def test_saved_model_export_predicts_like_the_keras_model(trained):
+def test_saved_model_export_predicts_like_evaluate(trained):
     import keras
     import tensorflow as tf
 
+    from segpipe.inference import prediction_function
+
     model = keras.models.load_model(trained / "model.keras", compile=False)
-    batch = np.random.default_rng(3).random((2, 32, 32, 3), dtype=np.float32)
     loaded = tf.saved_model.load(str(trained / "saved_model"))  # keep a reference: it owns the variables
-    served = loaded.serve(tf.constant(batch))
-    np.testing.assert_allclose(np.asarray(served), model.predict(batch, verbose=0), atol=1e-5)
+    image = np.random.default_rng(3).integers(0, 256, (45, 37, 3), dtype=np.uint8)  # any size, as evaluate gets
+    expected = prediction_function(model, input_mode="resize", tile_overlap=0.5, tta="none", batch_size=8)(image)
+    served = loaded.serve(tf.constant(image))
+    assert served.shape == (45, 37, 1)
+    np.testing.assert_allclose(np.asarray(served), np.asarray(expected), atol=1e-5)
+    batch = np.random.default_rng(3).random((2, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(loaded.serve_model_input(tf.constant(batch))),
+                               model.predict(batch, verbose=0), atol=1e-5)
+    assert json.loads((trained / "inference.json").read_text())["input"] == "resize"
 
 
 def test_predict_writes_masks_at_the_original_size_and_orientation(trained, tmp_path):
@@ -422,3 +430,30 @@ def test_predict_names_a_bad_input_file(trained, tmp_path):
                            "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")],
                           env=env_for(trained), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "broken.png': cannot decode as an image" in done.stderr
+
+
+def test_patches_with_a_time_budget_plan_the_epochs_and_evaluate_by_windows(project):
+    params = params_file(project, "p_budget", input="patches", max_minutes=0.2, warmup_epochs=1, epochs=2,
+                         patience=0)
+    done = run_stage(project, "train", *train_args("budget", params))
+    assert done.returncode == 0, done.stderr
+    assert "train: input patches (set by train.input)" in done.stdout
+    facts = json.loads((project / "budget/facts.json").read_text())
+    planned, run = facts["planned_epochs"], facts["epochs_run"]
+    # The budget, not `epochs: 2`, decides, and the cosine schedule spans the planned epochs (1% at the end).
+    assert f"{planned} epochs planned" in done.stdout and planned > 2 and 2 < run <= planned
+    assert facts["input"] == "patches"
+    assert ("planned epochs run" if run == planned else "minutes spent") in facts["stop_reason"]
+    steps = 20 // 4  # training rows / batch; 1 warm-up epoch
+    progress = (run * steps - steps) / (planned * steps - steps)
+    history = pd.read_csv(project / "budget/history.csv")
+    assert history["learning_rate"].iloc[-1] == pytest.approx(
+        0.001 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * progress))), rel=1e-3)
+    assert json.loads((project / "budget/inference.json").read_text())["input"] == "patches"
+    done = run_stage(project, "evaluate", "--model", "budget/model.keras", "--inference", "budget/inference.json",
+                     "--csv-dir", "data/csv", "--history", "budget/history.csv", "--run-info", "budget/run.json",
+                     "--metrics", "budget/evaluate.json", "--threshold", "budget/threshold.json", "--plots-dir",
+                     "budget/plots", "--params", params)
+    assert done.returncode == 0, done.stderr
+    assert "input patches, tta none" in done.stdout
+    assert 0 <= json.loads((project / "budget/evaluate.json").read_text())["valid_iou"] <= 1

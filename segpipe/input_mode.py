@@ -1,0 +1,75 @@
+"""`train.input: auto`: resize whole images or train on native-resolution patches, decided from the data.
+
+The fingerprint (in the spirit of nnU-Net's: settings derived from the dataset, not tuned per dataset):
+- shrink: how much resizing to the network input would shrink the images, the median over training
+  images of min(input height / image height, input width / image width) (the axis that shrinks most);
+- finest structure width: per class, 2 x area / boundary length of its regions, pooled over a sample of
+  training masks (a strip w pixels wide gives w, a disc of radius r gives r); the finest over the classes
+  (binary: the foreground's).
+
+The size rule: `patches` when resizing would shrink the images by 1.5x or more (shrink <= 2/3) AND the
+finest structures are narrower than 1/8 of the patch's shorter side, so a patch holds whole structures
+with context around them; `resize` otherwise: images about the input's size or smaller, or large objects
+that a patch would cut (then seeing the whole image matters more than fine detail).
+Thin membranes and vessels, poles and pedestrians in street scenes, small objects in large photos get
+patches; a lesion that fills a third of a photo gets resize.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from segpipe.image_io import IGNORE_ID, read_png
+from segpipe.schema import INPUTS
+MIN_SHRINK_FOR_PATCHES = 2 / 3
+STRUCTURE_SHARE_OF_PATCH = 1 / 8
+
+
+def area_and_boundary(mask: np.ndarray, *, num_classes: int) -> np.ndarray:
+    """(classes, 2) pixel counts per class id: its area and its boundary (pixels with a 4-neighbour of
+    another labelled class; void neighbours and the image border are not boundaries)."""
+    classes = max(2, num_classes)
+    labelled = mask != IGNORE_ID
+    edge = np.zeros(mask.shape, bool)
+    for axis in (0, 1):
+        a = np.moveaxis(mask, axis, 0)
+        differs = (a[1:] != a[:-1]) & (a[1:] != IGNORE_ID) & (a[:-1] != IGNORE_ID)
+        e = np.moveaxis(edge, axis, 0)
+        e[1:] |= differs
+        e[:-1] |= differs
+    ids = mask[labelled].astype(np.int64)
+    area = np.bincount(ids, minlength=classes)[:classes]
+    boundary = np.bincount(mask[edge & labelled].astype(np.int64), minlength=classes)[:classes]
+    return np.stack([area, boundary], axis=1)
+
+
+def finest_structure_width(mask_paths: list[str], *, num_classes: int) -> float | None:
+    """The finest class's 2 x area / boundary in pixels over these masks (binary: the foreground's);
+    None when no class has a boundary (nothing to measure)."""
+    totals = sum(area_and_boundary(read_png(path), num_classes=num_classes) for path in mask_paths)
+    classes = [1] if num_classes == 1 else range(num_classes)
+    widths = [2 * totals[c, 0] / totals[c, 1] for c in classes if totals[c, 1] > 0]
+    return float(min(widths)) if widths else None
+
+
+def choose_input(input: str, *, rows: pd.DataFrame, image_size: tuple[int, int], num_classes: int,
+                 seed: int, sample: int = 100) -> tuple[str, str]:
+    """(resize | patches, the reason in words) for `train.input` over the training `rows` (module docstring)."""
+    if input not in INPUTS:
+        raise ValueError(f"param 'train.input' must be one of {list(INPUTS)}, got {input!r}.")
+    if input != "auto":
+        return input, "set by train.input"
+    shrink = float(np.median(np.minimum(image_size[0] / rows["height"].astype(float),
+                                        image_size[1] / rows["width"].astype(float))))
+    if shrink > MIN_SHRINK_FOR_PATCHES:
+        return "resize", (f"auto: images are at most {1 / shrink:.2f}x the input {image_size[0]}x{image_size[1]} "
+                          f"(median); patches need >= {1 / MIN_SHRINK_FOR_PATCHES:.1f}x")
+    picked = rows.sample(n=min(sample, len(rows)), random_state=seed) if len(rows) > sample else rows
+    width = finest_structure_width(list(picked["mask_path"]), num_classes=num_classes)
+    limit = min(image_size) * STRUCTURE_SHARE_OF_PATCH
+    where = f"images {1 / shrink:.2f}x the input {image_size[0]}x{image_size[1]} (median)"
+    if width is None or width >= limit:
+        return "resize", (f"auto: {where}, but the finest structures are {'unmeasurable' if width is None else f'{width:.1f} px'}"
+                          f" wide (2 x area / boundary), not under {limit:g} px (1/8 of the input): whole images")
+    return "patches", (f"auto: {where}, finest structures {width:.1f} px wide (2 x area / boundary), under "
+                       f"{limit:g} px (1/8 of the input): native-resolution patches keep them")
