@@ -1,6 +1,6 @@
 """Runs the pipeline's stages in a benchmark's project folder, as `dvc repro` would, logging to one file.
 
-The quality benchmarks (membrane_quality.py, camvid_quality.py) build a project folder with data/raw and
+The quality benchmark (quality.py) and the memory benchmark build a project folder with data/raw and
 params.yaml and call these; the commands are dvc.yaml's, with the project's own output paths.
 """
 from __future__ import annotations
@@ -42,10 +42,12 @@ def run(command: list[str], cwd: Path, log: Path) -> None:
         raise SystemExit(f"failed: {' '.join(command)}; see {log}")
 
 
-def run_stages(project: Path, log: Path, *, evaluate: bool) -> dict[str, float]:
-    """The data stages, train and (optionally) evaluate on project/params.yaml; seconds per part."""
+def run_stages(project: Path, log: Path, *, evaluate: bool, data: bool = True) -> dict[str, float]:
+    """The data stages (unless `data` is False: they ran already), train and (optionally) evaluate on
+    project/params.yaml; seconds per part."""
     seconds = {}
-    for part, commands in (("data", DATA_STAGES), ("train", [TRAIN]), ("evaluate", [EVALUATE] if evaluate else [])):
+    for part, commands in (("data", DATA_STAGES if data else []), ("train", [TRAIN]),
+                           ("evaluate", [EVALUATE] if evaluate else [])):
         started = time.perf_counter()
         for command in commands:
             run([sys.executable, "-m", *command, "--params", "params.yaml"], project, log)

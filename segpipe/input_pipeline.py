@@ -319,7 +319,10 @@ def evaluation_dataset(rows: pd.DataFrame, *, image_size: tuple[int, int], chann
     `windows` (patch training): native-resolution windows of `image_size` instead of resized images."""
     dataset = _decoded(rows, image_size=None if windows else image_size, channels=channels)
     if windows:
-        dataset = dataset.flat_map(lambda image, mask: _windows(image, mask, image_size=image_size))
+        count = sum(-(-int(h) // image_size[0]) * -(-int(w) // image_size[1]) for h, w in zip(rows["height"], rows["width"]))
+        # A known length: Keras then ends validation without its "input ran out of data" warning.
+        dataset = dataset.flat_map(lambda image, mask: _windows(image, mask, image_size=image_size)).apply(
+            tf.data.experimental.assert_cardinality(count))
     dataset = dataset.cache() if cache else dataset
     dataset = dataset.map(_normalise, num_parallel_calls=tf.data.AUTOTUNE)
     return _with_options(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE), deterministic=True)

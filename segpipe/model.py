@@ -173,10 +173,11 @@ def encoder_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 
 def export_saved_model(model: keras.Model, folder: Path, *, input_mode: str, tile_overlap: float = 0.5) -> None:
-    """`model` as a TF SavedModel for TF Serving, replacing `folder` atomically. Two signatures:
+    """`model` as a TF SavedModel for TF Serving, replacing `folder` atomically. Signatures:
     - `serve`: one uint8 image (H, W, C) of any size -> float32 probabilities (H, W, K) at that size, by
-      segpipe/inference.py's own path (resize, or blended sliding windows for `patches` models; no TTA):
-      what evaluate measures with its default tile_overlap and tta;
+      segpipe/inference.py's own function (resize, or blended sliding windows for `patches` models) with
+      flips as test-time augmentation: what evaluate measures with its default `evaluate.tta: flips`;
+    - `serve_no_tta` and (square inputs) `serve_tta_flips_rotations`: the same for the other `evaluate.tta`;
     - `serve_model_input`: float32 batches (B, h, w, C) in [0, 1] at the model's input size -> probabilities.
     """
     import tensorflow as tf
@@ -185,8 +186,12 @@ def export_saved_model(model: keras.Model, folder: Path, *, input_mode: str, til
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serve", prediction_function(model, input_mode=input_mode, tile_overlap=tile_overlap,
-                                                      tta="none", batch_size=8))
+    square = model.input_shape[1] == model.input_shape[2]
+    names = {"flips": "serve", "none": "serve_no_tta", "flips_rotations": "serve_tta_flips_rotations"}
+    for tta, name in names.items():
+        if tta != "flips_rotations" or square:
+            archive.add_endpoint(name, prediction_function(model, input_mode=input_mode, tile_overlap=tile_overlap,
+                                                           tta=tta, batch_size=8))
     archive.add_endpoint("serve_model_input", lambda images: model(images, training=False),
                          input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
     with replace_dir(folder) as tmp:

@@ -10,7 +10,7 @@ beside the model: resized to its input, or sliding windows at native resolution)
 at the image's ORIGINAL (upright) size as <output>/<relative path stem>.png:
 binary models write 0/255 (viewable), multi-class models write class ids 0..K-1.
 The threshold (binary), test-time augmentation and window overlap default to what the evaluate stage
-measured with (threshold.json beside the model), else 0.5, none and 0.5. --overlay adds <stem>_overlay.png (the image in gray, the
+measured with (threshold.json beside the model), else 0.5, flips and 0.5. --overlay adds <stem>_overlay.png (the image in gray, the
 prediction tinted in the class colours), --colour adds <stem>_colour.png (the mask in the class
 colours of evaluate's overlays: viewable class-id masks), --probabilities adds <stem>_probability.png (16-bit, 65535 = 1.0; binary) or
 <stem>_probabilities.npy (float16, H x W x K; multi-class).
@@ -49,7 +49,7 @@ def find_inputs(path: Path) -> list[tuple[Path, Path]]:
 def evaluated_settings(model_path: Path) -> tuple[dict, str]:
     """{threshold, tta, tile_overlap} as evaluate measured them (threshold.json beside the model), else defaults."""
     file = Path(model_path).with_name("threshold.json")
-    defaults = {"threshold": 0.5, "tta": "none", "tile_overlap": 0.5}
+    defaults = {"threshold": 0.5, "tta": "flips", "tile_overlap": 0.5}
     if file.is_file():
         saved = json.loads(file.read_text())
         return {key: saved.get(key, value) for key, value in defaults.items()}, f"from {file}"

@@ -170,9 +170,6 @@ def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_
         for layer in frozen_layers:
             layer.trainable = phase != "frozen_encoder"
         trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-        print(f"train: epochs {first_epoch + 1}-{last_epoch} with "
-              f"{'the encoder frozen' if phase == 'frozen_encoder' else 'all layers trainable'}"
-              f" ({trainable:,} trainable weights)", flush=True)
         planning = max_minutes and phase == phases[-1][0]
         if planning:
             last_epoch = state.get("planned_epochs") or last_epoch
@@ -181,6 +178,11 @@ def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_
                 phase_epochs = tf.Variable(last_epoch - first_epoch, trainable=False, dtype=tf.int64)
         else:
             phase_epochs = last_epoch - first_epoch
+        span = (f"{first_epoch + 1}-{last_epoch}" if last_epoch != UNPLANNED_EPOCHS else
+                f"from {first_epoch + 1} (the time budget plans how many after epoch {first_epoch + 2})")
+        print(f"train: epochs {span} with "
+              f"{'the encoder frozen' if phase == 'frozen_encoder' else 'all layers trainable'}"
+              f" ({trainable:,} trainable weights)", flush=True)
         compile_phase(model, epochs=phase_epochs)
         start_epoch = resume.keras_epoch(phase) or first_epoch
         if str(start_epoch) in state.get("random_states", {}):

@@ -34,7 +34,7 @@ def split_into_subsets(train: pd.DataFrame, *, key: str, num_bins: int,
                        num_classes: int = 1) -> tuple[dict, list[pd.DataFrame]]:
     """Returns (summary dict, subset frames in summary order). See the module docstring."""
     if key == "auto":
-        # Multi-class too: on CamVid (bench/camvid_quality.py, 8 min) rarest_class did not beat foreground bins.
+        # Multi-class too: on CamVid (bench/quality.py, 8 min) rarest_class did not beat foreground bins.
         key = "group" if train["group"].nunique() > 1 else "foreground"
     edges = None
     class_table = class_pixel_table(train, num_classes=num_classes)

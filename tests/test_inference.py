@@ -12,7 +12,7 @@ tf = pytest.importorskip("tensorflow")
 
 from segpipe import inference  # noqa: E402
 from segpipe import input_pipeline as ip  # noqa: E402
-from segpipe.input_mode import area_and_boundary, choose_input, finest_structure_width  # noqa: E402
+from segpipe.input_mode import area_and_boundary, choose_input, structure_width  # noqa: E402
 
 RADIUS = 2  # two 3x3 convolutions: an output pixel sees 2 pixels to each side
 
@@ -217,9 +217,18 @@ def test_auto_picks_patches_for_fine_structures_in_large_images(tmp_path, size, 
         mask[:, 50 + index:50 + index + width] = 1
         masks.append(mask)
     rows = write_rows(tmp_path, masks)
-    assert finest_structure_width(list(rows["mask_path"]), num_classes=1) == pytest.approx(width, rel=0.05)
+    assert structure_width(list(rows["mask_path"]), num_classes=1) == pytest.approx(width, rel=0.05)
     mode, reason = choose_input("auto", rows=rows, image_size=(256, 256), num_classes=1, seed=0)
     assert mode == expected and reason.startswith("auto: images")
     assert choose_input("resize", rows=rows, image_size=(256, 256), num_classes=1, seed=0)[0] == "resize"
     with pytest.raises(ValueError, match="'train.input' must be one of"):
         choose_input("tiles", rows=rows, image_size=(256, 256), num_classes=1, seed=0)
+
+
+def test_multi_class_scenes_are_judged_by_their_typical_region_not_their_thinnest_class(tmp_path):
+    scene = np.zeros((512, 512), np.uint8)
+    scene[256:] = 1                       # large regions (sky, road) ...
+    scene[:, 100:103] = 2                 # ... and a thin pole
+    rows = write_rows(tmp_path, [scene, scene])
+    assert structure_width(list(rows["mask_path"]), num_classes=3) > 32
+    assert choose_input("auto", rows=rows, image_size=(256, 256), num_classes=3, seed=0)[0] == "resize"

@@ -378,10 +378,12 @@ def test_saved_model_export_predicts_like_evaluate(trained):
     model = keras.models.load_model(trained / "model.keras", compile=False)
     loaded = tf.saved_model.load(str(trained / "saved_model"))  # keep a reference: it owns the variables
     image = np.random.default_rng(3).integers(0, 256, (45, 37, 3), dtype=np.uint8)  # any size, as evaluate gets
-    expected = prediction_function(model, input_mode="resize", tile_overlap=0.5, tta="none", batch_size=8)(image)
-    served = loaded.serve(tf.constant(image))
-    assert served.shape == (45, 37, 1)
-    np.testing.assert_allclose(np.asarray(served), np.asarray(expected), atol=1e-5)
+    for tta, endpoint in (("flips", loaded.serve), ("none", loaded.serve_no_tta),
+                          ("flips_rotations", loaded.serve_tta_flips_rotations)):
+        expected = prediction_function(model, input_mode="resize", tile_overlap=0.5, tta=tta, batch_size=8)(image)
+        served = endpoint(tf.constant(image))
+        assert served.shape == (45, 37, 1)
+        np.testing.assert_allclose(np.asarray(served), np.asarray(expected), atol=1e-5)
     batch = np.random.default_rng(3).random((2, 32, 32, 3), dtype=np.float32)
     np.testing.assert_allclose(np.asarray(loaded.serve_model_input(tf.constant(batch))),
                                model.predict(batch, verbose=0), atol=1e-5)
@@ -455,5 +457,5 @@ def test_patches_with_a_time_budget_plan_the_epochs_and_evaluate_by_windows(proj
                      "--metrics", "budget/evaluate.json", "--threshold", "budget/threshold.json", "--plots-dir",
                      "budget/plots", "--params", params)
     assert done.returncode == 0, done.stderr
-    assert "input patches, tta none" in done.stdout
+    assert "input patches, tta flips" in done.stdout
     assert 0 <= json.loads((project / "budget/evaluate.json").read_text())["valid_iou"] <= 1
