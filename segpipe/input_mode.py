@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from segpipe.image_io import IGNORE_ID, read_png
+from segpipe.metrics import class_boundary
 from segpipe.schema import INPUTS
 MIN_SHRINK_FOR_PATCHES = 2 / 3
 STRUCTURE_SHARE_OF_PATCH = 1 / 8
@@ -32,16 +33,10 @@ def area_and_boundary(mask: np.ndarray, *, num_classes: int) -> np.ndarray:
     another labelled class; void neighbours and the image border are not boundaries)."""
     classes = max(2, num_classes)
     labelled = mask != IGNORE_ID
-    edge = np.zeros(mask.shape, bool)
-    for axis in (0, 1):
-        a = np.moveaxis(mask, axis, 0)
-        differs = (a[1:] != a[:-1]) & (a[1:] != IGNORE_ID) & (a[:-1] != IGNORE_ID)
-        e = np.moveaxis(edge, axis, 0)
-        e[1:] |= differs
-        e[:-1] |= differs
+    edge = class_boundary(mask, ignore=IGNORE_ID)
     ids = mask[labelled].astype(np.int64)
     area = np.bincount(ids, minlength=classes)[:classes]
-    boundary = np.bincount(mask[edge & labelled].astype(np.int64), minlength=classes)[:classes]
+    boundary = np.bincount(mask[edge].astype(np.int64), minlength=classes)[:classes]
     return np.stack([area, boundary], axis=1)
 
 

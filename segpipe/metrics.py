@@ -56,11 +56,15 @@ def boundary(mask: np.ndarray) -> np.ndarray:
     return mask & ~eroded
 
 
-def class_boundary(ids: np.ndarray) -> np.ndarray:
-    """Pixels of a class-id map with a 4-neighbour of another class (both sides of every class edge)."""
+def class_boundary(ids: np.ndarray, *, ignore: int | None = None) -> np.ndarray:
+    """Pixels of a class-id map with a 4-neighbour of another class (both sides of every class edge).
+    `ignore`: an id (void) whose pixels make no edge, neither theirs nor their neighbours'."""
     ids = np.asarray(ids)
     edge = np.zeros(ids.shape, bool)
     vertical, horizontal = ids[1:] != ids[:-1], ids[:, 1:] != ids[:, :-1]
+    if ignore is not None:
+        vertical &= (ids[1:] != ignore) & (ids[:-1] != ignore)
+        horizontal &= (ids[:, 1:] != ignore) & (ids[:, :-1] != ignore)
     edge[1:] |= vertical
     edge[:-1] |= vertical
     edge[:, 1:] |= horizontal
