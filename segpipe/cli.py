@@ -2,11 +2,15 @@
 user errors as one clear line (stages, `segpipe-predict`, `segpipe-report`, `segpipe-lockcheck`)."""
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
 import tempfile
+from pathlib import Path
 from typing import Callable
+
+from segpipe import faults
 
 # Set once per process, before TensorFlow or MLflow load; a value the user set wins.
 ENVIRONMENT = {
@@ -53,13 +57,45 @@ def start_tensorflow() -> None:
                     print(line, file=sys.stderr)
 
 
+# What to do about an operating-system error, by errno; outputs are written atomically, so the previous ones
+# are intact whatever the error.
+_OS_ERROR_FIXES = {
+    errno.EACCES: "make it writable (or readable) for this user, e.g. chmod u+w, or run from a clone you own",
+    errno.EPERM: "make it writable (or readable) for this user, e.g. chmod u+w, or run from a clone you own",
+    errno.EROFS: "the file system is read-only; run from a writable clone",
+    errno.ENOSPC: "free disk space (dvc gc removes unused cache entries) and rerun",
+    errno.EDQUOT: "free space within your disk quota and rerun",
+    errno.EFBIG: "a file outgrew the file-size limit; raise it (ulimit -f unlimited) and rerun",
+    errno.ENOENT: "check the path; run the stages before it first (dvc repro)",
+    errno.ELOOP: "the path is a symbolic-link loop; replace the link with the file",
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an OSError: what failed on which path (an output, not the temp name it was written to), and
+    the fix."""
+    path = ""
+    if err.filename:
+        # segpipe.outputs writes to `.<name>.<random>.tmp` (a file or a folder): name what it was writing
+        parts = [re.sub(r"^\.(.+)\.[^.]+\.tmp$", r"\1", part) for part in Path(err.filename).parts]
+        shown = Path(*parts).as_posix()
+        path = f" writing '{shown}'" if shown != Path(err.filename).as_posix() else f" '{err.filename}'"
+    fix = _OS_ERROR_FIXES.get(err.errno, "check the path and the disk, then rerun")
+    return (f"{err.strerror or err}{path} ({errno.errorcode.get(err.errno, 'OSError')}); {fix}. "
+            "Earlier outputs are unchanged.")
+
+
 def run_stage(name: str, main: Callable[[], int | None]) -> None:
-    """Calls `main()` and exits with the code it returns (None = 0); a ValueError (bad data or params)
-    becomes `<name>: error: <message>` and exit 2."""
+    """Calls `main()` and exits with the code it returns (None = 0). A ValueError (bad data or params) becomes
+    `<name>: error: <message>` and exit 2; an OSError (permissions, a full disk) one such line and exit 1."""
     configure_environment()
+    faults.enter_stage(name)
     try:
         code = main()
     except ValueError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:
+        print(f"{name}: error: {describe_os_error(err)}", file=sys.stderr)
+        sys.exit(1)
     sys.exit(code or 0)

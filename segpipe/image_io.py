@@ -167,7 +167,10 @@ def write_png(path: Path, array: np.ndarray) -> None:
     """Writes a uint8 (H, W) or (H, W, 3) array as PNG with no metadata (byte-identical reruns)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG", optimize=False, compress_level=6)
+    try:
+        Image.fromarray(array).save(path, format="PNG", optimize=False, compress_level=6)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) if err.filename is None else err from None
 
 
 def read_png(path: Path) -> np.ndarray:

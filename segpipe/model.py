@@ -20,7 +20,7 @@ import numpy as np
 from keras import layers
 
 from segpipe.outputs import replace_dir
-from segpipe.schema import ENCODER_WEIGHTS, ENCODERS, NORMALIZATIONS, UPSAMPLING
+from segpipe.schema import ENCODER_WEIGHTS, ENCODERS, NORMALIZATIONS, UPSAMPLING, check_architecture
 
 
 # Layer names of the skip features at strides 2, 4, 8, 16, and of the bottleneck at stride 32.
@@ -125,16 +125,8 @@ def build_unet(*, input_shape: tuple[int, int, int], num_classes: int, encoder: 
                                  ("encoder_weights", encoder_weights, ENCODER_WEIGHTS)):
         if value not in choices:
             raise ValueError(f"param 'train.{name}' must be one of {list(choices)}, got {value!r}.")
-    if encoder == "plain" and encoder_weights is not None:
-        raise ValueError("param 'train.encoder_weights' must be null for encoder 'plain' (it has no pretrained "
-                         f"weights); use one of {list(ENCODERS[1:])} for ImageNet weights.")
+    check_architecture(image_size=input_shape[:2], encoder=encoder, encoder_weights=encoder_weights, depth=depth)
     levels = depth if encoder == "plain" else 5
-    height, width = input_shape[:2]
-    factor = 2 ** levels
-    if height % factor or width % factor:
-        raise ValueError(f"image size {height}x{width} is not divisible by 2**depth = {factor} (depth {levels}"
-                         f"{'' if encoder == 'plain' else ', fixed by encoder ' + encoder}); use a size that is a "
-                         f"multiple of {factor}, e.g. {max(factor, height // factor * factor)}.")
     block = dict(normalization=normalization)
     inputs = keras.Input(shape=input_shape, name="image")
     if encoder == "plain":

@@ -1,6 +1,12 @@
-"""Atomic writes: a crash or a failed check leaves the previous output, or none, never half a file."""
+"""Atomic writes: a crash or a failed check leaves the previous output, or none, never half a file.
+
+A write goes to a temp name beside its target (`.<name>.<random>.tmp`) and is renamed into place. A process
+killed before the rename (kill -9, a power cut) leaves that temp behind; the next write of the same target
+removes it, so a rerun leaves no litter. Only one writer per target is assumed (DVC locks the repo).
+"""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -9,6 +15,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+
+from segpipe import faults
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Deletes the temp files or folders an interrupted write of `path` left beside it."""
+    pattern = f".{glob.escape(path.name)}.*"
+    for leftover in path.parent.glob(pattern):
+        if leftover.name.endswith(".tmp") or leftover.name == f".{path.name}.old":
+            shutil.rmtree(leftover) if leftover.is_dir() and not leftover.is_symlink() else leftover.unlink()
 
 
 def write_text(path: Path, text: str) -> None:
@@ -20,11 +36,16 @@ def write_bytes(path: Path, data: bytes) -> None:
     """Writes `data` to `path` through a temp file in the same folder and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        faults.reached("write")
         os.replace(tmp, path)
+    except OSError as err:  # a full disk says so at write(), which names no file
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) if err.filename is None else err from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -48,17 +69,19 @@ def replace_dir(path: Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    faults.reached("fill")
     old = None
     if path.exists():
         old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
+        faults.reached("swap")
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

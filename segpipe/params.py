@@ -5,6 +5,7 @@ and unpacks the values into keyword arguments.
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,11 +19,27 @@ def read_params(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"params file '{path}' not found; expected a params.yaml (run from the repo root).")
-    with open(path, encoding="utf-8") as fh:
-        params = yaml.safe_load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            params = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ValueError(f"params file '{path}' is not valid YAML{at}: {getattr(err, 'problem', None) or err}; "
+                         "fix the syntax (git diff params.yaml shows what changed).") from None
     if not isinstance(params, dict):
         raise ValueError(f"params file '{path}' must be a YAML mapping of sections, got {type(params).__name__}.")
+    unknown = sorted(set(params) - set(SECTIONS) - set(SHARED))
+    if unknown:
+        raise ValueError(f"params file '{path}' has an unknown top-level key '{unknown[0]}'"
+                         f"{_did_you_mean(unknown[0], [*SECTIONS, *SHARED])}; expected the sections "
+                         f"{sorted(SECTIONS)} and the shared keys {sorted(SHARED)}.")
     return params
+
+
+def _did_you_mean(name: str, known) -> str:
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def flatten(values: dict, prefix: str = "") -> dict:
@@ -81,7 +98,11 @@ class Params:
         if not isinstance(values, dict):
             raise ValueError(f"'{name}' in '{self.path}' must be a mapping, got {values!r}.")
         missing = sorted(set(schema) - set(values))
-        unknown = sorted(set(values) - set(schema))
+        unknown = sorted(set(values) - set(schema), key=str)
+        if len(unknown) == 1 and len(missing) <= 1:
+            raise ValueError(f"unknown key '{unknown[0]}' in section '{name}' of '{self.path}'"
+                             + (f" (did you mean '{missing[0]}'?)" if missing else _did_you_mean(unknown[0], schema))
+                             + f"; expected exactly {sorted(schema)}.")
         if missing or unknown:
             raise ValueError(f"section '{name}' of '{self.path}': missing keys {missing}, unknown keys {unknown}; "
                              f"expected exactly {sorted(schema)}.")

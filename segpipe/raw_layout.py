@@ -24,7 +24,9 @@ Stems and keys compare case-insensitively; any supported extension.
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,10 @@ IMAGE_FOLDER_NAMES = ("images", "image", "imgs", "img", "jpegimages", "inputs")
 MASK_FOLDER_NAMES = ("masks", "mask", "labels", "label", "gt", "groundtruth", "ground_truth", "annotations",
                      "annotation", "annot", "segmentations", "segmentationclass", "1st_manual", "targets")
 IGNORED_FILES = {"thumbs.db", "desktop.ini"}
+# Files a dataset ships beside its pictures (a README, a class list, a licence): skipped and named, not
+# errors. Other unknown types (.npy, .dcm, .nii) may be data in a format segpipe does not read: errors.
+DOCUMENT_EXTENSIONS = (".txt", ".md", ".rst", ".csv", ".tsv", ".json", ".yaml", ".yml", ".xml", ".html", ".pdf",
+                       ".log")
 
 
 @dataclass(frozen=True)
@@ -111,10 +117,38 @@ def _folder(parent: Path, spec: str, *, param: str, names: tuple[str, ...], excl
     return found[0] if found else None
 
 
-def _list_files(root: Path, problems: list[Problem]) -> list[Path]:
+def _link_problem(path: Path, raw_dir: Path) -> Problem | None:
+    """A problem for a symbolic link that loops or leaves raw_dir (DVC versions raw_dir's bytes, not what a
+    link outside it points to, so such data would change without DVC noticing); None for a good link."""
+    loop = Problem(path, "a link loop (the link leads back to itself); replace it with the file")
+    try:
+        target = path.resolve(strict=True)
+    except RuntimeError:  # how Python before 3.13 reports a loop
+        return loop
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return loop
+        return Problem(path, f"a broken link to '{os.readlink(path)}'; replace it with the file")
+    if not target.is_relative_to(raw_dir.resolve()):
+        return Problem(path, f"a link to a file outside {raw_dir} ('{target}'): DVC versions {raw_dir} only, so "
+                             f"that file could change unseen; copy the file into {raw_dir}")
+    return None
+
+
+def _list_files(root: Path, raw_dir: Path, problems: list[Problem], ignored: list[Path]) -> list[Path]:
     files = []
     for path in sorted(root.rglob("*")):
-        if not path.is_file() or path.name.startswith(".") or path.name.lower() in IGNORED_FILES:
+        if path.name.startswith(".") or path.name.lower() in IGNORED_FILES:
+            continue
+        if path.is_symlink():
+            problem = _link_problem(path, raw_dir)
+            if problem is not None:
+                problems.append(problem)
+                continue
+        if not path.is_file():
+            continue
+        if path.suffix.lower() in DOCUMENT_EXTENSIONS:
+            ignored.append(path)
             continue
         if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
             problems.append(Problem(path, f"unsupported file type '{path.suffix}'; expected one of "
@@ -148,9 +182,16 @@ def _keyed(files: list[Path], root: Path, key_of, *, param: str, pattern: str | 
     return keyed
 
 
-def _pair_folder(images_dir: Path, masks_dir: Path, split: str, naming: Naming,
-                 problems: list[Problem]) -> list[Pair]:
-    mask_files, image_files = _list_files(masks_dir, problems), _list_files(images_dir, problems)
+def _pair_folder(images_dir: Path, masks_dir: Path, split: str, naming: Naming, raw_dir: Path,
+                 problems: list[Problem], ignored: list[Path]) -> list[Pair]:
+    mask_files = _list_files(masks_dir, raw_dir, problems, ignored)
+    image_files = _list_files(images_dir, raw_dir, problems, ignored)
+    if bool(image_files) != bool(mask_files):
+        empty, what, param, full, count = ((images_dir, "images", "image_folder", masks_dir, len(mask_files))
+                                           if mask_files else (masks_dir, "masks", "mask_folder", images_dir,
+                                                               len(image_files)))
+        raise ValueError(f"'{empty}' holds no {what}, but '{full}' holds {count} file(s); put the {what} there, "
+                         f"or set convert.{param} to the folder that holds them.")
     mask_pattern = naming.mask_key or naming.image_key
     mask_param = "mask_key" if naming.mask_key else "image_key"
     if naming.image_key is None:
@@ -295,7 +336,7 @@ def find_folders(raw_dir: Path, naming: Naming) -> dict[str, tuple[Path, Path]]:
     return folders
 
 
-def find_pairs(raw_dir: Path, *, naming: Naming = Naming()) -> tuple[list[Pair], list[Problem]]:
+def find_pairs(raw_dir: Path, *, naming: Naming = Naming()) -> tuple[list[Pair], list[Problem], list[Path]]:
     """Lists the image/mask pairs of `raw_dir` and every problem found on the way.
 
     Args:
@@ -303,14 +344,16 @@ def find_pairs(raw_dir: Path, *, naming: Naming = Naming()) -> tuple[list[Pair],
         naming: folder and pairing rules (the convert params of the same names).
 
     Returns:
-        (pairs sorted by id, problems). Layout errors that leave nothing to convert raise ValueError.
+        (pairs sorted by id, problems, files skipped as documents (DOCUMENT_EXTENSIONS)). Layout errors that
+        leave nothing to convert raise ValueError.
     """
     naming.check()
     raw_dir = Path(raw_dir)
     problems: list[Problem] = []
+    ignored: list[Path] = []
     pairs: list[Pair] = []
     for split, (images_dir, masks_dir) in sorted(find_folders(raw_dir, naming).items()):
-        pairs += _pair_folder(images_dir, masks_dir, split, naming, problems)
+        pairs += _pair_folder(images_dir, masks_dir, split, naming, raw_dir, problems, ignored)
     lowered = {}
     for pair in pairs:  # output names must also be unique on case-insensitive file systems
         lowered.setdefault(pair.id.lower(), []).append(pair)
@@ -322,4 +365,4 @@ def find_pairs(raw_dir: Path, *, naming: Naming = Naming()) -> tuple[list[Pair],
     pairs = [p for p in pairs if p.id not in clashes]
     if not pairs and not problems:
         raise ValueError(f"no images found under '{raw_dir}'; expected images in {', '.join(SUPPORTED_EXTENSIONS)}.")
-    return sorted(pairs, key=lambda p: p.id), problems
+    return sorted(pairs, key=lambda p: p.id), problems, sorted(ignored)

@@ -24,19 +24,35 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TEXT_COLUMNS = {"id": str, "group": str, "split": str, "class_pixels": str}
 
 
-def read_rows(csv_path: Path, *, made_by: str = "the earlier stages") -> pd.DataFrame:
-    """A row CSV as a DataFrame (empty, with its columns, when the file has only a header).
+def read_rows(csv_path: Path, *, made_by: str = "the earlier stages", columns: list[str] = ROW_COLUMNS) -> pd.DataFrame:
+    """A row CSV as a DataFrame (empty, with its columns, when the file has only a header), checked: every
+    column present, and image and mask paths inside the project (relative, never climbing out with '..').
 
     Args:
         csv_path: a manifest, train/valid/test, subset or augmented CSV.
-        made_by: the stage that writes it, named in the error when the file is missing.
+        made_by: the stage that writes it, named in the error when the file is missing or damaged.
+        columns: the columns it must have (MANIFEST_COLUMNS for a manifest).
     """
     if not Path(csv_path).is_file():
         raise ValueError(f"'{csv_path}' not found; run {made_by} first (dvc repro).")
     try:
-        return pd.read_csv(csv_path, dtype=_TEXT_COLUMNS, keep_default_na=False)
+        rows = pd.read_csv(csv_path, dtype=_TEXT_COLUMNS, keep_default_na=False)
     except pd.errors.EmptyDataError:
-        return pd.DataFrame(columns=ROW_COLUMNS)
+        return pd.DataFrame(columns=columns)
+    except pd.errors.ParserError as err:
+        raise ValueError(f"'{csv_path}' is not a readable CSV ({err}); it was edited or damaged: restore it with "
+                         f"`dvc checkout` or rewrite it by rerunning {made_by} (dvc repro -f).") from None
+    missing = [c for c in columns if c not in rows.columns]
+    if missing:
+        raise ValueError(f"'{csv_path}' has no column '{missing[0]}' (expected {columns}); it was edited by hand or "
+                         f"written by another version: restore it with `dvc checkout` or rerun {made_by} (dvc repro -f).")
+    for column in ("image_path", "mask_path"):
+        for path in rows[column]:
+            if ".." in Path(path).parts:
+                raise ValueError(f"'{csv_path}': {column} '{path}' is outside the project; the data CSVs list "
+                                 "files the data stages wrote, by paths inside the repo. Restore the file with "
+                                 f"`dvc checkout` or rerun {made_by} (dvc repro -f).")
+    return rows
 
 
 def foreground_fraction(class_ids: np.ndarray) -> float:

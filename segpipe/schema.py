@@ -148,3 +148,19 @@ SECTIONS = {
         "tile_overlap": dict(kind=float, minimum=0.0, maximum=0.9),
     },
 }
+
+
+def check_architecture(*, image_size, encoder: str, encoder_weights, depth: int) -> None:
+    """Rules across train keys that the model needs, checked before TensorFlow starts: pretrained weights only
+    for keras.applications encoders, and an input size that every down-sampling step halves exactly."""
+    if encoder == "plain" and encoder_weights is not None:
+        raise ValueError("param 'train.encoder_weights' must be null for encoder 'plain' (it has no pretrained "
+                         f"weights); use one of {list(ENCODERS[1:])} for ImageNet weights.")
+    levels = depth if encoder == "plain" else 5
+    height, width = image_size
+    factor = 2 ** levels
+    if height % factor or width % factor:
+        raise ValueError(f"param 'train.image_size' {list(image_size)} is not divisible by 2**depth = {factor} ("
+                         + (f"train.depth {levels}" if encoder == "plain" else f"5 levels in encoder {encoder}")
+                         + f"); use a size that is a multiple of {factor}, e.g. "
+                         f"[{max(factor, height // factor * factor)}, {max(factor, width // factor * factor)}].")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import time
@@ -113,16 +114,29 @@ class Tracker:
         except Exception as err:  # any tracking failure must not stop training
             self.enabled = False
             self.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            database = self._database()
+            damaged = isinstance(err, sqlite3.DatabaseError) or any(
+                words in str(err) for words in ("file is not a database", "malformed", "no such table"))
+            fix = (f"The store '{database}' is damaged: move it aside (mv {database} {database}.damaged) and "
+                   "the next run starts a new one." if database and damaged else
+                   "Fix MLFLOW_TRACKING_URI (or unset it for the project's mlflow.db).")
             print(f"{self.stage}: warning: MLflow tracking to '{self.tracking_uri}' failed while {what} "
                   f"({self.error}); training goes on and writes its DVC outputs, but this run is not tracked. "
-                  "Fix MLFLOW_TRACKING_URI (or unset it for the project's mlflow.db).", file=sys.stderr)
+                  + fix, file=sys.stderr)
             return None
+
+    def _database(self) -> Path | None:
+        """The sqlite file of a sqlite:/// store, else None."""
+        return Path(self.tracking_uri[len("sqlite:///"):]) if self.tracking_uri.startswith("sqlite:///") else None
 
     def start(self, *, params: dict, tags: dict[str, str], run_name: str, run_id: str | None = None,
               artifact_root: Path | None = None) -> str | None:
         """Starts a run named `run_name` (or, with run_id, resumes that run); returns its id, None if tracking is off."""
 
         def start():
+            database = self._database()
+            if database is not None and database.is_file():
+                _check_sqlite(database)
             import mlflow
 
             mlflow.set_tracking_uri(self.tracking_uri)
@@ -207,6 +221,22 @@ class Tracker:
             mlflow.end_run(status=status)
 
         self._call("ending the run", end)
+
+
+def _check_sqlite(path: Path) -> None:
+    """Raises sqlite3.DatabaseError when `path` is not a sound SQLite database (truncated, overwritten): MLflow
+    would otherwise fail later, or halfway through a run, with an error about its schema."""
+    with open(path, "rb") as fh:
+        header = fh.read(16)
+    if header and header != b"SQLite format 3\x00":
+        raise sqlite3.DatabaseError(f"'{path}' is not a SQLite database (file is not a database)")
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        verdict = connection.execute("PRAGMA quick_check").fetchone()[0]
+    finally:
+        connection.close()
+    if verdict != "ok":
+        raise sqlite3.DatabaseError(f"'{path}' is malformed ({verdict})")
 
 
 def _retry_when_locked(function, *args, attempts: int = 8, first_wait: float = 0.25, **kwargs):

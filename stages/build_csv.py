@@ -25,7 +25,7 @@ from segpipe.balancing import foreground_bin_edges, foreground_bins, rarest_clas
 from segpipe.cli import run_stage
 from segpipe.outputs import write_csv
 from segpipe.params import Params
-from segpipe.rows import ROW_COLUMNS, class_pixel_table, read_rows
+from segpipe.rows import MANIFEST_COLUMNS, ROW_COLUMNS, class_pixel_table, read_rows
 
 
 
@@ -81,7 +81,7 @@ def main(argv=None) -> None:
     params = all_params.section("build_csv")
     seed, num_classes = all_params.shared("seed"), all_params.shared("num_classes")
 
-    manifest = read_rows(args.png_dir / "manifest.csv", made_by="the convert-to-png stage")
+    manifest = read_rows(args.png_dir / "manifest.csv", made_by="the convert-to-png stage", columns=MANIFEST_COLUMNS)
     for column in ("image_path", "mask_path"):
         manifest[column] = [(args.png_dir / p).as_posix() for p in manifest[column]]
 
@@ -96,6 +96,11 @@ def main(argv=None) -> None:
     else:
         train, valid = stratified_split(manifest, valid_fraction=params["valid_fraction"],
                                         stratify_bins=params["stratify_bins"], seed=seed, num_classes=num_classes)
+    if (train["foreground_fraction"].astype(float) == 0).all():
+        raise ValueError(f"no foreground pixel in any of the {len(train)} training masks (from "
+                         f"'{args.png_dir / 'manifest.csv'}'): every pixel is class 0 (or void), so there is nothing "
+                         "to learn. Check the masks' polarity (convert.invert_mask), convert.mask_threshold and that "
+                         "convert.mask_folder names the masks; then dvc repro.")
     test = manifest[manifest["split"] == "test"]
     leaked = set(train["id"]) & set(valid["id"])
     assert not leaked, f"ids in both train and valid: {sorted(leaked)[:5]}"

@@ -37,6 +37,9 @@ from segpipe.raw_layout import Naming, Pair, Problem, find_pairs
 from segpipe.rows import MANIFEST_COLUMNS, class_pixels, foreground_fraction
 
 
+MIN_SIDE = 8  # pixels: anything smaller holds nothing to segment
+
+
 def _orient_pair(image, mask):
     """Applies EXIF orientation to the image, and the same to the mask unless it carries its own.
 
@@ -81,6 +84,9 @@ def convert_pair(pair: Pair, *, output_dir: Path, raw_dir: Path, image_mode: str
         return None, [Problem(pair.mask_path, f"size mismatch: mask is {mask.size[0]}x{mask.size[1]} (WxH) "
                               f"but image '{pair.image_path}' is {image.size[0]}x{image.size[1]}; "
                               "masks must have their image's size")]
+    if min(image.size) < MIN_SIDE:
+        return None, [Problem(pair.image_path, f"image is {image.size[0]}x{image.size[1]} pixels; expected at least "
+                              f"{MIN_SIDE}x{MIN_SIDE} (a thumbnail or a placeholder?); replace or remove it")]
     try:
         if palette is not None:
             class_ids = colour_mask_to_class_ids(mask, palette, tolerance=palette_tolerance, lossy=lossy,
@@ -143,7 +149,11 @@ def main(argv=None) -> None:
                            ignore_value=params["ignore_value"])
     naming = Naming(**{key: params[key] for key in ("image_folder", "mask_folder", "mask_stem_pattern", "image_key",
                                                     "mask_key")})
-    pairs, problems = find_pairs(args.raw_dir, naming=naming)
+    pairs, problems, ignored = find_pairs(args.raw_dir, naming=naming)
+    if ignored:
+        print(f"convert-to-png: ignored {len(ignored)} file{'s' if len(ignored) > 1 else ''} that "
+              f"{'are not images' if len(ignored) > 1 else 'is not an image'}: "
+              + ", ".join(p.as_posix() for p in ignored[:5]) + (", ..." if len(ignored) > 5 else ""))
     # Pairs are decoded even when pairing already found problems, so that one run reports them all.
     with replace_dir(args.output_dir) as tmp_dir:
         rows, bad = convert_all(

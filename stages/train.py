@@ -21,9 +21,11 @@ import argparse
 from functools import partial
 from pathlib import Path
 
+from segpipe import faults
 from segpipe.cli import run_stage, start_tensorflow
 from segpipe.outputs import write_bytes, write_csv, write_json
 from segpipe.params import Params
+from segpipe.schema import check_architecture
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -52,6 +54,8 @@ def main(argv=None) -> None:
     train = all_params.section("train")
     seed, num_classes, track = (all_params.shared(name) for name in ("seed", "num_classes", "mlflow"))
     channels = 1 if all_params.section("convert")["image_mode"] == "L" else 3
+    check_architecture(image_size=train["image_size"], encoder=train["encoder"],
+                       encoder_weights=train["encoder_weights"], depth=train["depth"])
     start_tensorflow()  # then the modules that use it: after the cheap checks (see its docstring)
     import keras
     import pandas as pd
@@ -75,6 +79,12 @@ def main(argv=None) -> None:
         summary_path=args.subsets_summary, subsets_dir=args.subsets_dir, augmented_csv=args.augmented_csv,
         valid_csv=args.valid_csv, sampling_weights=train["sampling_weights"])
     train_rows = pd.concat(subsets, ignore_index=True)
+    global_batch = train["batch_size"] * placement.num_replicas
+    if global_batch > len(train_rows):
+        raise ValueError(f"param 'train.batch_size' {train['batch_size']} gives a global batch of {global_batch} "
+                         f"({train['batch_size']} x {placement.num_replicas} replica(s)), more than the "
+                         f"{len(train_rows)} training rows (originals + augmented copies); set train.batch_size to "
+                         f"at most {len(train_rows) // placement.num_replicas}, or add data (augment.copies).")
     class_weights = resolve_class_weights(train["class_weights"], num_classes=num_classes,
                                           pixels_per_class=class_pixel_table(train_rows, num_classes=num_classes).sum(0))
     loss = make_loss(weights=train["loss"], focal_gamma=train["focal_gamma"], class_weights=class_weights)
@@ -86,7 +96,6 @@ def main(argv=None) -> None:
     patches = pipeline.Patches(foreground_share=train["patch_foreground_share"],
                                scale_range=tuple(train["patch_scale_range"]),
                                num_classes=num_classes) if input_mode == "patches" else None
-    global_batch = train["batch_size"] * placement.num_replicas
     steps = pipeline.steps_per_epoch(num_rows=len(train_rows), batch_size=global_batch,
                                      requested=train["steps_per_epoch"])
     cache = pipeline.resolve_cache(
@@ -128,6 +137,8 @@ def main(argv=None) -> None:
                           metrics=training_metrics(num_classes=num_classes, threshold=train["threshold"]))
 
     callbacks = [LogToMlflow(tracker)]
+    if faults.armed():
+        callbacks.append(faults.keras_callback())
     if train["schedule"] == "plateau":
         callbacks.append(plateau_callback(monitor=train["monitor"], patience=train["plateau_patience"]))
     if train["tensorboard"]:

@@ -91,7 +91,7 @@ def test_zero_copies_and_group_multipliers(tmp_path):
 
 @pytest.mark.parametrize("transforms, message", [
     ([{"__class_fullname__": "HorizFlip", "p": 0.5}],
-     r"augment.transforms\[0\]': unknown transform 'HorizFlip'; valid choices: .*HorizontalFlip"),
+     r"augment.transforms\[0\]': unknown transform 'HorizFlip' \(did you mean 'HorizontalFlip'\?\); valid choices: .*HorizontalFlip"),
     ([{"__class_fullname__": "HorizontalFlip", "p": 0.5}, {"__class_fullname__": "GaussianBlur", "blur_lmit": 3}],
      r"augment.transforms\[1\]': invalid arguments for transform 'GaussianBlur'.*blur_lmit"),
     ([{"name": "HorizontalFlip"}], r"must be a mapping with '__class_fullname__'"),

@@ -291,7 +291,7 @@ def test_empty_or_missing_input_folder(tmp_path, setup, message):
 def test_bad_params_are_named(pooled_dataset, tmp_path):
     with pytest.raises(ValueError, match=r"param 'convert.on_error' must be one of \['fail', 'skip'\], got 'ignore'"):
         run_convert(pooled_dataset, tmp_path, on_error="ignore")
-    with pytest.raises(ValueError, match=r"unknown keys \['treshold'\]"):
+    with pytest.raises(ValueError, match=r"unknown key 'treshold' in section 'convert'"):
         run_convert(pooled_dataset, tmp_path, treshold=3)
     with pytest.raises(ValueError, match=r"'convert.mask_stem_pattern'.*must contain '\{stem\}'"):
         run_convert(pooled_dataset, tmp_path, mask_stem_pattern="mask")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, box_mask, pattern_image, save_pair, write_params
+from conftest import REPO, TINY_TRAIN, box_mask, pattern_image, save_pair, write_params
 from stages import convert_to_png
 
 
@@ -324,8 +324,7 @@ def test_evaluation_leaves_void_out_and_absent_classes_out_of_the_mean():
 
 
 # ------------------------------------------------------------------------------- multi-class end to end
-TINY_TRAIN = dict(image_size=[32, 32], batch_size=4, depth=2, base_filters=4, epochs=2, patience=0, warmup_epochs=0,
-                  cache="memory", precision="float32", class_weights="auto")
+TINY_MULTICLASS_TRAIN = {**TINY_TRAIN, "class_weights": "auto"}
 
 
 def street_dataset(raw: Path) -> None:
@@ -355,7 +354,7 @@ def test_multiclass_street_scenes_through_every_stage(tmp_path):
     write_params(project, num_classes=3, class_names=["sky", "road", "car"],
                  convert={"num_workers": 1, "image_folder": "{split}", "mask_folder": "{split}_labels",
                           "image_key": r"(\d+)", "palette": "class_dict.csv", "ignore_value": [0, 0, 0]},
-                 augment={"copies": 1, "num_workers": 1}, split_balanced={"key": "rarest_class"}, train=TINY_TRAIN)
+                 augment={"copies": 1, "num_workers": 1}, split_balanced={"key": "rarest_class"}, train=TINY_MULTICLASS_TRAIN)
     run_data_stages(project)
     summary = json.loads((project / "data/subsets.json").read_text())
     assert summary["key"] == "rarest_class" and [s["name"] for s in summary["subsets"]] == ["rarest_class_2"]

@@ -32,7 +32,7 @@ def test_head_is_float32_under_mixed_precision():
 
 
 def test_incompatible_size_is_explained():
-    with pytest.raises(ValueError, match=r"not divisible by 2\*\*depth = 16 \(depth 4\).*multiple of 16"):
+    with pytest.raises(ValueError, match=r"not divisible by 2\*\*depth = 16 \(train.depth 4\).*multiple of 16"):
         build_unet(input_shape=(100, 100, 3), num_classes=1, depth=4)
 
 
@@ -70,7 +70,7 @@ def test_preprocessing_maps_unit_range_to_the_encoder_range():
 
 
 def test_encoder_size_rule_and_plain_weights_are_explained():
-    with pytest.raises(ValueError, match=r"not divisible by 2\*\*depth = 32 \(depth 5, fixed by encoder resnet50\)"):
+    with pytest.raises(ValueError, match=r"not divisible by 2\*\*depth = 32 \(5 levels in encoder resnet50\)"):
         build_unet(input_shape=(48, 48, 3), num_classes=1, encoder="resnet50")
     with pytest.raises(ValueError, match="encoder_weights' must be null for encoder 'plain'"):
         build_unet(input_shape=(32, 32, 3), num_classes=1, encoder="plain", encoder_weights="imagenet")

@@ -46,3 +46,22 @@ def test_a_locked_store_is_retried_and_other_errors_turn_tracking_off(capsys):
     assert not tracker.enabled and "failed while testing (RuntimeError: server down)" in capsys.readouterr().err
     assert tracker._call("again", lambda: "never called") is None  # one warning, then silent
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_store_costs_one_warning_that_names_it_and_the_fix(tmp_path, capsys, damage):
+    database = tmp_path / "mlflow.db"
+    if damage == "garbage":
+        database.write_bytes(b"this is not a database" * 100)
+    else:  # a sound store cut off (a full disk, a copy stopped halfway)
+        sound = tracking.Tracker(tracking_uri=f"sqlite:///{database}")
+        assert sound.start(params={"seed": 1}, tags={}, run_name="first") is not None
+        sound.end()
+        database.write_bytes(database.read_bytes()[: database.stat().st_size // 3])
+    tracker = tracking.Tracker(tracking_uri=f"sqlite:///{database}", stage="train")
+    assert tracker.start(params={"seed": 1}, tags={}, run_name="second") is None
+    tracker.log_metrics({"iou": 0.5}, step=1)  # silent once off
+    tracker.end()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train: warning:")]
+    assert len(warnings) == 1, warnings
+    assert f"The store '{database}' is damaged: move it aside (mv {database} {database}.damaged)" in warnings[0]

@@ -15,10 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, cpu_load, save_pair, write_params
-
-TINY_TRAIN = dict(image_size=[32, 32], batch_size=4, depth=2, base_filters=4, epochs=2, patience=0,
-                  warmup_epochs=0, cache="memory", precision="float32")
+from conftest import REPO, TINY_TRAIN, cpu_load, save_pair, write_params
 
 
 def env_for(project: Path, **extra) -> dict:
@@ -240,7 +237,7 @@ def test_garbage_backup_is_not_resumed_and_the_run_completes(project):
 
 
 @pytest.mark.parametrize("train, message", [
-    ({"image_size": [30, 30]}, r"image size 30x30 is not divisible by 2\*\*depth = 4"),
+    ({"image_size": [30, 30]}, r"param 'train.image_size' \[30, 30\] is not divisible by 2\*\*depth = 4"),
     ({"loss": {"bce": 1, "lovasz": 1}}, r"unknown \['lovasz'\]"),
     ({"devices": "gpu"}, r"train.devices' is 'gpu'"),
     ({"sampling_weights": [1, 2, 3]}, r"sampling_weights' has 3 weights but .* lists 2 subsets"),
