@@ -118,8 +118,8 @@ def _folder(parent: Path, spec: str, *, param: str, names: tuple[str, ...], excl
 
 
 def _link_problem(path: Path, raw_dir: Path) -> Problem | None:
-    """A problem for a symbolic link that loops or leaves raw_dir (DVC versions raw_dir's bytes, not what a
-    link outside it points to, so such data would change without DVC noticing); None for a good link."""
+    """A problem for a symbolic link that loops or leads out of raw_dir (to a file a clone of the project
+    would not have); None for a good link. Links inside raw_dir, and a raw_dir that is itself a link, are fine."""
     loop = Problem(path, "a link loop (the link leads back to itself); replace it with the file")
     try:
         target = path.resolve(strict=True)
@@ -130,8 +130,9 @@ def _link_problem(path: Path, raw_dir: Path) -> Problem | None:
             return loop
         return Problem(path, f"a broken link to '{os.readlink(path)}'; replace it with the file")
     if not target.is_relative_to(raw_dir.resolve()):
-        return Problem(path, f"a link to a file outside {raw_dir} ('{target}'): DVC versions {raw_dir} only, so "
-                             f"that file could change unseen; copy the file into {raw_dir}")
+        return Problem(path, f"a link to a file outside {raw_dir} ('{target}'): the project would depend on a file "
+                             "that is not part of it (a clone, CI or another machine lacks it); copy the file into "
+                             f"{raw_dir}")
     return None
 
 

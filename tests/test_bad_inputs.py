@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -180,10 +181,24 @@ def link_outside(project):
         raw(project, f"{kind}/far.png").symlink_to(outside / kind / "far.png")
 
 
+def raw_folder_is_a_link(project):
+    shutil.move(project / "data/raw", project / "datasets_elsewhere")
+    (project / "data/raw").symlink_to(project / "datasets_elsewhere")
+
+
 def unwritable_outputs(project):
     for folder in (project / "data", project / "data/png"):
         folder.chmod(0o555)
     edit_params(project, "convert.image_mode", "L")  # so the stage has something new to write
+
+
+# (section, the stage that reads it, a key, a typo of it)
+TYPOS = [("convert", "convert-to-png", "mask_threshold", "mask_treshold"),
+         ("build_csv", "build-csv", "valid_fraction", "valid_fraciton"),
+         ("split_balanced", "split-balanced", "num_bins", "num_bin"),
+         ("augment", "augment", "copies", "copys"),
+         ("train", "train", "learning_rate", "lerning_rate"),
+         ("evaluate", "evaluate", "tta", "tta_mode")]
 
 
 @dataclass
@@ -241,6 +256,8 @@ CASES = [
     Case("symlink loop", "convert-to-png", symlink_loop, "data/raw/images/loop.png: a link loop", "Fix or remove"),
     Case("links to files outside data/raw", "convert-to-png", link_outside,
          "data/raw/images/far.png: a link to a file outside data/raw", "copy the file into data/raw"),
+    Case("data/raw itself a link to the dataset's folder", "convert-to-png", raw_folder_is_a_link,
+         "10 pairs written", code=0),
     Case("hand-edited CSV without a column", "split-balanced", csv_without_column,
          "'data/csv/train.csv' has no column 'mask_path'", "dvc checkout"),
     Case("hand-edited CSV with a path outside the project", "augment", csv_path_outside,
@@ -248,18 +265,9 @@ CASES = [
     # --------------------------------------------------------------------------------------- params
     Case("wrong param type", "convert-to-png", lambda p: edit_params(p, "convert.num_workers", "two"),
          "param 'convert.num_workers' must be int, got 'two'"),
-    Case("typo in convert", "convert-to-png", lambda p: edit_params(p, "convert.mask_threshold", rename="mask_treshold"),
-         "unknown key 'mask_treshold' in section 'convert'", "did you mean 'mask_threshold'"),
-    Case("typo in build_csv", "build-csv", lambda p: edit_params(p, "build_csv.valid_fraction", rename="valid_fraciton"),
-         "unknown key 'valid_fraciton' in section 'build_csv'", "did you mean 'valid_fraction'"),
-    Case("typo in split_balanced", "split-balanced", lambda p: edit_params(p, "split_balanced.num_bins", rename="num_bin"),
-         "unknown key 'num_bin' in section 'split_balanced'", "did you mean 'num_bins'"),
-    Case("typo in augment", "augment", lambda p: edit_params(p, "augment.copies", rename="copys"),
-         "unknown key 'copys' in section 'augment'", "did you mean 'copies'"),
-    Case("typo in train", "train", lambda p: edit_params(p, "train.learning_rate", rename="lerning_rate"),
-         "unknown key 'lerning_rate' in section 'train'", "did you mean 'learning_rate'"),
-    Case("typo in evaluate", "evaluate", lambda p: edit_params(p, "evaluate.tta", rename="tta_mode"),
-         "unknown key 'tta_mode' in section 'evaluate'", "did you mean 'tta'"),
+    *(Case(f"typo in {section}", stage, partial(edit_params, key=f"{section}.{key}", rename=typo),
+           f"unknown key '{typo}' in section '{section}'", f"did you mean '{key}'")
+      for section, stage, key, typo in TYPOS),
     Case("typo in a shared key", "build-csv", lambda p: edit_params(p, "seed", rename="sed"),
          "unknown top-level key 'sed'", "did you mean 'seed'"),
     Case("valid_fraction: 1.5", "build-csv", lambda p: edit_params(p, "build_csv.valid_fraction", 1.5),

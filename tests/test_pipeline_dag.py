@@ -41,6 +41,13 @@ def set_param(repo: Path, section: str, key: str, value) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def without_mlflow(repo: Path) -> None:
+    """mlflow: false in the repo's params: MLflow's logging (tests/test_experiments.py covers it) is half the time
+    of a tiny training and its evaluation."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "mlflow": False}, sort_keys=False))
+
+
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory) -> Path:
     """A git repo holding the project's files (as `git ls-files` sees them) and a small demo dataset."""
@@ -57,6 +64,7 @@ def repo_copy(tmp_path_factory) -> Path:
     sh([sys.executable, "-m", "stages.make_demo_data", "--output", "data/raw", "--scale", "0.3"], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"].update(image_size=[32, 32], depth=2, base_filters=4, epochs=2, warmup_epochs=0)
+    params["evaluate"].update(tta="none", num_samples=1)  # the DVC tests time DVC, not evaluate's extras
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return repo
 
@@ -64,9 +72,7 @@ def repo_copy(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
     repo = repo_copy
-    # Eight trainings below: without MLflow's logging (tests/test_experiments.py covers it) they take half as long.
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "mlflow": False}, sort_keys=False))
+    without_mlflow(repo)  # eight trainings below
     log = sh(["dvc", "repro"], repo)
     assert ran_stages(log) == ["convert-to-png", "build-csv", "split-balanced", "augment", "train", "evaluate"]
     train = pd.read_csv(repo / "data/csv/train.csv")
