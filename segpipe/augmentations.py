@@ -4,7 +4,6 @@ Importing albumentations checks PyPI for a newer version unless NO_ALBUMENTATION
 entry points do (segpipe/cli.py) before they import this module."""
 from __future__ import annotations
 
-import difflib
 import inspect
 import warnings
 
@@ -12,6 +11,7 @@ import albumentations as A
 from albumentations.core.serialization import SERIALIZABLE_REGISTRY
 
 from segpipe.image_io import IGNORE_ID
+from segpipe.params import did_you_mean
 
 
 def valid_transform_names() -> list[str]:
@@ -42,9 +42,8 @@ def build_compose(transforms: list[dict], *, param_name: str = "augment.transfor
                              f"{{__class_fullname__: HorizontalFlip, p: 0.5}}), got {spec!r}.")
         name = spec["__class_fullname__"]
         if name not in SERIALIZABLE_REGISTRY:
-            close = difflib.get_close_matches(str(name), valid_transform_names(), n=1)
-            raise ValueError(f"{where}: unknown transform '{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
-                             + f"; valid choices: {', '.join(valid_transform_names())}.")
+            raise ValueError(f"{where}: unknown transform '{name}'{did_you_mean(name, valid_transform_names())}; "
+                             f"valid choices: {', '.join(valid_transform_names())}.")
         cls = SERIALIZABLE_REGISTRY[name]
         if "fill_mask" in inspect.signature(cls.__init__).parameters and "fill_mask" not in spec:
             spec = {**spec, "fill_mask": IGNORE_ID}

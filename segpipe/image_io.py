@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from segpipe.outputs import naming
+
 SUPPORTED_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 LOSSY_FORMATS = ("JPEG", "MPO", "WEBP")  # WebP may be lossless too; thresholding is right for both
 
@@ -170,7 +172,7 @@ def write_png(path: Path, array: np.ndarray) -> None:
     try:
         Image.fromarray(array).save(path, format="PNG", optimize=False, compress_level=6)
     except OSError as err:
-        raise OSError(err.errno, err.strerror, str(path)) if err.filename is None else err from None
+        raise naming(err, path) from None
 
 
 def read_png(path: Path) -> np.ndarray:

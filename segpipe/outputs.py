@@ -19,6 +19,12 @@ import pandas as pd
 from segpipe import faults
 
 
+def naming(err: OSError, path: Path) -> OSError:
+    """`err`, with `path` as its file when it names none: a full disk (ENOSPC, EFBIG) is reported by write(),
+    which knows no file name, and an error that names no file leaves the user guessing."""
+    return err if err.filename is not None else OSError(err.errno, err.strerror, str(path))
+
+
 def _remove_leftovers(path: Path) -> None:
     """Deletes the temp files or folders an interrupted write of `path` left beside it."""
     pattern = f".{glob.escape(path.name)}.*"
@@ -43,9 +49,9 @@ def write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
         faults.reached("write")
         os.replace(tmp, path)
-    except OSError as err:  # a full disk says so at write(), which names no file
+    except OSError as err:
         Path(tmp).unlink(missing_ok=True)
-        raise OSError(err.errno, err.strerror, str(path)) if err.filename is None else err from None
+        raise naming(err, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

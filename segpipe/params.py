@@ -32,12 +32,13 @@ def read_params(path: Path) -> dict:
     unknown = sorted(set(params) - set(SECTIONS) - set(SHARED))
     if unknown:
         raise ValueError(f"params file '{path}' has an unknown top-level key '{unknown[0]}'"
-                         f"{_did_you_mean(unknown[0], [*SECTIONS, *SHARED])}; expected the sections "
+                         f"{did_you_mean(unknown[0], [*SECTIONS, *SHARED])}; expected the sections "
                          f"{sorted(SECTIONS)} and the shared keys {sorted(SHARED)}.")
     return params
 
 
-def _did_you_mean(name: str, known) -> str:
+def did_you_mean(name: str, known) -> str:
+    """` (did you mean 'x'?)` with the closest of `known` to a mistyped `name`, or "" when none is close."""
     close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -101,7 +102,7 @@ class Params:
         unknown = sorted(set(values) - set(schema), key=str)
         if len(unknown) == 1 and len(missing) <= 1:
             raise ValueError(f"unknown key '{unknown[0]}' in section '{name}' of '{self.path}'"
-                             + (f" (did you mean '{missing[0]}'?)" if missing else _did_you_mean(unknown[0], schema))
+                             + (f" (did you mean '{missing[0]}'?)" if missing else did_you_mean(unknown[0], schema))
                              + f"; expected exactly {sorted(schema)}.")
         if missing or unknown:
             raise ValueError(f"section '{name}' of '{self.path}': missing keys {missing}, unknown keys {unknown}; "

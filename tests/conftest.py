@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -35,6 +36,18 @@ def write_params(folder: Path, **overrides) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+def copy_project(dest: Path, *, skip: tuple[str, ...] = ()) -> Path:
+    """Copies the project's files as git sees them (tracked and untracked, not ignored) into `dest`, leaving
+    out paths that start with one of `skip`; returns `dest`."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file() and not name.startswith(skip):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
 
 
 def pattern_image(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, TINY_TRAIN, save_pair
+from conftest import TINY_TRAIN, copy_project, save_pair
 from test_pipeline_dag import dvc_env
 
 OUTPUTS = ("data", "models", "metrics", "plots")
@@ -43,19 +43,13 @@ def dvc(repo: Path, *args: str, kill_at: str | None = None):
                           start_new_session=True)
 
 
-def make_repo(folder: Path, *, mlflow: bool = False) -> Path:
+def make_repo(folder: Path) -> Path:
     """A git + DVC repo with the project's files, 12 tiny pairs in data/raw and a 2-epoch U-Net."""
-    repo = folder / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file() and not name.startswith(("tests/", "bench/", ".github/")):
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, repo / name)
+    repo = copy_project(folder / "repo", skip=("tests/", "bench/", ".github/"))
     for index in range(12):
         save_pair(repo / "data/raw", f"images/c{index}.png", f"masks/c{index}.png", height=32, width=40, seed=index)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["mlflow"] = mlflow
+    params["mlflow"] = False
     params["convert"]["num_workers"] = 2  # a pool of worker processes, killed with the rest
     params["train"].update(TINY_TRAIN)
     params["evaluate"].update(num_samples=1, worst_k=1)

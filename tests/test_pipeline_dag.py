@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import copy_project
 
 
 def dvc_env() -> dict:
@@ -51,13 +50,7 @@ def without_mlflow(repo: Path) -> None:
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory) -> Path:
     """A git repo holding the project's files (as `git ls-files` sees them) and a small demo dataset."""
-    repo = tmp_path_factory.mktemp("dag") / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, repo / name)
+    repo = copy_project(tmp_path_factory.mktemp("dag") / "repo")
     sh(["git", "init", "-q"], repo)
     sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo)
     sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], repo)
