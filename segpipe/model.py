@@ -17,7 +17,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from keras import layers
+from keras import layers, ops
 
 from segpipe.outputs import replace_dir
 from segpipe.schema import ENCODER_WEIGHTS, ENCODERS, NORMALIZATIONS, UPSAMPLING, check_architecture
@@ -44,12 +44,78 @@ def _normalization(kind: str, filters: int, name: str):
     return layers.GroupNormalization(groups=min(8, filters), name=name)
 
 
-def _conv_block(x, filters: int, *, dropout: float, normalization: str, name: str):
-    for index in (1, 2):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{index}")(x)
-        x = _normalization(normalization, filters, f"{name}_norm{index}")(x)
-        x = layers.Activation("relu", name=f"{name}_relu{index}")(x)
-    if dropout > 0:
+def _block_layers(filters: int, *, normalization: str, name: str) -> list[keras.layers.Layer]:
+    """Two 3x3 conv + norm + ReLU: the U-Net's block."""
+    return [layer for index in (1, 2) for layer in (
+        layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{index}"),
+        _normalization(normalization, filters, f"{name}_norm{index}"),
+        layers.Activation("relu", name=f"{name}_relu{index}"))]
+
+
+def _batch_statistics_normalization(layer: layers.BatchNormalization, x):
+    """`layer`'s training-mode output (the batch's mean and variance, computed in float32 as Keras does)
+    without its moving-statistics update."""
+    x = ops.cast(x, "float32")
+    mean, variance = ops.moments(x, axes=[0, 1, 2], synchronized=layer.synchronized)
+    outputs = ops.batch_normalization(x, mean, variance, axis=-1, offset=ops.cast(layer.beta, "float32"),
+                                      scale=ops.cast(layer.gamma, "float32"), epsilon=layer.epsilon)
+    return ops.cast(outputs, layer.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="segpipe")
+class RecomputedBlock(layers.Layer):
+    """A U-Net block whose inner activations are recomputed in the backward pass (`train.remat: true`).
+
+    Only the block's input is kept for the gradient; its five inner outputs are recomputed from it when the
+    gradient reaches the block (tf.recompute_grad through keras.remat). The layers inside have the same names,
+    weights and order as the plain block's, so a model's weights load into the other variant.
+    The recomputation normalises with the batch's statistics as the forward pass did, but does not update
+    BatchNorm's moving statistics a second time (that would turn momentum 0.9 into 0.81).
+    """
+
+    def __init__(self, filters: int, normalization: str, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.normalization = filters, normalization
+        self.inner = _block_layers(filters, normalization=normalization, name=self.name)
+
+    def build(self, input_shape):
+        shape = input_shape
+        for layer in self.inner:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.filters)
+
+    def call(self, x, training=None):
+        if not training:
+            return self._run(x, training=False, recomputing=False)
+        passes = []  # tf.recompute_grad calls `forward` for the forward pass, then again for the gradient
+
+        def forward(x):
+            passes.append(None)
+            return self._run(x, training=True, recomputing=len(passes) > 1)
+        return keras.remat(forward)(x)
+
+    def _run(self, x, *, training: bool, recomputing: bool):
+        for layer in self.inner:
+            if recomputing and isinstance(layer, layers.BatchNormalization):
+                x = _batch_statistics_normalization(layer, x)
+            else:
+                x = layer(x, training=training)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "normalization": self.normalization}
+
+
+def _conv_block(x, filters: int, *, dropout: float, normalization: str, name: str, remat: bool = False):
+    if remat:
+        x = RecomputedBlock(filters, normalization, name=name)(x)
+    else:
+        for layer in _block_layers(filters, normalization=normalization, name=name):
+            x = layer(x)
+    if dropout > 0:  # outside the recomputed part: a recomputed dropout would draw a different mask
         x = layers.SpatialDropout2D(dropout, name=f"{name}_dropout")(x)
     return x
 
@@ -98,7 +164,7 @@ def _application_encoder(inputs, *, encoder: str, encoder_weights: str | None):
 
 def build_unet(*, input_shape: tuple[int, int, int], num_classes: int, encoder: str = "plain",
                encoder_weights: str | None = None, depth: int = 4, base_filters: int = 32, dropout: float = 0.0,
-               upsampling: str = "transpose", normalization: str = "batch") -> keras.Model:
+               upsampling: str = "transpose", normalization: str = "batch", remat: bool = False) -> keras.Model:
     """A U-Net.
 
     Args:
@@ -114,6 +180,9 @@ def build_unet(*, input_shape: tuple[int, int, int], num_classes: int, encoder: 
         upsampling: "transpose" (Conv2DTranspose) or "bilinear" (UpSampling2D + 3x3 conv).
         normalization: "batch" (BatchNormalization, momentum 0.9) or "group" (GroupNormalization,
             8 groups: no batch statistics, so it behaves the same in training and inference).
+        remat: recompute each conv block's inner activations in the backward pass instead of keeping
+            them (RecomputedBlock): less activation memory for more compute. The keras.applications
+            encoders are not recomputed, only the decoder.
 
     Returns:
         Uncompiled model: float32 input in [0, 1] of shape (batch, H, W, C); output (batch, H, W,
@@ -127,7 +196,7 @@ def build_unet(*, input_shape: tuple[int, int, int], num_classes: int, encoder: 
             raise ValueError(f"param 'train.{name}' must be one of {list(choices)}, got {value!r}.")
     check_architecture(image_size=input_shape[:2], encoder=encoder, encoder_weights=encoder_weights, depth=depth)
     levels = depth if encoder == "plain" else 5
-    block = dict(normalization=normalization)
+    block = dict(normalization=normalization, remat=remat)
     inputs = keras.Input(shape=input_shape, name="image")
     if encoder == "plain":
         x, skips = inputs, []

@@ -85,6 +85,50 @@ def evaluation_overlay(image: np.ndarray, predicted: np.ndarray, truth: np.ndarr
     return np.concatenate([pictures, legend(class_names, width=pictures.shape[1], void=not labelled.all())], axis=0)
 
 
+def outlined(image: np.ndarray, ids: np.ndarray, *, num_classes: int) -> np.ndarray:
+    """RGB uint8 picture: the image with the mask's region outlines drawn on it, each in its class's colour
+    (binary: the foreground's outline in yellow), void tinted gray. Outlines show alignment and polarity
+    without hiding the pixels inside."""
+    out = np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image[..., :3].copy()
+    out = out.astype(np.float32)
+    _tint(out, ids == IGNORE_ID, VOID_COLOUR, 0.6)
+    edge = np.zeros(ids.shape, bool)
+    edge[1:, :] |= ids[1:, :] != ids[:-1, :]
+    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    edge[:-1, :] |= ids[:-1, :] != ids[1:, :]
+    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+    colours = colour_table(num_classes)
+    if num_classes == 1:  # the inner side of a foreground edge; yellow shows on gray, green and red images
+        out[edge & (ids == 1)] = (255, 230, 0)
+    else:
+        for class_id in np.unique(ids[edge]):
+            if class_id != IGNORE_ID:
+                out[edge & (ids == class_id)] = colours[class_id]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def contact_sheet(pairs: list[tuple[str, np.ndarray, np.ndarray]], *, num_classes: int, tile: int = 224,
+                  columns: int = 4) -> np.ndarray:
+    """A grid of (name, image, class-id mask) pairs, each drawn by `outlined` at most `tile` pixels on its longer
+    side (the mask resized with nearest), its name underneath. RGB uint8."""
+    cells = []
+    for name, image, ids in pairs:
+        scale = tile / max(ids.shape)
+        size = (max(1, round(ids.shape[1] * scale)), max(1, round(ids.shape[0] * scale)))
+        picture = np.asarray(Image.fromarray(image).convert("RGB").resize(size, Image.BILINEAR))
+        small = np.asarray(Image.fromarray(ids).resize(size, Image.NEAREST))
+        cell = Image.new("RGB", (tile, tile + 14), (255, 255, 255))
+        cell.paste(Image.fromarray(outlined(picture, small, num_classes=num_classes)), (0, 0))
+        ImageDraw.Draw(cell).text((2, tile + 1), name[-36:], fill=(0, 0, 0))
+        cells.append(np.asarray(cell))
+    rows = -(-len(cells) // columns)
+    sheet = np.full((rows * (tile + 18), min(columns, len(cells)) * (tile + 4), 3), 255, np.uint8)
+    for index, cell in enumerate(cells):
+        y, x = (index // columns) * (tile + 18), (index % columns) * (tile + 4)
+        sheet[y:y + cell.shape[0], x:x + cell.shape[1]] = cell
+    return sheet
+
+
 def _chart(data: pd.DataFrame, title: str, **spec) -> dict:
     return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "title": title, "width": 420,
             "height": 280, "data": {"values": json.loads(data.to_json(orient="records"))}, **spec}

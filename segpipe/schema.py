@@ -22,6 +22,7 @@ LOSSES = ("bce", "dice", "jaccard", "focal")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "plateau")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+PREFLIGHT_ON_FAILURE = ("fail", "warn")
 MONITORS = tuple(f"{split}{score}" for split in ("valid_", "") for score in ("iou", "dice", "precision", "recall", "loss"))
 
 
@@ -96,7 +97,9 @@ SECTIONS = {
     },
     "train": {
         "image_size": dict(kind=list, check=_image_size, hint="expected [height, width]."),
-        "batch_size": dict(kind=int, minimum=1),
+        "batch_size": dict(kind=(int, str), check=lambda v: v == "auto" if isinstance(v, str) else v >= 1,
+                           hint="Expected a positive number of images per replica, or auto (the memory plan "
+                                "picks it: README)."),
         "input": dict(kind=str, choices=INPUTS),
         "patch_foreground_share": dict(kind=float, minimum=0.0, maximum=1.0),
         "patch_scale_range": dict(kind=list, check=_scale_range, hint="expected [low, high], 0 < low <= high, "
@@ -116,6 +119,7 @@ SECTIONS = {
         "dropout": dict(kind=float, minimum=0.0, maximum=0.9),
         "upsampling": dict(kind=str, choices=UPSAMPLING),
         "normalization": dict(kind=str, choices=NORMALIZATIONS),
+        "remat": dict(kind=bool),
         "loss": dict(kind=dict),  # names and weights: segpipe.losses.make_loss, the one function that reads them
         "focal_gamma": dict(kind=float, minimum=0.0),
         "optimizer": dict(kind=str, choices=OPTIMIZERS),
@@ -137,6 +141,14 @@ SECTIONS = {
         "jit_compile": dict(kind=bool),
         "deterministic": dict(kind=bool),
         "tensorboard": dict(kind=bool),
+    },
+    "preflight": {
+        "on_failure": dict(kind=str, choices=PREFLIGHT_ON_FAILURE),
+        "overfit_images": dict(kind=int, minimum=1),
+        "overfit_steps": dict(kind=int, minimum=0),
+        "overfit_target_iou": dict(kind=float, minimum=0.0, maximum=1.0),
+        "overfit_max_seconds": dict(kind=float, minimum=1.0),
+        "contact_sheet_pairs": dict(kind=int, minimum=1),
     },
     "evaluate": {
         "boundary_tolerance": dict(kind=int, minimum=0),

@@ -12,12 +12,14 @@ Writes:  --model (best epoch by train.monitor, .keras), --saved-model (TF SavedM
          `patches`, from train.input, with the reason; evaluate and segpipe-predict read it).
 Params:  seed, num_classes, mlflow, convert.image_mode (channels), train.* (see params.yaml).
 
-train.batch_size is per replica (global batch = batch_size x replicas); the training loop (phases, resume,
+train.batch_size is per replica (global batch = batch_size x replicas; auto: segpipe/memory_plan.py picks
+it); train.remat trains with recomputed blocks and writes the plain model (same weights); the training loop (phases, resume,
 callbacks, the time-budget plan) is segpipe/training.py; `train.input: auto` is decided in segpipe/input_mode.py.
 """
 from __future__ import annotations
 
 import argparse
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -67,6 +69,7 @@ def main(argv=None) -> None:
     from segpipe.input_mode import choose_input
     from segpipe.keras_metrics import training_metrics
     from segpipe.losses import make_loss, resolve_class_weights
+    from segpipe.memory_plan import device_memory_bytes, pick_batch_size
     from segpipe.model import build_unet, export_saved_model
     from segpipe.resume import open_backup
     from segpipe.rows import class_pixel_table
@@ -79,17 +82,32 @@ def main(argv=None) -> None:
         summary_path=args.subsets_summary, subsets_dir=args.subsets_dir, augmented_csv=args.augmented_csv,
         valid_csv=args.valid_csv, sampling_weights=train["sampling_weights"])
     train_rows = pd.concat(subsets, ignore_index=True)
-    global_batch = train["batch_size"] * placement.num_replicas
+    image_size = tuple(train["image_size"])
+    architecture = dict(num_classes=num_classes, encoder=train["encoder"], encoder_weights=train["encoder_weights"],
+                        depth=train["depth"], base_filters=train["base_filters"], dropout=train["dropout"],
+                        upsampling=train["upsampling"], normalization=train["normalization"])
+    with placement.strategy.scope():
+        model = build_unet(input_shape=(*image_size, channels), remat=train["remat"], **architecture)
+    batch_size, batch_plan = train["batch_size"], None
+    if batch_size == "auto":  # the largest the memory plan fits: depends on the machine (README)
+        device_bytes, source = device_memory_bytes(placement.device_names[0])
+        batch_size, batch_plan = pick_batch_size(
+            model, optimizer=train["optimizer"], mixed_precision=policy != "float32", device_bytes=device_bytes,
+            num_replicas=placement.num_replicas, training_rows=len(train_rows),
+            replicas_per_memory=1 if placement.device_names[0].startswith("/gpu") else
+            placement.num_replicas // placement.num_workers)
+        batch_plan += f" (the budget: {source})"
+        print(f"train: {batch_plan}", flush=True)
+    global_batch = batch_size * placement.num_replicas
     if global_batch > len(train_rows):
-        raise ValueError(f"param 'train.batch_size' {train['batch_size']} gives a global batch of {global_batch} "
-                         f"({train['batch_size']} x {placement.num_replicas} replica(s)), more than the "
+        raise ValueError(f"param 'train.batch_size' {batch_size} gives a global batch of {global_batch} "
+                         f"({batch_size} x {placement.num_replicas} replica(s)), more than the "
                          f"{len(train_rows)} training rows (originals + augmented copies); set train.batch_size to "
                          f"at most {len(train_rows) // placement.num_replicas}, or add data (augment.copies).")
     class_weights = resolve_class_weights(train["class_weights"], num_classes=num_classes,
                                           pixels_per_class=class_pixel_table(train_rows, num_classes=num_classes).sum(0))
     loss = make_loss(weights=train["loss"], focal_gamma=train["focal_gamma"], class_weights=class_weights)
 
-    image_size = tuple(train["image_size"])
     originals = train_rows[~train_rows["id"].str.contains(AUGMENTED_ID, regex=False)]
     input_mode, input_reason = choose_input(train["input"], rows=originals, image_size=image_size,
                                             num_classes=num_classes, seed=seed)
@@ -105,7 +123,7 @@ def main(argv=None) -> None:
     devices_used = placement.description
     counts = ", ".join(f"{subset['name']}={len(rows)}" for subset, rows in zip(summary["subsets"], subsets))
     print(f"train: {len(train_rows)} training rows ({counts}), {len(valid)} validation rows; input "
-          f"{image_size[0]}x{image_size[1]}x{channels}; global batch {global_batch} ({train['batch_size']} x "
+          f"{image_size[0]}x{image_size[1]}x{channels}; global batch {global_batch} ({batch_size} x "
           f"{placement.num_replicas} replica(s) on {devices_used}); {steps} steps/epoch; precision {policy} "
           f"({reason})" + (f"; class weights {class_weights}" if class_weights else ""), flush=True)
     print(f"train: input {input_mode} ({input_reason})", flush=True)
@@ -121,11 +139,6 @@ def main(argv=None) -> None:
         tags={**git_tags(project_root()), "stage": "train", "trained_in": experiment_name(),
               "precision_policy": policy, "devices": devices_used})
 
-    with placement.strategy.scope():
-        model = build_unet(input_shape=(*image_size, channels), num_classes=num_classes, encoder=train["encoder"],
-                           encoder_weights=train["encoder_weights"], depth=train["depth"],
-                           base_filters=train["base_filters"], dropout=train["dropout"],
-                           upsampling=train["upsampling"], normalization=train["normalization"])
     learning_rate = train["learning_rate"] * (placement.num_replicas if train["scale_learning_rate"] else 1)
     optimizer = partial(make_optimizer, optimizer=train["optimizer"], learning_rate=learning_rate,
                         schedule=train["schedule"], warmup_epochs=train["warmup_epochs"], steps_per_epoch=steps,
@@ -163,9 +176,19 @@ def main(argv=None) -> None:
     history, metrics, facts = run_summary(outcome, images_per_epoch=steps * global_batch)
     facts.update(precision_policy=policy, devices=devices_used, num_replicas=placement.num_replicas,
                  global_batch_size=global_batch, class_weights=class_weights, input=input_mode,
-                 input_reason=input_reason, planned_epochs=state.get("planned_epochs"))
-    write_bytes(args.model, resume.best_model.read_bytes())
-    best_model = keras.models.load_model(args.model, compile=False)
+                 input_reason=input_reason, planned_epochs=state.get("planned_epochs"), batch_size=batch_size,
+                 batch_plan=batch_plan)
+    if train["remat"]:
+        # The model users get is the plain variant (same layers, names and weights): recomputation only
+        # matters while training, and loading it then needs no segpipe class.
+        best_model = build_unet(input_shape=(*image_size, channels), remat=False, **architecture)
+        best_model.set_weights(keras.models.load_model(resume.best_model, compile=False).get_weights())
+        with tempfile.TemporaryDirectory() as folder:
+            best_model.save(Path(folder) / "model.keras")
+            write_bytes(args.model, (Path(folder) / "model.keras").read_bytes())
+    else:
+        write_bytes(args.model, resume.best_model.read_bytes())
+        best_model = keras.models.load_model(args.model, compile=False)
     inference = {"input": input_mode, "reason": input_reason, "image_size": list(image_size)}
     export_saved_model(best_model, args.saved_model, input_mode=input_mode)
     write_json(args.inference, inference)

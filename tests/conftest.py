@@ -22,6 +22,9 @@ SHARED = REPO.parent / "shared"
 # A U-Net small enough to train 2 epochs on 32x32 inputs in seconds: the stage tests' default.
 TINY_TRAIN = dict(image_size=[32, 32], batch_size=4, depth=2, base_filters=4, epochs=2, patience=0,
                   warmup_epochs=0, cache="memory", precision="float32")
+# Preflight in the tests of other things: no overfit check (a 4-filter U-Net on noise images needs far more
+# than 150 steps to fit a batch; tests/test_preflight.py tests that check on data it can fit).
+TINY_PREFLIGHT = dict(overfit_steps=0, contact_sheet_pairs=2)
 
 
 def write_params(folder: Path, **overrides) -> Path:

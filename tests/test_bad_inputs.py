@@ -28,7 +28,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO, TINY_TRAIN, box_mask, pattern_image, save_pair
+from conftest import REPO, TINY_PREFLIGHT, TINY_TRAIN, box_mask, pattern_image, save_pair
 
 DOCS_TABLE = REPO / "docs" / "bad_inputs.md"
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -61,6 +61,7 @@ def finished(tmp_path_factory) -> Path:
     params["convert"]["num_workers"] = 1
     params["augment"]["num_workers"] = 1
     params["train"].update(TINY_TRAIN)
+    params["preflight"].update(TINY_PREFLIGHT)
     params["evaluate"].update(num_samples=1, worst_k=1)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for stage in STAGES:

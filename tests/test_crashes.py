@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY_TRAIN, copy_project, save_pair
+from conftest import TINY_PREFLIGHT, TINY_TRAIN, copy_project, save_pair
 from test_pipeline_dag import dvc_env
 
 OUTPUTS = ("data", "models", "metrics", "plots")
@@ -52,6 +52,7 @@ def make_repo(folder: Path) -> Path:
     params["mlflow"] = False
     params["convert"]["num_workers"] = 2  # a pool of worker processes, killed with the rest
     params["train"].update(TINY_TRAIN)
+    params["preflight"].update(TINY_PREFLIGHT)
     params["evaluate"].update(num_samples=1, worst_k=1)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]

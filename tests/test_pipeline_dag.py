@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import copy_project
+from conftest import TINY_PREFLIGHT, copy_project
 
 
 def dvc_env() -> dict:
@@ -57,6 +57,7 @@ def repo_copy(tmp_path_factory) -> Path:
     sh([sys.executable, "-m", "stages.make_demo_data", "--output", "data/raw", "--scale", "0.3"], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"].update(image_size=[32, 32], depth=2, base_filters=4, epochs=2, warmup_epochs=0)
+    params["preflight"].update(TINY_PREFLIGHT)
     params["evaluate"].update(tta="none", num_samples=1)  # the DVC tests time DVC, not evaluate's extras
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return repo

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,24 @@ def test_two_logical_cpu_devices_train_two_replicas(project):
     assert metrics["num_replicas"] == 2 and metrics["devices"] == "/cpu:0,/cpu:1"
     assert metrics["global_batch_size"] == 4  # batch_size is per replica
     assert "global batch 4 (2 x 2 replica(s) on /cpu:0,/cpu:1)" in done.stdout
+
+
+def test_auto_batch_size_and_remat_train_and_write_a_plain_model(project):
+    """batch_size auto: the memory plan picks (here capped at a quarter of the training rows), and the facts
+    record it; remat trains with recomputed blocks and writes the plain model, which loads without segpipe."""
+    params = params_file(project, "p_auto", batch_size="auto", remat=True)
+    done = run_stage(project, "train", *train_args("auto", params), env=env_for(project))
+    assert done.returncode == 0, done.stderr
+    facts = json.loads((project / "auto/facts.json").read_text())
+    assert "batch_size auto:" in done.stdout and facts["batch_plan"].startswith("batch_size auto:")
+    assert facts["batch_size"] == facts["global_batch_size"] >= 1 and "steps per epoch" in facts["batch_plan"]
+    with zipfile.ZipFile(project / "auto/model.keras") as archive:
+        config = archive.read("config.json").decode()
+    assert "RecomputedBlock" not in config and "down0_conv1" in config
+    probe = subprocess.run([sys.executable, "-c", "import keras, sys; m = keras.models.load_model(sys.argv[1], "
+                            "compile=False); print(m.count_params())", str(project / "auto/model.keras")],
+                           capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert probe.returncode == 0, probe.stderr  # a process that never imported segpipe loads it
 
 
 def test_tracking_failure_does_not_fail_training(project):
