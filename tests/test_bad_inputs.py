@@ -198,6 +198,7 @@ TYPOS = [("convert", "convert-to-png", "mask_threshold", "mask_treshold"),
          ("build_csv", "build-csv", "valid_fraction", "valid_fraciton"),
          ("split_balanced", "split-balanced", "num_bins", "num_bin"),
          ("augment", "augment", "copies", "copys"),
+         ("preflight", "preflight", "overfit_steps", "overfit_step"),
          ("train", "train", "learning_rate", "lerning_rate"),
          ("evaluate", "evaluate", "tta", "tta_mode")]
 

@@ -120,7 +120,7 @@ def wait_for_queue(repo: Path, *, timeout: float) -> str:
 def test_exp_run_reruns_train_and_evaluate_and_lands_in_mlflow(baseline):
     repo = baseline
     log = sh(["dvc", "exp", "run", "-S", "train.epochs=1", "-n", "one-epoch"], repo)
-    assert ran_stages(log) == ["train", "evaluate"], log
+    assert ran_stages(log) == ["preflight", "train", "evaluate"], log
     shown = json.loads(sh(["dvc", "exp", "show", "--json"], repo))
     text = json.dumps(shown)
     assert "one-epoch" in text and "valid_iou" in text and "best_valid_iou" in text

@@ -59,7 +59,7 @@ def test_every_imported_package_is_pinned():
 
 
 COMMANDS = [["-m", f"stages.{stage}"] for stage in ("convert_to_png", "build_csv", "split_balanced", "augment",
-                                                      "train", "evaluate", "make_demo_data")] + [
+                                                      "preflight", "train", "evaluate", "make_demo_data")] + [
     ["-m", "segpipe.predict"], ["-m", "segpipe.report"], ["-m", "segpipe.lockcheck"]]
 
 

@@ -68,7 +68,7 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
     repo = repo_copy
     without_mlflow(repo)  # eight trainings below
     log = sh(["dvc", "repro"], repo)
-    assert ran_stages(log) == ["convert-to-png", "build-csv", "split-balanced", "augment", "train", "evaluate"]
+    assert ran_stages(log) == ["convert-to-png", "build-csv", "split-balanced", "augment", "preflight", "train", "evaluate"]
     train = pd.read_csv(repo / "data/csv/train.csv")
     valid = pd.read_csv(repo / "data/csv/valid.csv")
     assert len(train) + len(valid) == len(list((repo / "data/raw/images").rglob("*.*")))
@@ -110,16 +110,17 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
     assert ran_stages(sh(["dvc", "repro"], repo)) == ["evaluate"]
 
     set_param(repo, "train", "learning_rate", 0.002)
-    assert ran_stages(sh(["dvc", "repro"], repo)) == ["train", "evaluate"]
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["preflight", "train", "evaluate"]
 
     set_param(repo, "augment", "copies", 2)
-    assert ran_stages(sh(["dvc", "repro"], repo)) == ["augment", "train", "evaluate"]
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["augment", "preflight", "train", "evaluate"]
 
     set_param(repo, "split_balanced", "key", "foreground")
-    assert ran_stages(sh(["dvc", "repro"], repo)) == ["split-balanced", "train", "evaluate"]
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["split-balanced", "preflight", "train", "evaluate"]
 
     set_param(repo, "build_csv", "valid_fraction", 0.3)
-    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"build-csv", "split-balanced", "augment", "train", "evaluate"}
+    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"build-csv", "split-balanced", "augment", "preflight", "train",
+                                                           "evaluate"}
 
     # A param that does not change the converted bytes reruns convert only: its outputs are identical.
     set_param(repo, "convert", "num_workers", 1)
@@ -127,9 +128,10 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
 
         # Gray images change data/png and the channels train reads from convert.image_mode.
     set_param(repo, "convert", "image_mode", "L")
-    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"convert-to-png", "build-csv", "augment", "train", "evaluate"}
+    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"convert-to-png", "build-csv", "augment", "preflight", "train",
+                                                           "evaluate"}
 
     set_param(repo, "convert", "invert_mask", True)  # changes every foreground_fraction
     assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"convert-to-png", "build-csv", "split-balanced", "augment",
-                                                           "train", "evaluate"}
+                                                           "preflight", "train", "evaluate"}
     assert pd.read_csv(repo / "data/csv/train.csv")["foreground_fraction"].min() > 0.5
