@@ -165,6 +165,7 @@ def main(argv=None) -> None:
         "passed": not failed, "failed_checks": failed, "input": input_mode, "input_reason": input_reason,
         "checks": {c.name: {"status": c.status, "summary": c.summary, **c.details} for c in report}})
     if failed and preflight["on_failure"] == "fail":
+        args.checks.unlink(missing_ok=True)  # a passing verdict from an earlier run must not stay behind
         raise ValueError(f"{len(failed)} check(s) failed: {', '.join(failed)} (see above and {args.report}; the "
                          f"contact sheet {args.contact_sheet}); fix the cause, or set preflight.on_failure: warn "
                          "to train anyway.")

@@ -213,19 +213,21 @@ def test_the_console_script_runs_the_stage_and_it_passes_on_a_sound_project(proj
 
 def test_masks_written_as_0_255_stop_the_pipeline_before_train(project: Path, tmp_path: Path):
     """Masks in data/png replaced by 0/255 images (as a hand-made data/png would be): exit 2, one error line
-    naming the failed checks, the report written, the checks file (train's dependency) not."""
+    naming the failed checks, the report written, the checks file (train's dependency) not, and an earlier
+    one removed."""
     for path in sorted((project / "data/png/masks").glob("*.png")):
         (tmp_path / path.name).write_bytes(path.read_bytes())
         Image.fromarray((np.asarray(Image.open(path)) * 255).astype(np.uint8)).save(path)
     try:
-        for output in outputs(project):
+        report, checks, sheet = outputs(project)
+        for output in (report, sheet):
             output.unlink(missing_ok=True)
+        checks.write_text('{"passed": true, "failed_checks": []}')  # an earlier run's verdict must not stay
         done = run(project, *COMMAND[1:])
         assert done.returncode == 2, done.stderr
         errors = [line for line in done.stderr.splitlines() if line.startswith("preflight: error:")]
         assert len(errors) == 1 and "mask_values" in errors[0] and "overfit_one_batch" in errors[0]
         assert "preflight.on_failure: warn" in errors[0] and "Traceback" not in done.stderr
-        report, checks, sheet = outputs(project)
         assert report.is_file() and sheet.is_file() and not checks.exists()
         write_params(project, mlflow=False, convert={"num_workers": 1}, augment={"num_workers": 1},
                      train=SOUND_TRAIN, preflight={"on_failure": "warn"})
