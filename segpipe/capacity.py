@@ -122,7 +122,8 @@ def object_sizes(masks, *, num_classes: int, scales) -> dict[int, np.ndarray]:
         scales: one factor per mask, native pixels -> network-input pixels (resize: input / native side).
 
     Returns:
-        {class id: float array of object extents (the longer bounding-box side), one per region}.
+        {class id: float array (regions, 2): each connected region's extent (the longer side of its bounding
+        box) and its area, both in network-input pixels}.
     """
     from scipy import ndimage
 
@@ -131,6 +132,17 @@ def object_sizes(masks, *, num_classes: int, scales) -> dict[int, np.ndarray]:
     for mask, scale in zip(masks, scales):
         for class_id in classes:
             regions, count = ndimage.label(mask == class_id, structure=np.ones((3, 3)))  # 8-connected
-            for rows, cols in ndimage.find_objects(regions):
-                sizes[class_id].append(max(rows.stop - rows.start, cols.stop - cols.start) * float(scale))
-    return {k: np.asarray(v, np.float64) for k, v in sizes.items()}
+            areas = np.bincount(regions.ravel(), minlength=count + 1)[1:]
+            for (rows, cols), area in zip(ndimage.find_objects(regions), areas):
+                extent = max(rows.stop - rows.start, cols.stop - cols.start)
+                sizes[class_id].append((extent * float(scale), area * float(scale) ** 2))
+    return {k: np.asarray(v, np.float64).reshape(-1, 2) for k, v in sizes.items()}
+
+
+def typical_size(regions: np.ndarray, quantile: float = 0.5) -> float:
+    """The extent of the region that a pixel belongs to, at `quantile` over the pixels (area-weighted): the
+    size of what the network must see, not of the many specks a mask also holds."""
+    order = np.argsort(regions[:, 0])
+    extents, areas = regions[order, 0], regions[order, 1]
+    cumulative = np.cumsum(areas) / areas.sum()
+    return float(extents[min(len(extents) - 1, np.searchsorted(cumulative, quantile))])

@@ -21,7 +21,8 @@ from PIL import Image
 
 from conftest import REPO, TINY_TRAIN, write_params
 from segpipe import preflight
-from segpipe.capacity import flops_per_image, object_sizes, output_stride, parameter_counts, receptive_field
+from segpipe.capacity import (flops_per_image, object_sizes, output_stride, parameter_counts, receptive_field,
+                              typical_size)
 from segpipe.losses import make_loss
 from segpipe.model import build_unet
 
@@ -72,6 +73,15 @@ def test_overfit_check_fails_for_a_frozen_model():
     images, masks = learnable_batch()
     check = overfit(masks, images, trainable=False, max_steps=20)
     assert check.status == "fail"
+
+
+def test_overfit_check_that_learns_too_slowly_warns():
+    """Rising but short of the target when the steps end (many classes, thin structures): a warning."""
+    images, masks = learnable_batch()
+    check = overfit(masks, images, max_steps=10)
+    curve = check.details["curve"]
+    assert check.details["iou"] < 0.9 and check.details["iou"] - curve[0]["iou"] >= preflight.LEARNING_RISE
+    assert check.status == "warn" and "overfit_steps" in check.summary
 
 
 @pytest.mark.parametrize("values, num_classes, status, fragment", [
@@ -150,9 +160,11 @@ def test_object_sizes_per_class_in_network_pixels():
     mask[16:18, 16:20] = 2  # 2 x 4
     mask[0, 19] = 255       # void: not an object
     binary = object_sizes([np.where(mask == 2, 1, mask)], num_classes=1, scales=[0.5])
-    assert sorted(binary[1].tolist()) == [1.5, 2.0, 2.5]
+    assert sorted(binary[1].tolist()) == [[1.5, 2.25], [2.0, 2.0], [2.5, 3.75]]  # (extent, area) scaled
     classes = object_sizes([mask], num_classes=3, scales=[1.0])
-    assert sorted(classes[1].tolist()) == [3, 5] and classes[2].tolist() == [4] and len(classes[0]) == 1
+    assert sorted(classes[1][:, 0].tolist()) == [3, 5] and classes[2].tolist() == [[4, 8]] and len(classes[0]) == 1
+    # the typical size is the median pixel's region: 9 px of the 3-region and 15 of the 5-region -> 5
+    assert typical_size(classes[1]) == 5 and typical_size(np.array([[2.0, 1], [2, 1], [30, 100]])) == 30
 
 
 # -------------------------------------------------------------------------------------------- the stage
