@@ -115,6 +115,10 @@ def receptive_field(build, *, side: int, seed: int = 0) -> tuple[int, bool]:
 def object_sizes(masks, *, num_classes: int, scales) -> dict[int, np.ndarray]:
     """Sizes of the connected regions of each class in the masks, in network-input pixels.
 
+    A region's size is the smaller of its bounding box's longer side and 4 x area / boundary length: a compact
+    region's diameter, about twice a thin structure's width. A network of membranes or vessels spans the image,
+    but what the receptive field must hold is its width (with context), not its extent.
+
     Args:
         masks: iterable of uint8 class-id arrays (H, W) (255 = void, not an object).
         num_classes: 1 = binary (objects of class 1); else every class id 0..num_classes-1 (class 0 of a
@@ -122,8 +126,7 @@ def object_sizes(masks, *, num_classes: int, scales) -> dict[int, np.ndarray]:
         scales: one factor per mask, native pixels -> network-input pixels (resize: input / native side).
 
     Returns:
-        {class id: float array (regions, 2): each connected region's extent (the longer side of its bounding
-        box) and its area, both in network-input pixels}.
+        {class id: float array (regions, 2): each connected region's size and area, in network-input pixels}.
     """
     from scipy import ndimage
 
@@ -131,16 +134,21 @@ def object_sizes(masks, *, num_classes: int, scales) -> dict[int, np.ndarray]:
     sizes: dict[int, list[float]] = {k: [] for k in classes}
     for mask, scale in zip(masks, scales):
         for class_id in classes:
-            regions, count = ndimage.label(mask == class_id, structure=np.ones((3, 3)))  # 8-connected
+            inside = mask == class_id
+            regions, count = ndimage.label(inside, structure=np.ones((3, 3)))  # 8-connected
+            # boundary: region pixels with a 4-neighbour outside it (the image border is not a boundary)
+            edge = inside & ~ndimage.binary_erosion(inside, border_value=1)
             areas = np.bincount(regions.ravel(), minlength=count + 1)[1:]
-            for (rows, cols), area in zip(ndimage.find_objects(regions), areas):
+            perimeters = np.bincount(regions[edge], minlength=count + 1)[1:]
+            for (rows, cols), area, perimeter in zip(ndimage.find_objects(regions), areas, perimeters):
                 extent = max(rows.stop - rows.start, cols.stop - cols.start)
-                sizes[class_id].append((extent * float(scale), area * float(scale) ** 2))
+                size = min(extent, 4 * area / max(1, perimeter))
+                sizes[class_id].append((size * float(scale), area * float(scale) ** 2))
     return {k: np.asarray(v, np.float64).reshape(-1, 2) for k, v in sizes.items()}
 
 
 def typical_size(regions: np.ndarray, quantile: float = 0.5) -> float:
-    """The extent of the region that a pixel belongs to, at `quantile` over the pixels (area-weighted): the
+    """The size of the region that a pixel belongs to, at `quantile` over the pixels (area-weighted): the
     size of what the network must see, not of the many specks a mask also holds."""
     order = np.argsort(regions[:, 0])
     extents, areas = regions[order, 0], regions[order, 1]

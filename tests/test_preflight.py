@@ -165,6 +165,10 @@ def test_object_sizes_per_class_in_network_pixels():
     assert sorted(classes[1][:, 0].tolist()) == [3, 5] and classes[2].tolist() == [[4, 8]] and len(classes[0]) == 1
     # the typical size is the median pixel's region: 9 px of the 3-region and 15 of the 5-region -> 5
     assert typical_size(classes[1]) == 5 and typical_size(np.array([[2.0, 1], [2, 1], [30, 100]])) == 30
+    # a thin line 40 px long and 2 px wide: 4 x 80 / 80 boundary pixels = 4, twice its width, not 40
+    line = np.zeros((10, 50), np.uint8)
+    line[4:6, 5:45] = 1
+    assert object_sizes([line], num_classes=1, scales=[1.0])[1].tolist() == [[4.0, 80.0]]
 
 
 # -------------------------------------------------------------------------------------------- the stage
