@@ -130,6 +130,8 @@ def object_sizes(masks, *, num_classes: int, scales) -> dict[int, np.ndarray]:
     """
     from scipy import ndimage
 
+    from segpipe.metrics import class_boundary
+
     classes = [1] if num_classes == 1 else list(range(num_classes))
     sizes: dict[int, list[float]] = {k: [] for k in classes}
     for mask, scale in zip(masks, scales):
@@ -137,7 +139,7 @@ def object_sizes(masks, *, num_classes: int, scales) -> dict[int, np.ndarray]:
             inside = mask == class_id
             regions, count = ndimage.label(inside, structure=np.ones((3, 3)))  # 8-connected
             # boundary: region pixels with a 4-neighbour outside it (the image border is not a boundary)
-            edge = inside & ~ndimage.binary_erosion(inside, border_value=1)
+            edge = class_boundary(inside) & inside
             areas = np.bincount(regions.ravel(), minlength=count + 1)[1:]
             perimeters = np.bincount(regions[edge], minlength=count + 1)[1:]
             for (rows, cols), area, perimeter in zip(ndimage.find_objects(regions), areas, perimeters):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from segpipe.capacity import leaf_layers
+from segpipe.capacity import leaf_layers, parameter_counts
 
 # Fitted by bench/memory_plan.py --calibrate (see its docstring for the configurations and the errors).
 ACTIVATION_FACTOR = 0.449
@@ -83,11 +83,10 @@ def estimate(model, *, batch_size: int, optimizer: str, mixed_precision: bool) -
         {"weights", "gradients", "optimizer_slots", "activations", "workspace", "total"}; every value but
         "weights" is allocated by the step itself (what a measurement of the step's increase sees).
     """
-    trainable = sum(_count(w.shape) for w in model.trainable_weights)
-    everything = sum(_count(w.shape) for w in model.weights)
+    trainable, frozen = parameter_counts(model)
     kept = kept_activation_bytes(model)
     plan = {
-        "weights": 4 * everything + (2 * trainable if mixed_precision else 0),
+        "weights": 4 * (trainable + frozen) + (2 * trainable if mixed_precision else 0),
         "gradients": 4 * trainable,
         "optimizer_slots": 4 * trainable * OPTIMIZER_SLOTS[optimizer],
         "activations": int(ACTIVATION_FACTOR * kept * batch_size),
@@ -95,13 +94,6 @@ def estimate(model, *, batch_size: int, optimizer: str, mixed_precision: bool) -
     }
     plan["total"] = sum(plan.values())
     return plan
-
-
-def _count(shape) -> int:
-    count = 1
-    for dim in shape:
-        count *= int(dim)
-    return count
 
 
 def device_memory_bytes(device_name: str) -> tuple[int, str]:
@@ -127,17 +119,26 @@ def device_memory_bytes(device_name: str) -> tuple[int, str]:
     return int(CPU_MEMORY_SHARE * total), f"{CPU_MEMORY_SHARE:.0%} of {total / 2 ** 30:.1f} GiB RAM"
 
 
-def pick_batch_size(model, *, optimizer: str, mixed_precision: bool, device_bytes: int, num_replicas: int,
-                    replicas_per_memory: int, training_rows: int) -> tuple[int, str]:
+def replica_budget(placement) -> tuple[int, str]:
+    """(bytes one replica may fill, where that figure comes from) for a segpipe.devices.Placement: a GPU's
+    share of its own memory; on CPUs, the machine's share split among its logical devices (each worker of a
+    multi-worker run is a machine of its own)."""
+    device_bytes, source = device_memory_bytes(placement.device_names[0])
+    if placement.device_names[0].startswith("/gpu"):
+        return device_bytes, source
+    sharing = placement.num_replicas // placement.num_workers
+    return device_bytes // sharing, source + (f", split among {sharing} logical devices" if sharing > 1 else "")
+
+
+def pick_batch_size(model, *, optimizer: str, mixed_precision: bool, budget: int, num_replicas: int,
+                    training_rows: int) -> tuple[int, str]:
     """The largest per-replica batch whose estimate fits, capped; (batch, the plan in words).
 
     Args:
-        device_bytes: memory one device may fill (device_memory_bytes).
+        budget: bytes one replica may fill (replica_budget).
         num_replicas: replicas in sync (the global batch is batch x replicas).
-        replicas_per_memory: replicas sharing that memory (logical CPU devices of one machine; 1 for GPUs).
         training_rows: rows of one epoch; the global batch is capped to a quarter of them.
     """
-    budget = device_bytes // replicas_per_memory
     one, two = (estimate(model, batch_size=b, optimizer=optimizer, mixed_precision=mixed_precision)["total"]
                 for b in (1, 2))
     per_image, fixed = two - one, one - (two - one)

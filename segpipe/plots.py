@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 
 from segpipe.balancing import safe_name
 from segpipe.image_io import IGNORE_ID, write_png
+from segpipe.metrics import class_boundary
 from segpipe.outputs import replace_dir, write_bytes, write_csv, write_text
 from segpipe.palette import VOID_COLOUR, colour_table, display_colours
 
@@ -92,11 +93,7 @@ def outlined(image: np.ndarray, ids: np.ndarray, *, num_classes: int) -> np.ndar
     out = np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image[..., :3].copy()
     out = out.astype(np.float32)
     _tint(out, ids == IGNORE_ID, VOID_COLOUR, 0.6)
-    edge = np.zeros(ids.shape, bool)
-    edge[1:, :] |= ids[1:, :] != ids[:-1, :]
-    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
-    edge[:-1, :] |= ids[:-1, :] != ids[1:, :]
-    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+    edge = class_boundary(ids)
     colours = colour_table(num_classes)
     if num_classes == 1:  # the inner side of a foreground edge; yellow shows on gray, green and red images
         out[edge & (ids == 1)] = (255, 230, 0)

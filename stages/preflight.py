@@ -108,20 +108,17 @@ def main(argv=None) -> None:
                                         class_names=class_names, num_classes=num_classes))
 
     mixed = policy != "float32"
-    budget, budget_source = memory_plan.device_memory_bytes(placement.device_names[0])
-    replicas_per_memory = placement.num_replicas // max(1, placement.num_workers) \
-        if placement.device_names[0].startswith("/cpu") else 1
+    budget, budget_source = memory_plan.replica_budget(placement)
     if train["batch_size"] == "auto":
         batch, plan_line = memory_plan.pick_batch_size(
-            model, optimizer=train["optimizer"], mixed_precision=mixed, device_bytes=budget,
-            num_replicas=placement.num_replicas, replicas_per_memory=replicas_per_memory,
-            training_rows=images_per_epoch)
+            model, optimizer=train["optimizer"], mixed_precision=mixed, budget=budget,
+            num_replicas=placement.num_replicas, training_rows=images_per_epoch)
         print(f"preflight: {plan_line}", flush=True)
     else:
         batch = train["batch_size"]
     report.append(checks.memory_check(
         plan=memory_plan.estimate(model, batch_size=batch, optimizer=train["optimizer"], mixed_precision=mixed),
-        batch_size=batch, budget_bytes=budget // replicas_per_memory, budget_source=budget_source))
+        batch_size=batch, budget_bytes=budget, budget_source=budget_source))
 
     # One batch drawn as train draws (its pipeline, patches included), from images that have foreground.
     with_foreground = originals[originals["foreground_fraction"].astype(float) > 0]
@@ -133,8 +130,7 @@ def main(argv=None) -> None:
         [chosen], weights=None, image_size=image_size, channels=channels, batch_size=len(chosen), seed=seed,
         cache=False, online_augment=False, deterministic=True, patches=patches)))
     batch_images, batch_masks = batch_images.numpy(), batch_masks.numpy()
-    mask_check = checks.mask_value_check(batch_masks, num_classes=num_classes)
-    report.append(mask_check)
+    report.append(checks.mask_value_check(batch_masks, num_classes=num_classes))
     if preflight["overfit_steps"] > 0:
         class_weights = resolve_class_weights(
             train["class_weights"], num_classes=num_classes,

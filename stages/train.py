@@ -69,7 +69,7 @@ def main(argv=None) -> None:
     from segpipe.input_mode import choose_input
     from segpipe.keras_metrics import training_metrics
     from segpipe.losses import make_loss, resolve_class_weights
-    from segpipe.memory_plan import device_memory_bytes, pick_batch_size
+    from segpipe.memory_plan import pick_batch_size, replica_budget
     from segpipe.model import build_unet, export_saved_model
     from segpipe.resume import open_backup
     from segpipe.rows import class_pixel_table
@@ -90,12 +90,10 @@ def main(argv=None) -> None:
         model = build_unet(input_shape=(*image_size, channels), remat=train["remat"], **architecture)
     batch_size, batch_plan = train["batch_size"], None
     if batch_size == "auto":  # the largest the memory plan fits: depends on the machine (README)
-        device_bytes, source = device_memory_bytes(placement.device_names[0])
+        budget, source = replica_budget(placement)
         batch_size, batch_plan = pick_batch_size(
-            model, optimizer=train["optimizer"], mixed_precision=policy != "float32", device_bytes=device_bytes,
-            num_replicas=placement.num_replicas, training_rows=len(train_rows),
-            replicas_per_memory=1 if placement.device_names[0].startswith("/gpu") else
-            placement.num_replicas // placement.num_workers)
+            model, optimizer=train["optimizer"], mixed_precision=policy != "float32", budget=budget,
+            num_replicas=placement.num_replicas, training_rows=len(train_rows))
         batch_plan += f" (the budget: {source})"
         print(f"train: {batch_plan}", flush=True)
     global_batch = batch_size * placement.num_replicas

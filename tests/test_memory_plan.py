@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from segpipe import memory_plan
+from segpipe.devices import Placement
 from segpipe.losses import make_loss
 from segpipe.model import RecomputedBlock, build_unet
 
@@ -49,29 +50,33 @@ def test_remat_keeps_block_outputs_and_one_block_inside():
     assert len(blocks) == 5  # down0, down1, bottleneck, up1, up0
 
 
-def test_pick_batch_size_fits_the_budget_and_is_capped():
+def test_pick_batch_size_fits_the_budget_and_is_capped(monkeypatch):
     model = build_unet(input_shape=(64, 64, 3), num_classes=1, depth=2, base_filters=8)
     def total(batch):
         return memory_plan.estimate(model, batch_size=batch, optimizer="adam", mixed_precision=False)["total"]
     budget = total(5) + 1  # room for 5 images, not 6
-    batch, line = memory_plan.pick_batch_size(model, optimizer="adam", mixed_precision=False, device_bytes=budget,
-                                              num_replicas=1, replicas_per_memory=1, training_rows=1000)
+    batch, line = memory_plan.pick_batch_size(model, optimizer="adam", mixed_precision=False, budget=budget,
+                                              num_replicas=1, training_rows=1000)
     assert batch == 5 and "5 image(s) per replica fit" in line
     # two logical devices share the memory: each gets half
-    batch, _ = memory_plan.pick_batch_size(model, optimizer="adam", mixed_precision=False,
-                                           device_bytes=2 * total(3) + 1, num_replicas=2, replicas_per_memory=2,
-                                           training_rows=1000)
+    monkeypatch.setattr(memory_plan, "device_memory_bytes", lambda name: (2 * total(3) + 1, "RAM"))
+    two_cpus = Placement(strategy=None, device_names=["/cpu:0", "/cpu:1"], num_replicas=2, num_workers=1,
+                         is_chief=True)
+    budget, source = memory_plan.replica_budget(two_cpus)
+    assert source == "RAM, split among 2 logical devices"
+    batch, _ = memory_plan.pick_batch_size(model, optimizer="adam", mixed_precision=False, budget=budget,
+                                           num_replicas=2, training_rows=1000)
     assert batch == 3
     # capped: at least MIN_STEPS_PER_EPOCH steps per epoch, and MAX_AUTO_BATCH
-    batch, line = memory_plan.pick_batch_size(model, optimizer="adam", mixed_precision=False, device_bytes=2 ** 40,
-                                              num_replicas=2, replicas_per_memory=1, training_rows=40)
+    batch, line = memory_plan.pick_batch_size(model, optimizer="adam", mixed_precision=False, budget=2 ** 40,
+                                              num_replicas=2, training_rows=40)
     assert batch == 40 // (memory_plan.MIN_STEPS_PER_EPOCH * 2) and "steps per epoch" in line
-    batch, _ = memory_plan.pick_batch_size(model, optimizer="adam", mixed_precision=False, device_bytes=2 ** 40,
-                                           num_replicas=1, replicas_per_memory=1, training_rows=10 ** 6)
+    batch, _ = memory_plan.pick_batch_size(model, optimizer="adam", mixed_precision=False, budget=2 ** 40,
+                                           num_replicas=1, training_rows=10 ** 6)
     assert batch == memory_plan.MAX_AUTO_BATCH
     with pytest.raises(ValueError, match="one image does not fit.*train.remat: true"):
-        memory_plan.pick_batch_size(model, optimizer="adam", mixed_precision=False, device_bytes=total(1) - 1,
-                                    num_replicas=1, replicas_per_memory=1, training_rows=100)
+        memory_plan.pick_batch_size(model, optimizer="adam", mixed_precision=False, budget=total(1) - 1,
+                                    num_replicas=1, training_rows=100)
 
 
 @pytest.mark.parametrize("normalization", ["batch", "group"])
