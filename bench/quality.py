@@ -15,8 +15,9 @@ The reference:
 - binary: ../shared/refbench/keras_io_baseline.py on a flat copy of OUR split (images/ + masks/ with
   --split-csv; the masks are our converted ones, positive class 255, so polarity and naming params apply to
   both), for the same minutes; its `val_metrics_native` IoU (pooled, threshold 0.5, native size);
-- multi-class (the reference is binary only): our own pipeline with train.input: resize, i.e. the recipe
-  before native-resolution patches, same data, same minutes.
+- multi-class (the reference is binary only): our own pipeline with the recipe of the day issue 13 was
+  written, MULTI_CLASS_REFERENCE (train.input: resize, batch 8, no test-time augmentation), on the same
+  data for the same minutes; the --set params apply to it too, then these.
 Run it alone on the machine (no tests, no other training): the budget turns into epochs at the machine's pace.
 """
 from __future__ import annotations
@@ -38,6 +39,9 @@ from run_stages import run, run_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "refbench" / "keras_io_baseline.py"
+# Multi-class reference: whole images resized to the input, 8 per batch, predictions without TTA (the
+# defaults before native-resolution patches, TTA and the batch of 4), on today's code.
+MULTI_CLASS_REFERENCE = ["train.input=resize", "train.batch_size=8", "evaluate.tta=none"]
 
 
 def write_params(project: Path, *, minutes: float, overrides: list[str]) -> dict:
@@ -89,8 +93,9 @@ def main(argv=None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
                         help="a param for our runs: section.key=value or a shared key (num_classes=11)")
     parser.add_argument("--reference-json", type=Path, default=None,
-                        help="binary: reuse the reference's result JSON of an earlier run on the same data and split "
-                             "(same session, same machine) instead of training it again")
+                        help="reuse the reference of an earlier run on the same data and split (same session, same "
+                             "machine) instead of training it again: binary, its keras-io reference.json; "
+                             "multi-class, its result.json")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     if not args.data.is_dir():
@@ -127,14 +132,21 @@ def main(argv=None) -> None:
                        f"{reference['images_per_s_train']} img/s)")
         print(f"reference done in {time.perf_counter() - started:.0f}s", flush=True)
         score_name = "IoU of the positive class"
+    elif args.reference_json is not None:
+        earlier = json.loads(args.reference_json.read_text())
+        if Path(earlier["data"]).resolve() != args.data.resolve() or earlier["minutes"] != args.minutes:
+            raise SystemExit(f"{args.reference_json} measured {earlier['data']} for {earlier['minutes']} minutes; "
+                             "run without --reference-json.")
+        theirs, their_words = earlier["reference"], earlier["reference_words"]
+        score_name = f"mean IoU over {num_classes} classes"
     else:
-        resized = work / "resize"
+        resized = work / "reference_recipe"
         shutil.rmtree(resized, ignore_errors=True)
         shutil.copytree(project, resized, ignore=shutil.ignore_patterns("models", "metrics", "plots"))
-        write_params(resized, minutes=args.minutes, overrides=[*args.set, "train.input=resize"])
+        write_params(resized, minutes=args.minutes, overrides=[*args.set, *MULTI_CLASS_REFERENCE])
         run_stages(resized, log, evaluate=True, data=False)
-        theirs, _, resize_facts = our_score(resized, num_classes=num_classes)
-        their_words = f"our recipe with train.input: resize ({describe(resize_facts)})"
+        theirs, _, reference_facts = our_score(resized, num_classes=num_classes)
+        their_words = f"our earlier recipe {MULTI_CLASS_REFERENCE} ({describe(reference_facts)})"
         score_name = f"mean IoU over {num_classes} classes"
     print(f"\n{args.data.name}: {score_name} on the validation split at native resolution; {args.minutes:g} "
           f"minutes of training each; params {args.set or 'defaults'}")
@@ -144,8 +156,10 @@ def main(argv=None) -> None:
         print("  segpipe IoU per class: " + ", ".join(
             f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in metrics["valid_class_iou"].items()))
     print(f"DIFFERENCE {ours - theirs:+.4f} (target: >= +0.05)")
-    (work / "result.json").write_text(json.dumps({"data": str(args.data), "overrides": args.set, "ours": ours,
-                                                  "reference": theirs, "train": facts, "evaluate": metrics},
+    (work / "result.json").write_text(json.dumps({"data": str(args.data), "minutes": args.minutes,
+                                                  "overrides": args.set, "ours": ours, "reference": theirs,
+                                                  "reference_words": their_words, "train": facts,
+                                                  "evaluate": metrics},
                                                  indent=2))
 
 
