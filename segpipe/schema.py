@@ -101,6 +101,7 @@ SECTIONS = {
                            hint="Expected a positive number of images per replica, or auto (the memory plan "
                                 "picks it: README)."),
         "input": dict(kind=str, choices=INPUTS),
+        "keep_aspect": dict(kind=bool),
         "patch_foreground_share": dict(kind=float, minimum=0.0, maximum=1.0),
         "patch_scale_range": dict(kind=list, check=_scale_range, hint="expected [low, high], 0 < low <= high, "
                                   "e.g. [0.8, 1.25]."),

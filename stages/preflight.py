@@ -74,7 +74,7 @@ def main(argv=None) -> None:
     from segpipe import memory_plan, preflight as checks
     from segpipe.capacity import object_sizes, receptive_field
     from segpipe.devices import configure_runtime
-    from segpipe.input_mode import choose_input
+    from segpipe.input_mode import choose_input, network_input_size
     from segpipe.losses import make_loss, resolve_class_weights
     from segpipe.model import build_unet
     from segpipe.rows import class_pixel_table
@@ -85,10 +85,12 @@ def main(argv=None) -> None:
     report = [checks.device_check(placement=placement, precision=policy, precision_reason=reason),
               checks.data_check(rows, num_classes=num_classes, class_names=class_names)]
 
-    image_size = tuple(train["image_size"])
     originals = rows["train"]
-    input_mode, input_reason = choose_input(train["input"], rows=originals, image_size=image_size,
+    input_mode, input_reason = choose_input(train["input"], rows=originals, image_size=tuple(train["image_size"]),
                                             num_classes=num_classes, seed=seed)
+    image_size, _ = network_input_size(
+        train["image_size"], input_mode=input_mode, keep_aspect=train["keep_aspect"], rows=originals,
+        multiple=2 ** (train["depth"] if train["encoder"] == "plain" else 5))
     architecture = dict(num_classes=num_classes, encoder=train["encoder"], encoder_weights=train["encoder_weights"],
                         depth=train["depth"], base_filters=train["base_filters"], dropout=train["dropout"],
                         upsampling=train["upsampling"], normalization=train["normalization"], remat=train["remat"])

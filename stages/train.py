@@ -66,7 +66,7 @@ def main(argv=None) -> None:
     from segpipe.balancing import AUGMENTED_ID, training_rows
     from segpipe.callbacks import LogToMlflow
     from segpipe.devices import configure_runtime
-    from segpipe.input_mode import choose_input
+    from segpipe.input_mode import choose_input, network_input_size
     from segpipe.keras_metrics import training_metrics
     from segpipe.losses import make_loss, resolve_class_weights
     from segpipe.memory_plan import pick_batch_size, replica_budget
@@ -82,7 +82,12 @@ def main(argv=None) -> None:
         summary_path=args.subsets_summary, subsets_dir=args.subsets_dir, augmented_csv=args.augmented_csv,
         valid_csv=args.valid_csv, sampling_weights=train["sampling_weights"])
     train_rows = pd.concat(subsets, ignore_index=True)
-    image_size = tuple(train["image_size"])
+    originals = train_rows[~train_rows["id"].str.contains(AUGMENTED_ID, regex=False)]
+    input_mode, input_reason = choose_input(train["input"], rows=originals, image_size=tuple(train["image_size"]),
+                                            num_classes=num_classes, seed=seed)
+    image_size, size_reason = network_input_size(
+        train["image_size"], input_mode=input_mode, keep_aspect=train["keep_aspect"], rows=originals,
+        multiple=2 ** (train["depth"] if train["encoder"] == "plain" else 5))
     architecture = dict(num_classes=num_classes, encoder=train["encoder"], encoder_weights=train["encoder_weights"],
                         depth=train["depth"], base_filters=train["base_filters"], dropout=train["dropout"],
                         upsampling=train["upsampling"], normalization=train["normalization"])
@@ -106,9 +111,6 @@ def main(argv=None) -> None:
                                           pixels_per_class=class_pixel_table(train_rows, num_classes=num_classes).sum(0))
     loss = make_loss(weights=train["loss"], focal_gamma=train["focal_gamma"], class_weights=class_weights)
 
-    originals = train_rows[~train_rows["id"].str.contains(AUGMENTED_ID, regex=False)]
-    input_mode, input_reason = choose_input(train["input"], rows=originals, image_size=image_size,
-                                            num_classes=num_classes, seed=seed)
     patches = pipeline.Patches(foreground_share=train["patch_foreground_share"],
                                scale_range=tuple(train["patch_scale_range"]),
                                num_classes=num_classes) if input_mode == "patches" else None
@@ -124,7 +126,8 @@ def main(argv=None) -> None:
           f"{image_size[0]}x{image_size[1]}x{channels}; global batch {global_batch} ({batch_size} x "
           f"{placement.num_replicas} replica(s) on {devices_used}); {steps} steps/epoch; precision {policy} "
           f"({reason})" + (f"; class weights {class_weights}" if class_weights else ""), flush=True)
-    print(f"train: input {input_mode} ({input_reason})", flush=True)
+    print(f"train: input {input_mode} ({input_reason}); size {image_size[0]}x{image_size[1]} ({size_reason})",
+          flush=True)
 
     inputs = [args.subsets_summary, args.augmented_csv, args.valid_csv,
               *(args.subsets_dir / subset["file"] for subset in summary["subsets"])]
@@ -174,7 +177,8 @@ def main(argv=None) -> None:
     history, metrics, facts = run_summary(outcome, images_per_epoch=steps * global_batch)
     facts.update(precision_policy=policy, devices=devices_used, num_replicas=placement.num_replicas,
                  global_batch_size=global_batch, class_weights=class_weights, input=input_mode,
-                 input_reason=input_reason, planned_epochs=state.get("planned_epochs"), batch_size=batch_size,
+                 input_reason=input_reason, input_size=list(image_size), input_size_reason=size_reason,
+                 planned_epochs=state.get("planned_epochs"), batch_size=batch_size,
                  batch_plan=batch_plan)
     if train["remat"]:
         # The model users get is the plain variant (same layers, names and weights): recomputation only

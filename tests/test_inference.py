@@ -12,7 +12,7 @@ tf = pytest.importorskip("tensorflow")
 
 from segpipe import inference  # noqa: E402
 from segpipe import input_pipeline as ip  # noqa: E402
-from segpipe.input_mode import area_and_boundary, choose_input, structure_width  # noqa: E402
+from segpipe.input_mode import area_and_boundary, choose_input, network_input_size, structure_width  # noqa: E402
 
 RADIUS = 2  # two 3x3 convolutions: an output pixel sees 2 pixels to each side
 
@@ -232,3 +232,20 @@ def test_multi_class_scenes_are_judged_by_their_typical_region_not_their_thinnes
     rows = write_rows(tmp_path, [scene, scene])
     assert structure_width(list(rows["mask_path"]), num_classes=3) > 32
     assert choose_input("auto", rows=rows, image_size=(256, 256), num_classes=3, seed=0)[0] == "resize"
+
+
+@pytest.mark.parametrize("shapes, expected", [
+    ([(360, 480)] * 4, (224, 288)),                          # CamVid: all landscape 3:4
+    ([(584, 565)] * 4, (256, 256)),                          # nearly square: within 10%
+    ([(144, 112), (160, 120), (120, 160), (112, 144)], (256, 256)),  # portrait beside landscape
+    ([(1000, 250)] * 3 + [(250, 1000)], (512, 128)),         # a shared orientation, the median ratio
+])
+def test_keep_aspect_takes_a_shared_orientation_at_the_same_pixel_count(shapes, expected):
+    rows = pd.DataFrame({"height": [h for h, _ in shapes], "width": [w for _, w in shapes]})
+    size, reason = network_input_size((256, 256), input_mode="resize", keep_aspect=True, rows=rows, multiple=16)
+    assert size == expected and all(side % 16 == 0 for side in size)
+    assert abs(size[0] * size[1] - 256 * 256) <= 0.15 * 256 * 256
+    assert reason.startswith("keep_aspect" if size != (256, 256) else "train.image_size")
+    # patches stay square crops, and keep_aspect: false keeps image_size as given
+    assert network_input_size((256, 256), input_mode="patches", keep_aspect=True, rows=rows, multiple=16)[0] == (256, 256)
+    assert network_input_size((256, 256), input_mode="resize", keep_aspect=False, rows=rows, multiple=16)[0] == (256, 256)
