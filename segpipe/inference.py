@@ -82,8 +82,8 @@ def check_tta(tta: str, *, input_size: tuple[int, int], param: str = "evaluate.t
         raise ValueError(f"param '{param}' must be one of {list(TTA_MODES)}, got {tta!r}.")
     if tta == "flips_rotations" and input_size[0] != input_size[1]:
         raise ValueError(f"param '{param}' is flips_rotations, but the model's input {input_size[0]}x{input_size[1]} "
-                         "is not square and a 90-degree turn would change its shape; use flips, or train with a "
-                         "square train.image_size.")
+                         "is not square and a 90-degree turn would change its shape; use flips, or train a square "
+                         "input (a square train.image_size and train.keep_aspect: false).")
 
 
 def _averaged(model: keras.Model, batch, *, tta: str):

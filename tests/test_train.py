@@ -94,9 +94,12 @@ def test_train_writes_model_metrics_history_and_tracks_in_mlflow(project):
     assert [p.name for p in (project / "basic/backup").iterdir()] == ["README.txt"]  # a finished run leaves no resume state
 
     import keras
+    import tensorflow as tf
 
     model = keras.models.load_model(project / "basic/model.keras", compile=False)
-    assert model.output_shape == (None, 32, 32, 1)
+    # 32x40 images share an orientation: keep_aspect trains at their aspect with image_size's pixel count
+    assert model.output_shape == (None, 28, 36, 1) and facts["input_size"] == [28, 36]
+    assert not hasattr(tf.saved_model.load(str(project / "basic/saved_model")), "serve_tta_flips_rotations")
 
     import mlflow
 
@@ -114,7 +117,7 @@ def test_train_writes_model_metrics_history_and_tracks_in_mlflow(project):
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"history.csv", "train.json", "facts.json"} <= artifacts
     logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    batch = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    batch = np.random.default_rng(0).random((2, 28, 36, 3), dtype=np.float32)
     np.testing.assert_allclose(np.asarray(logged.predict(batch)), model.predict(batch, verbose=0), atol=1e-5)
 
 
@@ -378,7 +381,7 @@ def Image_size(path):
 @pytest.fixture(scope="module")
 def trained(project) -> Path:
     """A 1-epoch model with its SavedModel export and threshold.json beside it."""
-    params = params_file(project, "p_trained", epochs=1)
+    params = params_file(project, "p_trained", epochs=1, keep_aspect=False)  # square: every TTA endpoint
     done = run_stage(project, "train", *train_args("trained", params), env=env_for(project, MLFLOW_TRACKING_URI=""))
     assert done.returncode == 0, done.stderr
     (project / "trained/threshold.json").write_text(json.dumps({"threshold": 0.35}))
