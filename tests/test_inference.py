@@ -249,3 +249,5 @@ def test_keep_aspect_takes_a_shared_orientation_at_the_same_pixel_count(shapes, 
     # patches stay square crops, and keep_aspect: false keeps image_size as given
     assert network_input_size((256, 256), input_mode="patches", keep_aspect=True, rows=rows, multiple=16)[0] == (256, 256)
     assert network_input_size((256, 256), input_mode="resize", keep_aspect=False, rows=rows, multiple=16)[0] == (256, 256)
+    # a non-square image_size is the shape the user chose
+    assert network_input_size((128, 512), input_mode="resize", keep_aspect=True, rows=rows, multiple=16)[0] == (128, 512)
