@@ -97,7 +97,7 @@ def network_input_size(image_size: tuple[int, int], *, input_mode: str, keep_asp
     shared = (low > 1 and high > 1) or (low < 1 and high < 1)
     if not shared or max(median, 1 / median) < MIN_ASPECT_CHANGE:
         return given, (f"train.image_size: the training images' height/width ratios (quartiles {low:.2f}, "
-                       f"{median:.2f}, {high:.2f}) share no orientation 10% away from square")
+                       f"{median:.2f}, {high:.2f}) share no orientation {MIN_ASPECT_CHANGE - 1:.0%} away from square")
     pixels = given[0] * given[1]
     height = max(multiple, round(math.sqrt(pixels * median) / multiple) * multiple)
     width = max(multiple, round(math.sqrt(pixels / median) / multiple) * multiple)

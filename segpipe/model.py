@@ -20,7 +20,8 @@ import numpy as np
 from keras import layers, ops
 
 from segpipe.outputs import replace_dir
-from segpipe.schema import ENCODER_WEIGHTS, ENCODERS, NORMALIZATIONS, UPSAMPLING, check_architecture
+from segpipe.schema import (ENCODER_WEIGHTS, ENCODERS, NORMALIZATIONS, UPSAMPLING, check_architecture,
+                            downsampling_levels)
 
 
 # Layer names of the skip features at strides 2, 4, 8, 16, and of the bottleneck at stride 32.
@@ -195,7 +196,7 @@ def build_unet(*, input_shape: tuple[int, int, int], num_classes: int, encoder: 
         if value not in choices:
             raise ValueError(f"param 'train.{name}' must be one of {list(choices)}, got {value!r}.")
     check_architecture(image_size=input_shape[:2], encoder=encoder, encoder_weights=encoder_weights, depth=depth)
-    levels = depth if encoder == "plain" else 5
+    levels = downsampling_levels(encoder=encoder, depth=depth)
     block = dict(normalization=normalization, remat=remat)
     inputs = keras.Input(shape=input_shape, name="image")
     if encoder == "plain":

@@ -163,13 +163,19 @@ SECTIONS = {
 }
 
 
+def downsampling_levels(*, encoder: str, depth: int) -> int:
+    """How many times the model halves its input: train.depth for the plain encoder, 5 for the
+    keras.applications encoders; the input's sides must be multiples of 2 to that power."""
+    return depth if encoder == "plain" else 5
+
+
 def check_architecture(*, image_size, encoder: str, encoder_weights, depth: int) -> None:
     """Rules across train keys that the model needs, checked before TensorFlow starts: pretrained weights only
     for keras.applications encoders, and an input size that every down-sampling step halves exactly."""
     if encoder == "plain" and encoder_weights is not None:
         raise ValueError("param 'train.encoder_weights' must be null for encoder 'plain' (it has no pretrained "
                          f"weights); use one of {list(ENCODERS[1:])} for ImageNet weights.")
-    levels = depth if encoder == "plain" else 5
+    levels = downsampling_levels(encoder=encoder, depth=depth)
     height, width = image_size
     factor = 2 ** levels
     if height % factor or width % factor:

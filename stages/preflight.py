@@ -22,7 +22,7 @@ from pathlib import Path
 from segpipe.cli import run_stage, start_tensorflow
 from segpipe.outputs import write_json
 from segpipe.params import Params
-from segpipe.schema import check_architecture
+from segpipe.schema import check_architecture, downsampling_levels
 
 RECEPTIVE_FIELD_MAX_SIDE = 1024  # the receptive field is measured on inputs up to this side
 
@@ -88,9 +88,9 @@ def main(argv=None) -> None:
     originals = rows["train"]
     input_mode, input_reason = choose_input(train["input"], rows=originals, image_size=tuple(train["image_size"]),
                                             num_classes=num_classes, seed=seed)
-    image_size, _ = network_input_size(
-        train["image_size"], input_mode=input_mode, keep_aspect=train["keep_aspect"], rows=originals,
-        multiple=2 ** (train["depth"] if train["encoder"] == "plain" else 5))
+    factor = 2 ** downsampling_levels(encoder=train["encoder"], depth=train["depth"])  # sides' multiple
+    image_size, _ = network_input_size(train["image_size"], input_mode=input_mode, keep_aspect=train["keep_aspect"],
+                                       rows=originals, multiple=factor)
     architecture = dict(num_classes=num_classes, encoder=train["encoder"], encoder_weights=train["encoder_weights"],
                         depth=train["depth"], base_filters=train["base_filters"], dropout=train["dropout"],
                         upsampling=train["upsampling"], normalization=train["normalization"], remat=train["remat"])
@@ -98,8 +98,7 @@ def main(argv=None) -> None:
         model = build_unet(input_shape=(*image_size, channels), **architecture)
 
     # Receptive field: measured on a separate copy at twice the input side (the field may exceed the input).
-    levels = 2 ** (train["depth"] if train["encoder"] == "plain" else 5)
-    side = min(RECEPTIVE_FIELD_MAX_SIDE, 2 * max(image_size)) // levels * levels
+    side = min(RECEPTIVE_FIELD_MAX_SIDE, 2 * max(image_size)) // factor * factor
     field = receptive_field(lambda s: build_unet(input_shape=(s, s, channels), **{**architecture, "remat": False}),
                             side=side, seed=seed)
     sample = originals.sample(n=min(len(originals), 200), random_state=seed).sort_values("id")

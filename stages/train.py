@@ -27,7 +27,7 @@ from segpipe import faults
 from segpipe.cli import run_stage, start_tensorflow
 from segpipe.outputs import write_bytes, write_csv, write_json
 from segpipe.params import Params
-from segpipe.schema import check_architecture
+from segpipe.schema import check_architecture, downsampling_levels
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -87,7 +87,7 @@ def main(argv=None) -> None:
                                             num_classes=num_classes, seed=seed)
     image_size, size_reason = network_input_size(
         train["image_size"], input_mode=input_mode, keep_aspect=train["keep_aspect"], rows=originals,
-        multiple=2 ** (train["depth"] if train["encoder"] == "plain" else 5))
+        multiple=2 ** downsampling_levels(encoder=train["encoder"], depth=train["depth"]))
     architecture = dict(num_classes=num_classes, encoder=train["encoder"], encoder_weights=train["encoder_weights"],
                         depth=train["depth"], base_filters=train["base_filters"], dropout=train["dropout"],
                         upsampling=train["upsampling"], normalization=train["normalization"])
