@@ -11,6 +11,7 @@ Conventions (the rest of the pipeline relies on them):
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,8 @@ _ORIENTATION_FIX = {
 }
 _EXIF_ORIENTATION_TAG = 0x0112
 IGNORE_ID = 255  # void pixels in converted masks; so num_classes can be at most 255
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+CONTAINER_WHITE_LEVEL = 65535.0
 
 
 def open_image(path: Path) -> Image.Image:
@@ -59,24 +62,58 @@ def apply_orientation(im: Image.Image, orientation: int) -> Image.Image:
     return im.transpose(_ORIENTATION_FIX[orientation]) if orientation in _ORIENTATION_FIX else im
 
 
-def _to_8bit_gray_or_color(im: Image.Image) -> Image.Image:
-    """16-bit and float modes to 8-bit "L" by full-range scaling (65535 -> 255); others unchanged."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        values = np.asarray(im, dtype=np.float64)
-        # 16-bit data are scaled by their container range, not per image, so that every image
-        # keeps the same intensity meaning (a per-image stretch would change contrast between images).
-        top = 65535.0 if im.mode != "F" or values.max() > 1.0 else 1.0
-        return Image.fromarray(np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8), mode="L")
-    return im
+def is_high_bit_depth(im: Image.Image) -> bool:
+    """Whether `im` holds more than 8 bits per pixel (16-bit, 32-bit integer or float gray). Reads the
+    mode only, so it is cheap on a file opened lazily."""
+    return im.mode in HIGH_BIT_DEPTH_MODES
 
 
-def image_to_array(im: Image.Image, *, image_mode: str) -> np.ndarray:
-    """Any decoded image -> uint8 array: (H, W, 3) for image_mode "RGB", (H, W) for "L".
+def white_level_of(brightest: float, *, is_float: bool) -> float:
+    """The raw value that becomes white (255) for an image whose brightest pixel is `brightest`: float
+    data within [0, 1] -> 1.0; otherwise the smallest 2**k - 1 (k >= 8) at or above it, the bit depth the
+    sensor wrote (12-bit camera data in 16-bit files: 4095)."""
+    if is_float and brightest <= 1.0:
+        return 1.0
+    return float(2 ** max(8, int(np.ceil(max(brightest, 0.0))).bit_length()) - 1)
+
+
+def _to_8bit_gray_or_color(im: Image.Image, *, white_level: float | None = None) -> Image.Image:
+    """16-bit, 32-bit and float modes to 8-bit "L", `white_level` -> 255 (clipped above); others unchanged.
+
+    One white level for a whole dataset (convert-to-png derives it, train records it for predict),
+    not a per-image stretch, so every image keeps the same intensity meaning. None: the container's
+    range (65535; 1.0 for float data in [0, 1]), how models trained before white levels were recorded
+    saw their images."""
+    if not is_high_bit_depth(im):
+        return im
+    values = np.asarray(im, dtype=np.float64)
+    if white_level is None:
+        white_level = 1.0 if im.mode == "F" and values.max() <= 1.0 else CONTAINER_WHITE_LEVEL
+    return Image.fromarray(np.clip(np.rint(values / white_level * 255.0), 0, 255).astype(np.uint8), mode="L")
+
+
+def read_white_level(path: Path) -> float | None:
+    """The white level recorded in `path` (convert-to-png's white_level.json, or train's inference.json,
+    which carries it to predict); None when the data had 8 bits or the record predates white levels."""
+    try:
+        value = json.loads(Path(path).read_text()).get("white_level")
+    except (OSError, ValueError, AttributeError):
+        raise ValueError(f"'{path}' is missing or unreadable; it records the white level of images of more "
+                         "than 8 bits: rerun the pipeline (dvc repro).") from None
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+        raise ValueError(f"'{path}' says white_level {value!r}; expected null or a positive number: rerun the "
+                         "pipeline (dvc repro).")
+    return value
+
+
+def image_to_array(im: Image.Image, *, image_mode: str, white_level: float | None = None) -> np.ndarray:
+    """Any decoded image -> uint8 array: (H, W, 3) for image_mode "RGB", (H, W) for "L". Images of more
+    than 8 bits map `white_level` to 255 (see `_to_8bit_gray_or_color`).
 
     Transparency is dropped (alpha is not composited: segmentation labels refer to the pixels, and a
     transparent region in a photo is rare and has no right colour). Palette images use their colours.
     """
-    im = _to_8bit_gray_or_color(im)
+    im = _to_8bit_gray_or_color(im, white_level=white_level)
     if im.mode == "P":
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA"):
@@ -90,7 +127,13 @@ def _mask_channel(im: Image.Image) -> tuple[np.ndarray, bool]:
     Colour masks use the max over channels, so a pure red (255, 0, 0) annotation counts as bright and
     a lossy JPEG mask with slightly unequal channels gives one clean value per pixel.
     """
-    im = _to_8bit_gray_or_color(im)
+    if is_high_bit_depth(im):
+        values = np.asarray(im, dtype=np.float64)
+        if values.max() <= 255:
+            # Labels in a wide container (class ids or {0, 1} in a 16-bit PNG or TIFF) are values, not
+            # intensities: scaling them by the container's range would turn every id into 0.
+            return np.rint(values).astype(np.uint8), False
+        im = _to_8bit_gray_or_color(im)  # {0, 65535} binary masks: 65535 -> 255
     if im.mode == "1":
         return np.asarray(im, dtype=np.uint8), True
     if im.mode == "P":
@@ -125,6 +168,10 @@ def mask_to_class_ids(im: Image.Image, *, num_classes: int, threshold: int, inve
     Multi-class: single-channel values (or palette indices) are the class ids; each must be
     < num_classes.
     """
+    if num_classes > 1 and is_high_bit_depth(im) and np.asarray(im).max() > 255:
+        raise ValueError(
+            f"class ids up to {np.asarray(im).max()} in a {im.mode} mask, out of range for num_classes="
+            f"{num_classes}; expected values 0..{num_classes - 1} (void: convert.ignore_value, at most 255)")
     values, is_index = _mask_channel(im)
     void = values == ignore_value if ignore_value is not None else np.zeros(values.shape, bool)
     labelled = values[~void]

@@ -6,7 +6,8 @@
 
 Accepts every format the convert stage accepts (PNG, JPEG, BMP, TIFF, GIF, WebP; 16-bit, palette,
 EXIF-rotated), applies the EXIF orientation, predicts the way the model was trained (inference.json
-beside the model: resized to its input, or sliding windows at native resolution) and writes each mask
+beside the model: resized to its input, or sliding windows at native resolution; images of more than 8
+bits scaled by the training data's white level) and writes each mask
 at the image's ORIGINAL (upright) size as <output>/<relative path stem>.png:
 binary models write 0/255 (viewable), multi-class models write class ids 0..K-1.
 The threshold (binary), test-time augmentation and window overlap default to what the evaluate stage
@@ -26,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from segpipe.cli import run_stage, start_tensorflow
-from segpipe.image_io import SUPPORTED_EXTENSIONS, write_png
+from segpipe.image_io import SUPPORTED_EXTENSIONS, read_white_level, write_png
 from segpipe.outputs import write_text
 from segpipe.palette import colour_mask
 from segpipe.plots import class_overlay
@@ -115,11 +116,12 @@ def main(argv=None) -> None:
     from segpipe.inference import predict_files, read_input_mode, to_class_ids
 
     input_mode = read_input_mode(args.model.with_name("inference.json"))
+    white_level = read_white_level(args.model.with_name("inference.json"))
     model = keras.models.load_model(args.model, compile=False)
     print(f"predict: {len(inputs)} image(s), model input {model.input_shape[1:]} ({input_mode}), threshold "
           f"{threshold:g}, tta {settings['tta']}, tile overlap {settings['tile_overlap']:g} (unless given: {source})")
     predictions = predict_files(model, [path for path, _ in inputs], batch_size=args.batch_size, desc="predict",
-                                input_mode=input_mode, **settings)
+                                input_mode=input_mode, white_level=white_level, **settings)
     # strict: zip then runs the generator to its end, so its progress prints the closing line.
     for (_, stem), (image, probability) in zip(inputs, predictions, strict=True):
         (args.output / stem).parent.mkdir(parents=True, exist_ok=True)

@@ -78,6 +78,9 @@ SECTIONS = {
         "mask_threshold": dict(kind=int, minimum=1, maximum=255),
         "invert_mask": dict(kind=bool),
         "max_gray_fraction": dict(kind=float, minimum=0.0, maximum=1.0),
+        "white_level": dict(kind=(str, int, float), check=lambda v: v == "auto" if isinstance(v, str) else v > 0,
+                            hint="Expected auto or the positive raw value that should become white (255), "
+                                 "e.g. 4095 for 12-bit data."),
         "on_error": dict(kind=str, choices=ON_ERROR),
         "num_workers": dict(kind=int, minimum=0),
     },

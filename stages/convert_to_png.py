@@ -9,11 +9,15 @@ Writes:  --output-dir/images/<id>.png  8-bit RGB (or L, see convert.image_mode),
          --output-dir/manifest.csv     id, split, group, image_path, mask_path (relative to the output
                                        dir), height, width, foreground_fraction, class_pixels,
                                        source_image, source_mask;
+         --output-dir/white_level.json white_level: the raw value that became 255 in images of more than
+                                       8 bits (null when every image has 8 bits), and the reason;
+                                       train records it in models/inference.json for predict;
          --skipped                     CSV (path, reason) of inputs skipped under on_error: skip; header
                                        only when nothing was skipped.
 Params:  num_classes; convert.image_mode, image_folder, mask_folder, mask_stem_pattern, image_key,
          mask_key (segpipe/raw_layout.py), palette, palette_tolerance (segpipe/palette.py), ignore_value,
-         mask_threshold, invert_mask, max_gray_fraction, on_error (fail | skip), num_workers (0 = all cores).
+         mask_threshold, invert_mask, max_gray_fraction, white_level, on_error (fail | skip), num_workers
+         (0 = all cores).
 
 Every problem is collected before anything is written. With on_error: fail (the default) the stage
 fails with one message listing them all, and the previous output stays as it was.
@@ -21,15 +25,18 @@ fails with one message listing them all, and the previous output stays as it was
 from __future__ import annotations
 
 import argparse
+import json
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from PIL import Image
 
 from segpipe.cli import run_stage
 from segpipe.image_io import (LOSSY_FORMATS, apply_orientation, exif_orientation, image_to_array,
-                              mask_to_class_ids, open_image, write_png)
-from segpipe.outputs import replace_dir, write_csv
+                              is_high_bit_depth, mask_to_class_ids, open_image, white_level_of, write_png)
+from segpipe.outputs import replace_dir, write_csv, write_text
 from segpipe.palette import Palette, colour_mask_to_class_ids, load_palette
 from segpipe.parallel import map_in_order
 from segpipe.params import Params
@@ -60,9 +67,49 @@ def _orient_pair(image, mask):
     return upright, mask
 
 
+def _is_high_bit_file(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:  # reads the header only
+            return is_high_bit_depth(im)
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+def _brightest_high_bit_pixel(path: Path) -> tuple[float, bool] | None:
+    """(brightest pixel value, whether float) of an image of more than 8 bits; None when it cannot be
+    decoded (the conversion itself reports that)."""
+    try:
+        with Image.open(path) as im:
+            return float(np.asarray(im).max()), im.mode == "F"
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
+def dataset_white_level(image_paths: list[Path], *, white_level, num_workers: int) -> tuple[float | None, str]:
+    """The white level of the dataset's images of more than 8 bits (None when there are none), and why.
+
+    One level for all of them, so that every image keeps the same intensity meaning: `white_level`
+    "auto" takes the bit depth the brightest pixel implies (`white_level_of`: 12-bit data in 16-bit files
+    -> 4095, not 65535, which would leave them 16 gray levels); a number is used as given."""
+    high_bit = [path for path in image_paths if _is_high_bit_file(path)]
+    if not high_bit:
+        return None, "every image has 8 bits per channel"
+    found = [value for value in map_in_order(_brightest_high_bit_pixel, high_bit, num_workers=num_workers,
+                                             desc="white level") if value is not None]
+    if not found:
+        return None, "no readable image of more than 8 bits"
+    brightest = max(value for value, _ in found)
+    if white_level != "auto":
+        return float(white_level), (f"convert.white_level; the brightest of {len(found)} images of more than "
+                                    f"8 bits is {brightest:g}")
+    level = white_level_of(brightest, is_float=all(is_float for _, is_float in found))
+    return level, (f"auto: the brightest pixel of {len(found)} images of more than 8 bits is {brightest:g}, so "
+                   f"{level:g} becomes 255" + (f" ({int(level).bit_length()}-bit data)" if level > 1 else ""))
+
+
 def convert_pair(pair: Pair, *, output_dir: Path, raw_dir: Path, image_mode: str, num_classes: int,
                  mask_threshold: int, invert_mask: bool, max_gray_fraction: float, ignore_value=None,
-                 palette: Palette | None = None, palette_tolerance: int = 0):
+                 palette: Palette | None = None, palette_tolerance: int = 0, white_level: float | None = None):
     """Converts one pair into output_dir. Returns (manifest row or None, list of Problem).
 
     The mask goes through the palette when there is one (colour-coded masks), else through
@@ -97,7 +144,7 @@ def convert_pair(pair: Pair, *, output_dir: Path, raw_dir: Path, image_mode: str
                                           ignore_value=ignore_value)
     except ValueError as err:
         return None, [Problem(pair.mask_path, str(err))]
-    pixels = image_to_array(image, image_mode=image_mode)
+    pixels = image_to_array(image, image_mode=image_mode, white_level=white_level)
     image_rel, mask_rel = f"images/{pair.id}.png", f"masks/{pair.id}.png"
     write_png(output_dir / image_rel, pixels)
     write_png(output_dir / mask_rel, class_ids)
@@ -154,6 +201,11 @@ def main(argv=None) -> None:
         print(f"convert-to-png: ignored {len(ignored)} file{'s' if len(ignored) > 1 else ''} that "
               f"{'are not images' if len(ignored) > 1 else 'is not an image'}: "
               + ", ".join(p.as_posix() for p in ignored[:5]) + (", ..." if len(ignored) > 5 else ""))
+    white_level, white_level_reason = dataset_white_level([pair.image_path for pair in pairs],
+                                                          white_level=params["white_level"],
+                                                          num_workers=params["num_workers"])
+    if white_level is not None:
+        print(f"convert-to-png: images of more than 8 bits: white level {white_level:g} ({white_level_reason})")
     # Pairs are decoded even when pairing already found problems, so that one run reports them all.
     with replace_dir(args.output_dir) as tmp_dir:
         rows, bad = convert_all(
@@ -161,7 +213,7 @@ def main(argv=None) -> None:
             image_mode=params["image_mode"], num_classes=num_classes,
             mask_threshold=params["mask_threshold"], invert_mask=params["invert_mask"],
             max_gray_fraction=params["max_gray_fraction"], ignore_value=params["ignore_value"], palette=palette,
-            palette_tolerance=params["palette_tolerance"])
+            palette_tolerance=params["palette_tolerance"], white_level=white_level)
         problems += bad
         if problems and params["on_error"] == "fail":
             raise ValueError(format_problems(problems, args.raw_dir))
@@ -169,6 +221,8 @@ def main(argv=None) -> None:
             raise ValueError(f"no usable image/mask pair left in '{args.raw_dir}' after skipping "
                              f"{len(problems)} problem(s):\n" + format_problems(problems, args.raw_dir))
         write_csv(tmp_dir / "manifest.csv", pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
+        write_text(tmp_dir / "white_level.json",
+                   json.dumps({"white_level": white_level, "reason": white_level_reason}, indent=2) + "\n")
     skipped = pd.DataFrame([(p.path.as_posix(), p.reason) for p in problems], columns=["path", "reason"])
     write_csv(args.skipped, skipped.sort_values(["path", "reason"]))
     print(f"convert-to-png: {len(rows)} pairs written to {args.output_dir}, {len(problems)} problem(s) skipped")

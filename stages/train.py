@@ -9,7 +9,8 @@ Writes:  --model (best epoch by train.monitor, .keras), --saved-model (TF SavedM
          per epoch: losses, metrics, learning rate), --run-info JSON (the MLflow run id, for evaluate);
          persists --backup-dir between runs to resume an interrupted one (segpipe/resume.py); optional
          TensorBoard logs in --tensorboard-dir; --inference JSON (how the model takes images: `resize` or
-         `patches`, from train.input, with the reason; evaluate and segpipe-predict read it).
+         `patches`, from train.input, with the reason, and the white level of images of more than 8 bits
+         from --white-level (convert-to-png's white_level.json); evaluate and segpipe-predict read it).
 Params:  seed, num_classes, mlflow, convert.image_mode (channels), train.* (see params.yaml).
 
 train.batch_size is per replica (global batch = batch_size x replicas; auto: segpipe/memory_plan.py picks
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from segpipe import faults
 from segpipe.cli import run_stage, start_tensorflow
+from segpipe.image_io import read_white_level
 from segpipe.outputs import write_bytes, write_csv, write_json
 from segpipe.params import Params
 from segpipe.schema import check_architecture, downsampling_levels
@@ -43,6 +45,8 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--run-info", type=Path, required=True, help="MLflow run id JSON to write")
     parser.add_argument("--saved-model", type=Path, required=True, help="TF SavedModel export for TF Serving")
     parser.add_argument("--inference", type=Path, required=True, help="JSON to write: how the model takes images")
+    parser.add_argument("--white-level", type=Path, default=None,
+                        help="convert-to-png's white_level.json, recorded in --inference for predict")
     parser.add_argument("--backup-dir", type=Path, required=True, help="resume state of an interrupted run")
     parser.add_argument("--tensorboard-dir", type=Path, default=Path("logs/tensorboard"),
                         help="TensorBoard logs, with train.tensorboard: true")
@@ -56,6 +60,7 @@ def main(argv=None) -> None:
     train = all_params.section("train")
     seed, num_classes, track = (all_params.shared(name) for name in ("seed", "num_classes", "mlflow"))
     channels = 1 if all_params.section("convert")["image_mode"] == "L" else 3
+    white_level = read_white_level(args.white_level) if args.white_level else None
     check_architecture(image_size=train["image_size"], encoder=train["encoder"],
                        encoder_weights=train["encoder_weights"], depth=train["depth"])
     start_tensorflow()  # then the modules that use it: after the cheap checks (see its docstring)
@@ -191,7 +196,8 @@ def main(argv=None) -> None:
     else:
         write_bytes(args.model, resume.best_model.read_bytes())
         best_model = keras.models.load_model(args.model, compile=False)
-    inference = {"input": input_mode, "reason": input_reason, "image_size": list(image_size)}
+    inference = {"input": input_mode, "reason": input_reason, "image_size": list(image_size),
+                 "white_level": white_level}
     export_saved_model(best_model, args.saved_model, input_mode=input_mode)
     write_json(args.inference, inference)
     write_csv(args.history, history)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +154,7 @@ def test_gray_output_mode(pooled_dataset, tmp_path):
     ("m.gif", lambda p, m: _save(Image.fromarray(m.astype(np.uint8) * 255).convert("P"), p)),
     ("m.png", lambda p, m: _save(Image.fromarray(m.astype(np.uint8)).convert("P"), p)),  # palette ids
     ("m.tif", lambda p, m: _save(Image.fromarray(m.astype(np.uint16) * 65535), p)),     # 16-bit
+    ("m.png", lambda p, m: _save(Image.fromarray(m.astype(np.uint16)), p)),             # 16-bit 0/1: labels
 ])
 def test_mask_encodings_give_class_ids(tmp_path, mask_name, write_mask):
     raw = tmp_path / "raw"
@@ -306,3 +308,62 @@ def test_multiclass_masks_keep_class_ids_and_reject_out_of_range(tmp_path):
     np.testing.assert_array_equal(read(out / "masks/a.png"), ids)
     with pytest.raises(ValueError, match=r"class ids 3 \(80 pixels\) out of range for num_classes=3"):
         run_convert(raw, tmp_path, num_classes=3)
+
+
+def test_images_of_more_than_8_bits_share_the_white_level_their_bit_depth_implies(tmp_path):
+    """12-bit camera data in 16-bit files: 4095 becomes 255 for every image (not 65535, which would leave
+    them 16 gray levels; nor a stretch per image, which would change their contrast relative to each other)."""
+    raw = tmp_path / "raw"
+    bright = np.linspace(0, 4000, 16 * 20).reshape(16, 20).astype(np.uint16)
+    dim = (bright // 4).astype(np.uint16)  # the same scene at a quarter of the exposure
+    for name, pixels in (("bright", bright), ("dim", dim)):
+        _save(Image.fromarray(pixels), raw / f"images/{name}.png")
+        _save(Image.fromarray(box_mask(16, 20).astype(np.uint8) * 255), raw / f"masks/{name}.png")
+    _save(Image.fromarray(RGB), raw / "images/eight_bit.png")
+    _save(Image.fromarray(box_mask(16, 20).astype(np.uint8) * 255), raw / "masks/eight_bit.png")
+    out, _ = run_convert(raw, tmp_path, image_mode="L")
+    for name, pixels in (("bright", bright), ("dim", dim)):
+        np.testing.assert_array_equal(read(out / f"images/{name}.png"), np.rint(pixels / 4095 * 255).astype(np.uint8))
+    np.testing.assert_array_equal(read(out / "images/eight_bit.png"), np.asarray(Image.fromarray(RGB).convert("L")))
+    record = json.loads((out / "white_level.json").read_text())
+    assert record["white_level"] == 4095 and "brightest pixel of 2 images" in record["reason"]
+    assert "12-bit" in record["reason"]
+
+    out, _ = run_convert(raw, tmp_path, image_mode="L", white_level=2000)  # given: used as is, brighter clipped
+    np.testing.assert_array_equal(read(out / "images/bright.png"),
+                                  np.clip(np.rint(bright / 2000 * 255), 0, 255).astype(np.uint8))
+    assert json.loads((out / "white_level.json").read_text())["white_level"] == 2000
+
+
+def test_float_images_in_the_unit_range_and_8_bit_datasets(tmp_path):
+    raw = tmp_path / "raw"
+    values = np.linspace(0, 1, 16 * 20, dtype=np.float32).reshape(16, 20)
+    _save(Image.fromarray(values, mode="F"), raw / "images/a.tif")
+    _save(Image.fromarray(box_mask(16, 20).astype(np.uint8) * 255), raw / "masks/a.png")
+    out, _ = run_convert(raw, tmp_path, image_mode="L")
+    np.testing.assert_array_equal(read(out / "images/a.png"), np.rint(values * 255).astype(np.uint8))
+    assert json.loads((out / "white_level.json").read_text())["white_level"] == 1.0
+
+    out, _ = run_convert(_eight_bit_dataset(tmp_path / "eight"), tmp_path)
+    assert json.loads((out / "white_level.json").read_text()) == {"white_level": None,
+                                                                   "reason": "every image has 8 bits per channel"}
+
+
+def _eight_bit_dataset(raw: Path) -> Path:
+    _save(Image.fromarray(RGB), raw / "images/a.png")
+    _save(Image.fromarray(box_mask(16, 20).astype(np.uint8) * 255), raw / "masks/a.png")
+    return raw
+
+
+def test_multiclass_16_bit_masks_keep_their_ids(tmp_path):
+    raw = tmp_path / "raw"
+    _save(Image.fromarray(pattern_image(16, 20)), raw / "images/a.png")
+    ids = np.tile(np.array([0, 1, 2, 3], np.uint16), (16, 5))
+    _save(Image.fromarray(ids), raw / "masks/a.png")  # a 16-bit label map, as some tools write them
+    out, _ = run_convert(raw, tmp_path, num_classes=4)
+    np.testing.assert_array_equal(read(out / "masks/a.png"), ids.astype(np.uint8))
+    ids[0, 0] = 300
+    _save(Image.fromarray(ids), raw / "masks/a.png")
+    with pytest.raises(ValueError, match=r"masks/a.png: class ids up to 300 in a I;16 mask, out of range for "
+                                         r"num_classes=4; expected values 0..3"):
+        run_convert(raw, tmp_path, num_classes=4)

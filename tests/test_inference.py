@@ -106,6 +106,20 @@ def test_bad_inference_settings_name_the_param():
                                       batch_size=1)
 
 
+def test_read_white_level_names_a_missing_or_bad_record(tmp_path):
+    from segpipe.image_io import read_white_level
+
+    with pytest.raises(ValueError, match="white_level.json' is missing .* rerun the pipeline"):
+        read_white_level(tmp_path / "white_level.json")
+    (tmp_path / "inference.json").write_text('{"input": "patches"}')  # recorded before white levels: none
+    assert read_white_level(tmp_path / "inference.json") is None
+    (tmp_path / "inference.json").write_text('{"input": "patches", "white_level": 4095}')
+    assert read_white_level(tmp_path / "inference.json") == 4095
+    (tmp_path / "inference.json").write_text('{"white_level": "bright"}')
+    with pytest.raises(ValueError, match="says white_level 'bright'; expected null or a positive number"):
+        read_white_level(tmp_path / "inference.json")
+
+
 def test_read_input_mode_names_a_missing_record(tmp_path):
     with pytest.raises(ValueError, match="inference.json' is missing .* rerun the train stage"):
         inference.read_input_mode(tmp_path / "inference.json")

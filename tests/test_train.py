@@ -38,7 +38,7 @@ def train_args(out: str = "out", params: str = "params.yaml") -> list[str]:
             "--metrics", f"{out}/train.json", "--facts", f"{out}/facts.json", "--history", f"{out}/history.csv",
             "--run-info", f"{out}/run.json",
             "--saved-model", f"{out}/saved_model", "--inference", f"{out}/inference.json",
-            "--backup-dir", f"{out}/backup", "--params", params]
+            "--white-level", "data/png/white_level.json", "--backup-dir", f"{out}/backup", "--params", params]
 
 
 def run_data_stages(project: Path) -> None:
@@ -407,6 +407,7 @@ def test_saved_model_export_predicts_like_evaluate(trained):
     np.testing.assert_allclose(np.asarray(loaded.serve_model_input(tf.constant(batch))),
                                model.predict(batch, verbose=0), atol=1e-5)
     assert json.loads((trained / "inference.json").read_text())["input"] == "resize"
+    assert json.loads((trained / "inference.json").read_text())["white_level"] is None  # 8-bit training data
 
 
 def test_predict_writes_masks_at_the_original_size_and_orientation(trained, tmp_path):
@@ -442,6 +443,29 @@ def test_predict_writes_masks_at_the_original_size_and_orientation(trained, tmp_
         p = np.asarray(probability).astype(np.float64) / 65535
     with Image.open(out / "odd.png") as mask:
         np.testing.assert_array_equal(np.asarray(mask) == 255, p >= 0.35 - 1e-4)
+
+
+def test_predict_scales_16_bit_images_by_the_training_data_white_level(trained, tmp_path):
+    """A model trained on 12-bit data (inference.json: white_level 4095) predicts a 16-bit file exactly as
+    it predicts the 8-bit image that convert-to-png made of it."""
+    import shutil
+
+    from PIL import Image
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained, model_dir)
+    record = json.loads((model_dir / "inference.json").read_text())
+    (model_dir / "inference.json").write_text(json.dumps({**record, "white_level": 4095}))
+    twelve_bit = np.random.default_rng(4).integers(0, 4096, (29, 35), dtype=np.uint16)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(twelve_bit).save(tmp_path / "in/raw16.png")
+    Image.fromarray(np.rint(twelve_bit / 4095 * 255).astype(np.uint8)).save(tmp_path / "in/converted8.png")
+    done = subprocess.run([sys.executable, "-m", "segpipe.predict", "--model", str(model_dir / "model.keras"),
+                           "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--probabilities"],
+                          env=env_for(trained), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    probabilities = [np.asarray(Image.open(tmp_path / f"out/{stem}_probability.png")) for stem in ("raw16", "converted8")]
+    np.testing.assert_array_equal(*probabilities)
 
 
 def test_predict_names_a_bad_input_file(trained, tmp_path):
