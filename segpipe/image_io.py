@@ -38,13 +38,27 @@ HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 CONTAINER_WHITE_LEVEL = 65535.0
 
 
-def open_image(path: Path) -> Image.Image:
-    """Opens and fully decodes `path`; raises ValueError with the reason if it is empty or unreadable."""
+def page_count(path: Path) -> int:
+    """The pages (frames) of an image file: more than 1 for a multi-page TIFF stack or an animated GIF,
+    PNG or WebP, each of which segpipe takes as an image of its own; 1 for an unreadable file (open_image
+    says why). Reads the header only."""
+    try:
+        with Image.open(path) as im:
+            return getattr(im, "n_frames", 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return 1
+
+
+def open_image(path: Path, *, page: int = 0) -> Image.Image:
+    """Opens and fully decodes page `page` of `path` (see page_count); raises ValueError with the reason
+    if it is empty or unreadable."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise ValueError("empty file (0 bytes)")
     try:
         im = Image.open(path)
+        if page:
+            im.seek(page)
         im.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"cannot decode as an image ({err.__class__.__name__}: {err})") from None

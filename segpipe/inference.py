@@ -53,11 +53,12 @@ def to_unit_range(image):
     return tf.cast(image, tf.float32) / 255.0
 
 
-def load_image(path: Path, *, channels: int, white_level: float | None = None) -> np.ndarray:
-    """An image file as uint8 (H, W, channels), upright (EXIF orientation applied), in any format that
-    convert-to-png reads; images of more than 8 bits map `white_level` (the training data's) to 255."""
+def load_image(path: Path, *, channels: int, white_level: float | None = None, page: int = 0) -> np.ndarray:
+    """Page `page` of an image file as uint8 (H, W, channels), upright (EXIF orientation applied), in any
+    format that convert-to-png reads; images of more than 8 bits map `white_level` (the training data's)
+    to 255."""
     try:
-        im = open_image(path)
+        im = open_image(path, page=page)
     except ValueError as err:
         raise ValueError(f"'{path}': {err}; remove or replace the file.") from None
     array = image_to_array(apply_orientation(im, exif_orientation(im)), image_mode="L" if channels == 1 else "RGB",
@@ -162,15 +163,16 @@ def prediction_function(model: keras.Model, *, input_mode: str, tile_overlap: fl
 
 
 def predict_files(model: keras.Model, paths: list[Path], *, input_mode: str, tile_overlap: float, tta: str,
-                  batch_size: int, desc: str, white_level: float | None = None
+                  batch_size: int, desc: str, white_level: float | None = None, pages: list[int] | None = None
                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(image, probabilities at its own size) per file, in order, one image in memory at a time, with
-    progress named `desc`. `batch_size`: windows per model call (patches); `white_level`: see load_image."""
+    progress named `desc`. `batch_size`: windows per model call (patches); `white_level`: see load_image;
+    `pages`: the page of each file (multi-page TIFF stacks), else the first."""
     predict = prediction_function(model, input_mode=input_mode, tile_overlap=tile_overlap, tta=tta,
                                   batch_size=batch_size)
     channels = model.input_shape[-1]
-    for path in progress(paths, desc=desc, unit="image"):
-        image = load_image(path, channels=channels, white_level=white_level)
+    for path, page in progress(list(zip(paths, pages or [0] * len(paths), strict=True)), desc=desc, unit="image"):
+        image = load_image(path, channels=channels, white_level=white_level, page=page)
         yield image, predict(tf.constant(image)).numpy()
 
 

@@ -8,7 +8,8 @@ Accepts every format the convert stage accepts (PNG, JPEG, BMP, TIFF, GIF, WebP;
 EXIF-rotated), applies the EXIF orientation, predicts the way the model was trained (inference.json
 beside the model: resized to its input, or sliding windows at native resolution; images of more than 8
 bits scaled by the training data's white level) and writes each mask
-at the image's ORIGINAL (upright) size as <output>/<relative path stem>.png:
+at the image's ORIGINAL (upright) size as <output>/<relative path stem>.png (each page of a multi-page
+TIFF stack as <output>/<stem>/<page:04d>.png):
 binary models write 0/255 (viewable), multi-class models write class ids 0..K-1.
 The threshold (binary), test-time augmentation and window overlap default to what the evaluate stage
 measured with (threshold.json beside the model), else 0.5, flips and 0.5. --overlay adds <stem>_overlay.png (the image in gray, the
@@ -27,24 +28,32 @@ import numpy as np
 from PIL import Image
 
 from segpipe.cli import run_stage, start_tensorflow
-from segpipe.image_io import SUPPORTED_EXTENSIONS, read_white_level, write_png
+from segpipe.image_io import SUPPORTED_EXTENSIONS, page_count, read_white_level, write_png
 from segpipe.outputs import write_text
 from segpipe.palette import colour_mask
 from segpipe.plots import class_overlay
 from segpipe.schema import TTA_MODES
 
 
-def find_inputs(path: Path) -> list[tuple[Path, Path]]:
-    """[(file, output-relative stem)] for a file or every supported image under a folder, sorted."""
+def find_inputs(path: Path) -> list[tuple[Path, int, Path]]:
+    """[(file, page, output-relative stem)] for a file or every supported image under a folder, sorted.
+    Each page of a multi-page file (a TIFF stack) is an image, written as <stem>/<page:04d>, the ids that
+    convert-to-png gives a stack's pages."""
     path = Path(path)
     if path.is_file():
-        return [(path, Path(path.stem))]
-    if not path.is_dir():
+        files, root = [path], path.parent
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
+        root = path
+    else:
         raise ValueError(f"--input '{path}' does not exist; give an image file or a folder of images.")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
     if not files:
         raise ValueError(f"no images under '{path}'; expected files ending in {', '.join(SUPPORTED_EXTENSIONS)}.")
-    return [(p, p.relative_to(path).with_suffix("")) for p in files]
+    inputs = []
+    for file in files:
+        stem, pages = file.relative_to(root).with_suffix(""), page_count(file)
+        inputs += [(file, 0, stem)] if pages == 1 else [(file, page, stem / f"{page:04d}") for page in range(pages)]
+    return inputs
 
 
 def evaluated_settings(model_path: Path) -> tuple[dict, str]:
@@ -120,10 +129,11 @@ def main(argv=None) -> None:
     model = keras.models.load_model(args.model, compile=False)
     print(f"predict: {len(inputs)} image(s), model input {model.input_shape[1:]} ({input_mode}), threshold "
           f"{threshold:g}, tta {settings['tta']}, tile overlap {settings['tile_overlap']:g} (unless given: {source})")
-    predictions = predict_files(model, [path for path, _ in inputs], batch_size=args.batch_size, desc="predict",
-                                input_mode=input_mode, white_level=white_level, **settings)
+    predictions = predict_files(model, [path for path, _, _ in inputs], pages=[page for _, page, _ in inputs],
+                                batch_size=args.batch_size, desc="predict", input_mode=input_mode,
+                                white_level=white_level, **settings)
     # strict: zip then runs the generator to its end, so its progress prints the closing line.
-    for (_, stem), (image, probability) in zip(inputs, predictions, strict=True):
+    for (_, _, stem), (image, probability) in zip(inputs, predictions, strict=True):
         (args.output / stem).parent.mkdir(parents=True, exist_ok=True)
         write_outputs(args.output / stem, image, to_class_ids(probability, threshold=threshold), probability,
                       overlay=args.overlay, colour=args.colour, probabilities=args.probabilities)

@@ -3,6 +3,7 @@
 Reads:   --raw-dir, in any layout of segpipe/raw_layout.py (pooled images/+masks/ or a given
          train/valid[/test] split, optional group subfolders), any of JPEG, PNG, BMP, TIFF, GIF, WebP.
 Writes:  --output-dir/images/<id>.png  8-bit RGB (or L, see convert.image_mode), EXIF orientation applied;
+                                       a multi-page file (TIFF stack) gives one per page, <id>/<page:04d>;
          --output-dir/masks/<id>.png   single-channel class ids: {0, 1} for binary tasks, 0..num_classes-1
                                        otherwise, 255 for void (convert.ignore_value); same size as its
                                        image (orientation applied alike);
@@ -26,16 +27,18 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from segpipe.cli import run_stage
 from segpipe.image_io import (LOSSY_FORMATS, apply_orientation, exif_orientation, image_to_array,
-                              is_high_bit_depth, mask_to_class_ids, open_image, white_level_of, write_png)
+                              is_high_bit_depth, mask_to_class_ids, open_image, page_count, white_level_of,
+                              write_png)
 from segpipe.outputs import replace_dir, write_csv, write_text
 from segpipe.palette import Palette, colour_mask_to_class_ids, load_palette
 from segpipe.parallel import map_in_order
@@ -80,7 +83,8 @@ def _brightest_high_bit_pixel(path: Path) -> tuple[float, bool] | None:
     decoded (the conversion itself reports that)."""
     try:
         with Image.open(path) as im:
-            return float(np.asarray(im).max()), im.mode == "F"
+            return (max(float(np.asarray(page).max()) for page in ImageSequence.Iterator(im)),  # every page
+                    im.mode == "F")
     except (OSError, ValueError, SyntaxError):
         return None
 
@@ -107,20 +111,43 @@ def dataset_white_level(image_paths: list[Path], *, white_level, num_workers: in
                    f"{level:g} becomes 255" + (f" ({int(level).bit_length()}-bit data)" if level > 1 else ""))
 
 
-def convert_pair(pair: Pair, *, output_dir: Path, raw_dir: Path, image_mode: str, num_classes: int,
-                 mask_threshold: int, invert_mask: bool, max_gray_fraction: float, ignore_value=None,
-                 palette: Palette | None = None, palette_tolerance: int = 0, white_level: float | None = None):
-    """Converts one pair into output_dir. Returns (manifest row or None, list of Problem).
+def convert_pair(pair: Pair, **options) -> tuple[list[dict], list[Problem]]:
+    """Converts one pair into output_dir (options: see _convert_page). Returns (manifest rows, problems).
+
+    A multi-page file (a TIFF stack, as EM and microscopy volumes ship) is one image per page: its mask
+    must have as many pages, and page k becomes `<id>/<k:04d>` (source: "<file> (page k)")."""
+    image_pages, mask_pages = page_count(pair.image_path), page_count(pair.mask_path)
+    if image_pages != mask_pages:
+        return [], [Problem(pair.mask_path, f"{mask_pages} page(s), but its image '{pair.image_path}' has "
+                            f"{image_pages}; a stack of images needs a stack of masks with a page per image "
+                            "(or save one file per image)")]
+    if image_pages == 1:
+        row, problems = _convert_page(pair, page=None, **options)
+        return [row] if row else [], problems
+    rows, problems = [], []
+    for page in range(image_pages):
+        row, found = _convert_page(replace(pair, id=f"{pair.id}/{page:04d}"), page=page, **options)
+        rows += [row] if row else []
+        problems += [replace(problem, reason=f"page {page}: {problem.reason}") for problem in found]
+    return rows, problems
+
+
+def _convert_page(pair: Pair, *, page: int | None, output_dir: Path, raw_dir: Path, image_mode: str,
+                  num_classes: int, mask_threshold: int, invert_mask: bool, max_gray_fraction: float,
+                  ignore_value=None, palette: Palette | None = None, palette_tolerance: int = 0,
+                  white_level: float | None = None) -> tuple[dict | None, list[Problem]]:
+    """Converts one image (page `page` of a stack, or the file's only image: None) and its mask.
+    Returns (manifest row or None, list of Problem).
 
     The mask goes through the palette when there is one (colour-coded masks), else through
     `mask_to_class_ids` (values are ids, or thresholded for binary tasks)."""
     problems = []
     try:
-        image = open_image(pair.image_path)
+        image = open_image(pair.image_path, page=page or 0)
     except ValueError as err:
         problems.append(Problem(pair.image_path, f"unreadable image: {err}; replace or remove the file"))
     try:
-        mask = open_image(pair.mask_path)
+        mask = open_image(pair.mask_path, page=page or 0)
     except ValueError as err:
         problems.append(Problem(pair.mask_path, f"unreadable mask: {err}; replace or remove the file"))
     if problems:
@@ -148,14 +175,15 @@ def convert_pair(pair: Pair, *, output_dir: Path, raw_dir: Path, image_mode: str
     image_rel, mask_rel = f"images/{pair.id}.png", f"masks/{pair.id}.png"
     write_png(output_dir / image_rel, pixels)
     write_png(output_dir / mask_rel, class_ids)
+    on_page = f" (page {page})" if page is not None else ""
     row = {
         "id": pair.id, "split": pair.split, "group": pair.group,
         "image_path": image_rel, "mask_path": mask_rel,
         "height": pixels.shape[0], "width": pixels.shape[1],
         "foreground_fraction": foreground_fraction(class_ids),
         "class_pixels": class_pixels(class_ids),
-        "source_image": pair.image_path.relative_to(raw_dir).as_posix(),
-        "source_mask": pair.mask_path.relative_to(raw_dir).as_posix(),
+        "source_image": pair.image_path.relative_to(raw_dir).as_posix() + on_page,
+        "source_mask": pair.mask_path.relative_to(raw_dir).as_posix() + on_page,
     }
     return row, []
 
@@ -163,7 +191,7 @@ def convert_pair(pair: Pair, *, output_dir: Path, raw_dir: Path, image_mode: str
 def convert_all(pairs: list[Pair], *, num_workers: int, **options) -> tuple[list[dict], list[Problem]]:
     """Runs convert_pair over all pairs, in parallel when worthwhile, in input order."""
     results = map_in_order(partial(convert_pair, **options), pairs, num_workers=num_workers, desc="convert-to-png")
-    rows = [row for row, _ in results if row is not None]
+    rows = [row for found, _ in results for row in found]
     return rows, [problem for _, found in results for problem in found]
 
 

@@ -367,3 +367,39 @@ def test_multiclass_16_bit_masks_keep_their_ids(tmp_path):
     with pytest.raises(ValueError, match=r"masks/a.png: class ids up to 300 in a I;16 mask, out of range for "
                                          r"num_classes=4; expected values 0..3"):
         run_convert(raw, tmp_path, num_classes=4)
+
+
+def _save_stack(pages: list[np.ndarray], path: Path) -> None:
+    frames = [Image.fromarray(page) for page in pages]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+
+
+def test_a_tiff_stack_is_one_image_per_page(tmp_path):
+    """EM and microscopy volumes ship as multi-page TIFFs (ISBI 2012: train-volume.tif, train-labels.tif)."""
+    raw = tmp_path / "raw"
+    pages = [pattern_image(16, 20, seed=seed)[..., 0] for seed in range(3)]
+    masks = [np.roll(box_mask(16, 20), shift, axis=1).astype(np.uint8) * 255 for shift in range(3)]
+    _save_stack(pages, raw / "images/volume.tif")
+    _save_stack(masks, raw / "masks/volume.tif")
+    out, manifest = run_convert(raw, tmp_path, image_mode="L")
+    assert list(manifest["id"]) == ["volume/0000", "volume/0001", "volume/0002"]
+    assert list(manifest["source_image"]) == [f"images/volume.tif (page {k})" for k in range(3)]
+    for k in range(3):
+        np.testing.assert_array_equal(read(out / f"images/volume/{k:04d}.png"), pages[k])
+        np.testing.assert_array_equal(read(out / f"masks/volume/{k:04d}.png"), masks[k] // 255)
+
+    _save_stack(masks[:2], raw / "masks/volume.tif")
+    with pytest.raises(ValueError, match=r"masks/volume.tif: 2 page\(s\), but its image .*volume.tif' has 3; a stack "
+                                         r"of images needs a stack of masks"):
+        run_convert(raw, tmp_path, image_mode="L")
+
+
+def test_the_white_level_of_a_16_bit_stack_looks_at_every_page(tmp_path):
+    raw = tmp_path / "raw"
+    dim, bright = np.full((16, 20), 900, np.uint16), np.full((16, 20), 3000, np.uint16)
+    _save_stack([dim, bright], raw / "images/volume.tif")
+    _save_stack([box_mask(16, 20).astype(np.uint8) * 255] * 2, raw / "masks/volume.tif")
+    out, _ = run_convert(raw, tmp_path, image_mode="L")
+    assert json.loads((out / "white_level.json").read_text())["white_level"] == 4095  # not 1023 from page 0
+    np.testing.assert_array_equal(read(out / "images/volume/0001.png"), np.full((16, 20), round(3000 / 4095 * 255)))

@@ -445,9 +445,10 @@ def test_predict_writes_masks_at_the_original_size_and_orientation(trained, tmp_
         np.testing.assert_array_equal(np.asarray(mask) == 255, p >= 0.35 - 1e-4)
 
 
-def test_predict_scales_16_bit_images_by_the_training_data_white_level(trained, tmp_path):
-    """A model trained on 12-bit data (inference.json: white_level 4095) predicts a 16-bit file exactly as
-    it predicts the 8-bit image that convert-to-png made of it."""
+def test_predict_scales_16_bit_images_by_the_training_data_white_level_and_reads_each_page_of_a_stack(
+        trained, tmp_path):
+    """A model trained on 12-bit data (inference.json: white_level 4095) predicts each page of a 16-bit
+    TIFF stack exactly as it predicts the 8-bit image that convert-to-png made of that page."""
     import shutil
 
     from PIL import Image
@@ -456,16 +457,19 @@ def test_predict_scales_16_bit_images_by_the_training_data_white_level(trained, 
     shutil.copytree(trained, model_dir)
     record = json.loads((model_dir / "inference.json").read_text())
     (model_dir / "inference.json").write_text(json.dumps({**record, "white_level": 4095}))
-    twelve_bit = np.random.default_rng(4).integers(0, 4096, (29, 35), dtype=np.uint16)
+    pages = [np.random.default_rng(seed).integers(0, 4096, (29, 35), dtype=np.uint16) for seed in (4, 5)]
     (tmp_path / "in").mkdir()
-    Image.fromarray(twelve_bit).save(tmp_path / "in/raw16.png")
-    Image.fromarray(np.rint(twelve_bit / 4095 * 255).astype(np.uint8)).save(tmp_path / "in/converted8.png")
+    Image.fromarray(pages[0]).save(tmp_path / "in/stack.tif", save_all=True, append_images=[Image.fromarray(pages[1])])
+    for k, page in enumerate(pages):
+        Image.fromarray(np.rint(page / 4095 * 255).astype(np.uint8)).save(tmp_path / f"in/converted{k}.png")
     done = subprocess.run([sys.executable, "-m", "segpipe.predict", "--model", str(model_dir / "model.keras"),
                            "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--probabilities"],
                           env=env_for(trained), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    probabilities = [np.asarray(Image.open(tmp_path / f"out/{stem}_probability.png")) for stem in ("raw16", "converted8")]
-    np.testing.assert_array_equal(*probabilities)
+    from_stack = [np.asarray(Image.open(tmp_path / f"out/stack/{k:04d}_probability.png")) for k in range(2)]
+    for k in range(2):
+        np.testing.assert_array_equal(from_stack[k], np.asarray(Image.open(tmp_path / f"out/converted{k}_probability.png")))
+    assert not np.array_equal(*from_stack)  # page 1 is not page 0 again
 
 
 def test_predict_names_a_bad_input_file(trained, tmp_path):
