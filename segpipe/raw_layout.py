@@ -7,6 +7,10 @@ Accepted layouts (folder names are case-insensitive; <images> and <masks> are th
     raw/train/{<images>,<masks>}/... + raw/valid/{<images>,<masks>}/...   a given split
     raw/train/ + raw/trainannot/ + raw/val/ + raw/valannot/ ...      side by side per split: set
                                                image_folder: "{split}", mask_folder: "{split}annot"
+    raw/<folder>/... with images and masks side by side (x.tif + x_mask.tif, as Kaggle's LGG brain MRI
+                   and BUSI ultrasound ship): set image_folder and mask_folder to the same name and
+                   mask_stem_pattern to the masks' naming rule ("{stem}_mask"); files whose stem fits it
+                   are the masks, the others the images
 Split folders may be named train/training, valid/val/validation, test/testing; test is optional.
 Inside any images folder, files may sit directly or in group subfolders (images/<group>/x.jpg); the
 masks folder mirrors it (masks/<group>/x.png). The group (subfolder path, "all" when none) becomes the
@@ -70,8 +74,23 @@ class Naming:
     image_key: str | None = None
     mask_key: str | None = None
 
+    @property
+    def shared_folder(self) -> bool:
+        """Whether images and masks sit in one folder (told apart by mask_stem_pattern)."""
+        return self.image_folder != "auto" and self.image_folder.lower() == self.mask_folder.lower()
+
+    def is_mask_name(self, stem: str) -> bool:
+        """In a shared folder: whether `stem` is a mask's, i.e. fits mask_stem_pattern for some image stem."""
+        pattern = re.escape(self.mask_stem_pattern).replace(re.escape("{stem}"), ".+")
+        return re.fullmatch(pattern, stem, re.IGNORECASE) is not None
+
     def check(self) -> None:
         """Raises ValueError naming the param when the rules cannot work together."""
+        if self.shared_folder and (self.image_key is not None or self.mask_stem_pattern == "{stem}"):
+            raise ValueError(f"params convert.image_folder and convert.mask_folder both name {self.image_folder!r}: "
+                             "images and masks share that folder, so convert.mask_stem_pattern must tell the masks "
+                             "from the images (e.g. '{stem}_mask' for x.tif + x_mask.tif), and convert.image_key "
+                             "must be null.")
         if ("{split}" in self.image_folder) != ("{split}" in self.mask_folder):
             raise ValueError(f"params convert.image_folder ({self.image_folder!r}) and convert.mask_folder "
                              f"({self.mask_folder!r}): either both name the split with '{{split}}' (side-by-side "
@@ -185,8 +204,13 @@ def _keyed(files: list[Path], root: Path, key_of, *, param: str, pattern: str | 
 
 def _pair_folder(images_dir: Path, masks_dir: Path, split: str, naming: Naming, raw_dir: Path,
                  problems: list[Problem], ignored: list[Path]) -> list[Pair]:
-    mask_files = _list_files(masks_dir, raw_dir, problems, ignored)
-    image_files = _list_files(images_dir, raw_dir, problems, ignored)
+    if images_dir == masks_dir:  # one folder: the mask naming rule tells masks from images
+        files = _list_files(images_dir, raw_dir, problems, ignored)
+        mask_files = [path for path in files if naming.is_mask_name(path.stem)]
+        image_files = [path for path in files if not naming.is_mask_name(path.stem)]
+    else:
+        mask_files = _list_files(masks_dir, raw_dir, problems, ignored)
+        image_files = _list_files(images_dir, raw_dir, problems, ignored)
     if bool(image_files) != bool(mask_files):
         empty, what, param, full, count = ((images_dir, "images", "image_folder", masks_dir, len(mask_files))
                                            if mask_files else (masks_dir, "masks", "mask_folder", images_dir,
@@ -282,6 +306,21 @@ def _side_by_side(raw_dir: Path, naming: Naming) -> dict[str, tuple[Path, Path]]
     return folders
 
 
+MASK_SUFFIXES = ("_mask", "_masks", "_seg", "_segmentation", "_label", "_labels", "_gt", "_annotation")
+
+
+def _side_by_side_hint(raw_dir: Path) -> str:
+    """A hint when a folder of raw_dir holds images and masks side by side (x.tif + x_mask.tif), else ""."""
+    for child in sorted(c for c in raw_dir.iterdir() if c.is_dir()):
+        for path in child.rglob("*"):
+            suffix = next((s for s in MASK_SUFFIXES if path.stem.lower().endswith(s)), None)
+            if suffix and path.suffix.lower() in SUPPORTED_EXTENSIONS:
+                return (f" '{child.name}/' holds images and masks side by side ('{path.name}'): set "
+                        f"convert.image_folder and convert.mask_folder to '{child.name}' and "
+                        f"convert.mask_stem_pattern to '{{stem}}{path.stem[-len(suffix):]}'.")
+    return ""
+
+
 def find_folders(raw_dir: Path, naming: Naming) -> dict[str, tuple[Path, Path]]:
     """{split ("" for a pool): (images folder, masks folder)}. Raises ValueError for a layout it cannot read."""
     raw_dir = Path(raw_dir)
@@ -302,7 +341,8 @@ def find_folders(raw_dir: Path, naming: Naming) -> dict[str, tuple[Path, Path]]:
         raise ValueError(f"'{raw_dir}' mixes a pooled layout ({images.name}/) with split folders "
                          f"({', '.join(sorted(split_dirs))}); use one layout: {layout_help}.")
     if images:
-        masks = _folder(raw_dir, naming.mask_folder, param="mask_folder", names=MASK_FOLDER_NAMES, exclude=images)
+        masks = images if naming.shared_folder else _folder(raw_dir, naming.mask_folder, param="mask_folder",
+                                                             names=MASK_FOLDER_NAMES, exclude=images)
         if masks is None:
             raise ValueError(f"'{raw_dir}' has an images folder ('{images.name}/') but no masks folder "
                              f"(convert.mask_folder: {naming.mask_folder!r}); {layout_help}.")
@@ -315,14 +355,15 @@ def find_folders(raw_dir: Path, naming: Naming) -> dict[str, tuple[Path, Path]]:
             return {split: (image_splits[split], mask_splits[split]) for split in image_splits}
         return {"": (images, masks)}
     if not split_dirs:
-        raise ValueError(f"no images found: '{raw_dir}' has no images folder and no train/ folder; {layout_help}.")
+        raise ValueError(f"no images found: '{raw_dir}' has no images folder and no train/ folder; {layout_help}."
+                         + _side_by_side_hint(raw_dir))
     if "train" not in split_dirs:
         raise ValueError(f"'{raw_dir}' has split folders {sorted(split_dirs)} but no train/; {layout_help}.")
     folders = {}
     for split, folder in split_dirs.items():
         images = _folder(folder, naming.image_folder, param="image_folder", names=IMAGE_FOLDER_NAMES)
-        masks = images and _folder(folder, naming.mask_folder, param="mask_folder", names=MASK_FOLDER_NAMES,
-                                   exclude=images)
+        masks = images if naming.shared_folder else images and _folder(
+            folder, naming.mask_folder, param="mask_folder", names=MASK_FOLDER_NAMES, exclude=images)
         if images is None or masks is None:
             found = ", ".join(f"'{c.name}/'" for c in sorted(folder.iterdir()) if c.is_dir()) or "no folders"
             siblings = [c.name for c in sorted(raw_dir.iterdir()) if c.is_dir() and c != folder

@@ -92,6 +92,8 @@ def test_key_rule_errors_name_the_file_and_the_param(tmp_path):
     ({"image_key": "(\\d+)", "mask_stem_pattern": "{stem}_gt"}, r"two pairing rules; keep one"),
     ({"image_folder": "{split}", "mask_folder": "labels"}, r"either both name the split"),
     ({"mask_folder": "gt/labels"}, r"'convert.mask_folder' has an invalid value"),
+    ({"image_folder": "data", "mask_folder": "data"}, r"both name 'data': images and masks share that folder, so "
+                                                      r"convert.mask_stem_pattern must tell the masks"),
 ])
 def test_bad_naming_params_are_named(pooled_dataset, tmp_path, convert, message):
     with pytest.raises(ValueError, match=message):
@@ -129,6 +131,31 @@ def test_a_glob_pattern_names_the_mask_folder(tmp_path):
     save_pair(raw, "photos/a.png", "photos_segmentation/a.png")
     _, manifest = run_convert(raw, tmp_path, image_folder="photos", mask_folder="*_segmentation")
     assert manifest["source_mask"].tolist() == ["photos_segmentation/a.png"]
+
+
+def test_images_and_masks_side_by_side_in_one_folder(tmp_path):
+    """Kaggle's LGG brain MRI: kaggle_3m/<patient>/<slice>.tif + <slice>_mask.tif in the same folder."""
+    raw = tmp_path / "raw"
+    for patient in ("TCGA_CS_4941", "TCGA_DU_5851"):
+        for index in (1, 2):
+            save_pair(raw, f"kaggle_3m/{patient}/{patient}_{index}.tif", f"kaggle_3m/{patient}/{patient}_{index}_mask.tif",
+                      seed=index)
+    with pytest.raises(ValueError, match=r"'kaggle_3m/' holds images and masks side by side \('TCGA_\w+_mask.tif'\): "
+                                         r"set convert.image_folder and convert.mask_folder to 'kaggle_3m' and "
+                                         r"convert.mask_stem_pattern to '\{stem\}_mask'"):
+        run_convert(raw, tmp_path)
+    out, manifest = run_convert(raw, tmp_path, image_folder="kaggle_3m", mask_folder="kaggle_3m",
+                                mask_stem_pattern="{stem}_mask")
+    assert manifest["id"].tolist() == [f"{patient}/{patient}_{index}" for patient in ("TCGA_CS_4941", "TCGA_DU_5851")
+                                       for index in (1, 2)]
+    assert manifest["group"].tolist() == ["TCGA_CS_4941"] * 2 + ["TCGA_DU_5851"] * 2
+    assert manifest["source_mask"][0] == "kaggle_3m/TCGA_CS_4941/TCGA_CS_4941_1_mask.tif"
+    np.testing.assert_array_equal(read(out / "masks/TCGA_CS_4941/TCGA_CS_4941_1.png"), box_mask(16, 20))
+
+    save(pattern_image(16, 20), raw / "kaggle_3m/TCGA_CS_4941/TCGA_CS_4941_3.tif")  # a slice without its mask
+    with pytest.raises(ValueError, match=r"TCGA_CS_4941_3.tif: image without mask: expected "
+                                         r"'.*TCGA_CS_4941/TCGA_CS_4941_3_mask.<ext>'"):
+        run_convert(raw, tmp_path, image_folder="kaggle_3m", mask_folder="kaggle_3m", mask_stem_pattern="{stem}_mask")
 
 
 def test_missing_mask_folder_lists_what_was_found(tmp_path):
