@@ -9,6 +9,7 @@ from __future__ import annotations
 
 IMAGE_MODES = ("RGB", "L")
 ON_ERROR = ("fail", "skip")
+SPLIT_BY = ("image", "group")
 BALANCING_KEYS = ("auto", "group", "foreground", "rarest_class")
 CLASS_WEIGHTS = (None, "auto")
 CACHE_MODES = ("auto", "memory", "none")
@@ -87,6 +88,7 @@ SECTIONS = {
     "build_csv": {
         "valid_fraction": dict(kind=float, minimum=0.01, maximum=0.9),
         "stratify_bins": dict(kind=int, minimum=1),
+        "split_by": dict(kind=str, choices=SPLIT_BY),
     },
     "split_balanced": {
         "key": dict(kind=str, choices=BALANCING_KEYS),

@@ -5,13 +5,16 @@ Writes:  --output-dir/train.csv, valid.csv, test.csv with columns
          id, image_path, mask_path, group, height, width, foreground_fraction, class_pixels; sorted by id; paths are
          POSIX and relative to the repo root (the folder dvc runs in) when --png-dir is relative.
          test.csv has only the header unless the raw data has a test/ split.
-Params:  seed, num_classes; build_csv.valid_fraction, build_csv.stratify_bins.
+Params:  seed, num_classes; build_csv.valid_fraction, build_csv.stratify_bins, build_csv.split_by.
 
 A split given by the raw data (train/ + valid/) is kept. Without one, a seeded split takes
-`valid_fraction` of the images, stratified by group; with a single group, by foreground-fraction
-quantile bins (`stratify_bins`) for binary tasks and by each image's rarest class for multi-class ones
-(segpipe.balancing.rarest_classes), so a class that only a few images hold lands in both splits in
-proportion. A given train/ without valid/ is split the same way.
+`valid_fraction` of the images (`split_by: image`), stratified by group; with a single group, by
+foreground-fraction quantile bins (`stratify_bins`) for binary tasks and by each image's rarest class for
+multi-class ones (segpipe.balancing.rarest_classes), so a class that only a few images hold lands in both
+splits in proportion. `split_by: group` sends whole groups (patients, volumes) to valid instead, about
+`valid_fraction` of the images, so that no group has images in both splits: neighbouring slices of one
+patient or one stack look alike, and splitting them inflates the validation score. A given train/
+without valid/ is split the same way.
 """
 from __future__ import annotations
 
@@ -71,6 +74,37 @@ def stratified_split(frame: pd.DataFrame, *, valid_fraction: float, stratify_bin
     return frame[~is_valid], frame[is_valid]
 
 
+def group_split(frame: pd.DataFrame, *, valid_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seeded split of `frame` into (train, valid) by whole groups: in a seeded order, each group goes to
+    valid when that brings valid's row count closer to valid_fraction of the rows; at least one group
+    goes each way (the smallest to valid when every group is larger than twice the target)."""
+    frame = frame.sort_values("id").reset_index(drop=True)
+    names, sizes = np.unique(frame["group"].astype(str), return_counts=True)
+    if len(names) < 2:
+        raise ValueError(f"param 'build_csv.split_by' is group, but all {len(frame)} images are in one group "
+                         f"({names[0]!r}); put each patient or volume in its own subfolder (images/<group>/...), or "
+                         "set build_csv.split_by: image.")
+    order = np.random.default_rng(seed).permutation(len(names))
+    target, taken, chosen = valid_fraction * len(frame), 0, []
+    for index in order[:-1]:  # the last group stays in train
+        if abs(taken + sizes[index] - target) < abs(taken - target):
+            chosen.append(names[index])
+            taken += sizes[index]
+    if not chosen:  # every group is more than twice the target: the smallest one
+        chosen = [names[np.argmin(sizes)]]
+    is_valid = frame["group"].astype(str).isin(chosen).to_numpy()
+    return frame[~is_valid], frame[is_valid]
+
+
+def split(frame: pd.DataFrame, *, split_by: str, valid_fraction: float, stratify_bins: int, seed: int,
+          num_classes: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, valid) by `split_by`: image (stratified_split) or group (group_split)."""
+    if split_by == "group":
+        return group_split(frame, valid_fraction=valid_fraction, seed=seed)
+    return stratified_split(frame, valid_fraction=valid_fraction, stratify_bins=stratify_bins, seed=seed,
+                            num_classes=num_classes)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--png-dir", type=Path, required=True, help="convert-to-png's folder (with manifest.csv)")
@@ -90,12 +124,9 @@ def main(argv=None) -> None:
         train = manifest[manifest["split"] == "train"]
         valid = manifest[manifest["split"] == "valid"]
         if valid.empty:
-            train, valid = stratified_split(train, valid_fraction=params["valid_fraction"],
-                                            stratify_bins=params["stratify_bins"], seed=seed,
-                                            num_classes=num_classes)
+            train, valid = split(train, seed=seed, num_classes=num_classes, **params)
     else:
-        train, valid = stratified_split(manifest, valid_fraction=params["valid_fraction"],
-                                        stratify_bins=params["stratify_bins"], seed=seed, num_classes=num_classes)
+        train, valid = split(manifest, seed=seed, num_classes=num_classes, **params)
     if (train["foreground_fraction"].astype(float) == 0).all():
         raise ValueError(f"no foreground pixel in any of the {len(train)} training masks (from "
                          f"'{args.png_dir / 'manifest.csv'}'): every pixel is class 0 (or void), so there is nothing "

@@ -43,7 +43,7 @@ from segpipe.outputs import replace_dir, write_csv, write_text
 from segpipe.palette import Palette, colour_mask_to_class_ids, load_palette
 from segpipe.parallel import map_in_order
 from segpipe.params import Params
-from segpipe.raw_layout import Naming, Pair, Problem, find_pairs
+from segpipe.raw_layout import NO_GROUP, Naming, Pair, Problem, find_pairs
 from segpipe.rows import MANIFEST_COLUMNS, class_pixels, foreground_fraction
 
 
@@ -115,7 +115,8 @@ def convert_pair(pair: Pair, **options) -> tuple[list[dict], list[Problem]]:
     """Converts one pair into output_dir (options: see _convert_page). Returns (manifest rows, problems).
 
     A multi-page file (a TIFF stack, as EM and microscopy volumes ship) is one image per page: its mask
-    must have as many pages, and page k becomes `<id>/<k:04d>` (source: "<file> (page k)")."""
+    must have as many pages, page k becomes `<id>/<k:04d>` (source: "<file> (page k)"), and the stack is
+    the pages' group (inside its folder's group), so balancing and `build_csv.split_by: group` see volumes."""
     image_pages, mask_pages = page_count(pair.image_path), page_count(pair.mask_path)
     if image_pages != mask_pages:
         return [], [Problem(pair.mask_path, f"{mask_pages} page(s), but its image '{pair.image_path}' has "
@@ -125,8 +126,9 @@ def convert_pair(pair: Pair, **options) -> tuple[list[dict], list[Problem]]:
         row, problems = _convert_page(pair, page=None, **options)
         return [row] if row else [], problems
     rows, problems = [], []
+    stack = pair.image_path.stem if pair.group == NO_GROUP else f"{pair.group}/{pair.image_path.stem}"
     for page in range(image_pages):
-        row, found = _convert_page(replace(pair, id=f"{pair.id}/{page:04d}"), page=page, **options)
+        row, found = _convert_page(replace(pair, id=f"{pair.id}/{page:04d}", group=stack), page=page, **options)
         rows += [row] if row else []
         problems += [replace(problem, reason=f"page {page}: {problem.reason}") for problem in found]
     return rows, problems

@@ -65,6 +65,35 @@ def test_stratified_by_group_seeded_sorted_and_disjoint(tmp_path):
     assert set(valid_other_seed["id"]) != set(valid["id"])
 
 
+def test_split_by_group_keeps_every_group_on_one_side(tmp_path):
+    """Patients (or volumes) of different sizes: whole groups go to valid, about valid_fraction of the rows."""
+    png = tmp_path / "png"
+    sizes = {f"patient{p}": 5 + 3 * p for p in range(8)}  # 5..26 slices, 124 in all
+    write_manifest(png, [(f"{group}/s{i:02d}", "", group, 0.1) for group, size in sizes.items() for i in range(size)])
+    train, valid, _, out = run(tmp_path, png, valid_fraction=0.2, split_by="group")
+    assert not set(train["group"]) & set(valid["group"]) and set(train["group"]) | set(valid["group"]) == set(sizes)
+    assert abs(len(valid) - 0.2 * 124) <= max(sizes.values()) / 2  # as close as whole groups allow
+    assert len(train) + len(valid) == 124
+    first = (out / "valid.csv").read_bytes()
+    run(tmp_path, png, valid_fraction=0.2, split_by="group")
+    assert (out / "valid.csv").read_bytes() == first  # seeded
+    picks = {frozenset(run(tmp_path, png, seed=seed, valid_fraction=0.2, split_by="group")[1]["group"])
+             for seed in range(5)}
+    assert len(picks) > 1  # another seed, other groups
+
+    _, by_image, _, _ = run(tmp_path, png, valid_fraction=0.2)
+    assert set(by_image["group"]) == set(sizes)  # the default splits inside every group
+
+    write_manifest(png, [(f"big/s{i:02d}", "", "big", 0.1) for i in range(90)] + [(f"small/s{i}", "", "small", 0.1)
+                                                                                for i in range(10)])
+    for seed in range(4):  # whichever comes first, the 90-slice group is never the validation set
+        assert set(run(tmp_path, png, seed=seed, valid_fraction=0.2, split_by="group")[1]["group"]) == {"small"}
+
+    write_manifest(png, [(f"s{i}", "", "all", 0.1) for i in range(10)])
+    with pytest.raises(ValueError, match=r"'build_csv.split_by' is group, but all 10 images are in one group \('all'\)"):
+        run(tmp_path, png, split_by="group")
+
+
 def test_single_group_stratifies_by_foreground_bins(tmp_path):
     png = tmp_path / "png"
     # 20 tiny-object images and 20 large-object ones: each half must get its share of valid rows.

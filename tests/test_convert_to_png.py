@@ -385,6 +385,7 @@ def test_a_tiff_stack_is_one_image_per_page(tmp_path):
     out, manifest = run_convert(raw, tmp_path, image_mode="L")
     assert list(manifest["id"]) == ["volume/0000", "volume/0001", "volume/0002"]
     assert list(manifest["source_image"]) == [f"images/volume.tif (page {k})" for k in range(3)]
+    assert set(manifest["group"]) == {"volume"}  # the stack is its pages' group (build_csv.split_by: group)
     for k in range(3):
         np.testing.assert_array_equal(read(out / f"images/volume/{k:04d}.png"), pages[k])
         np.testing.assert_array_equal(read(out / f"masks/volume/{k:04d}.png"), masks[k] // 255)
