@@ -208,6 +208,13 @@ def _pair_folder(images_dir: Path, masks_dir: Path, split: str, naming: Naming, 
         files = _list_files(images_dir, raw_dir, problems, ignored)
         mask_files = [path for path in files if naming.is_mask_name(path.stem)]
         image_files = [path for path in files if not naming.is_mask_name(path.stem)]
+        # BUSI ships a second mask of one image as x_mask_1.png: neither an image nor x's mask.
+        marker = max(naming.mask_stem_pattern.split("{stem}"), key=len).lower()
+        for path in [path for path in image_files if marker in path.stem.lower()]:
+            image_files.remove(path)
+            problems.append(Problem(path, f"'{marker}' in its name looks like a mask, but the name does not fit "
+                                          f"convert.mask_stem_pattern {naming.mask_stem_pattern!r}; a second mask "
+                                          "of one image? Merge it into that image's mask, or remove it"))
     else:
         mask_files = _list_files(masks_dir, raw_dir, problems, ignored)
         image_files = _list_files(images_dir, raw_dir, problems, ignored)

@@ -3,6 +3,7 @@ void pixels, and a multi-class dataset run through every stage."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -153,9 +154,14 @@ def test_images_and_masks_side_by_side_in_one_folder(tmp_path):
     np.testing.assert_array_equal(read(out / "masks/TCGA_CS_4941/TCGA_CS_4941_1.png"), box_mask(16, 20))
 
     save(pattern_image(16, 20), raw / "kaggle_3m/TCGA_CS_4941/TCGA_CS_4941_3.tif")  # a slice without its mask
-    with pytest.raises(ValueError, match=r"TCGA_CS_4941_3.tif: image without mask: expected "
-                                         r"'.*TCGA_CS_4941/TCGA_CS_4941_3_mask.<ext>'"):
+    save(box_mask(16, 20).astype(np.uint8) * 255, raw / "kaggle_3m/TCGA_CS_4941/TCGA_CS_4941_1_mask_1.tif")  # BUSI
+    with pytest.raises(ValueError) as error:
         run_convert(raw, tmp_path, image_folder="kaggle_3m", mask_folder="kaggle_3m", mask_stem_pattern="{stem}_mask")
+    assert re.search(r"TCGA_CS_4941_3.tif: image without mask: expected '.*TCGA_CS_4941/TCGA_CS_4941_3_mask.<ext>'",
+                     str(error.value))
+    assert re.search(r"TCGA_CS_4941_1_mask_1.tif: '_mask' in its name looks like a mask, but the name does not fit "
+                     r"convert.mask_stem_pattern '\{stem\}_mask'; a second mask of one image\?", str(error.value))
+    assert "problem(s)" in str(error.value) and str(error.value).count("TCGA_CS_4941_1_mask_1") == 1
 
 
 def test_missing_mask_folder_lists_what_was_found(tmp_path):
