@@ -38,19 +38,28 @@ HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 CONTAINER_WHITE_LEVEL = 65535.0
 
 
-def page_count(path: Path) -> int:
-    """The pages (frames) of an image file: more than 1 for a multi-page TIFF stack or an animated GIF,
-    PNG or WebP, each of which segpipe takes as an image of its own; 1 for an unreadable file (open_image
-    says why). Reads the header only."""
+def image_pages(path: Path) -> list[int]:
+    """The pages (frames) of an image file that are images: [0] for most files; every page of the first
+    page's size for a multi-page TIFF stack or an animated GIF, PNG or WebP, each of which segpipe takes as
+    an image of its own. Pages of another size are thumbnails or pyramid levels, not images. [0] for an
+    unreadable file (open_image says why). Reads headers only (TIFF)."""
     try:
         with Image.open(path) as im:
-            return getattr(im, "n_frames", 1)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return 1
+            count = getattr(im, "n_frames", 1)
+            if count == 1:
+                return [0]
+            size, pages = im.size, []
+            for page in range(count):
+                im.seek(page)
+                if im.size == size:
+                    pages.append(page)
+            return pages
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        return [0]
 
 
 def open_image(path: Path, *, page: int = 0) -> Image.Image:
-    """Opens and fully decodes page `page` of `path` (see page_count); raises ValueError with the reason
+    """Opens and fully decodes page `page` of `path` (see image_pages); raises ValueError with the reason
     if it is empty or unreadable."""
     path = Path(path)
     if path.stat().st_size == 0:

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from segpipe.cli import run_stage, start_tensorflow
-from segpipe.image_io import SUPPORTED_EXTENSIONS, page_count, read_white_level, write_png
+from segpipe.image_io import SUPPORTED_EXTENSIONS, image_pages, read_white_level, write_png
 from segpipe.outputs import write_text
 from segpipe.palette import colour_mask
 from segpipe.plots import class_overlay
@@ -51,8 +51,9 @@ def find_inputs(path: Path) -> list[tuple[Path, int, Path]]:
         raise ValueError(f"no images under '{path}'; expected files ending in {', '.join(SUPPORTED_EXTENSIONS)}.")
     inputs = []
     for file in files:
-        stem, pages = file.relative_to(root).with_suffix(""), page_count(file)
-        inputs += [(file, 0, stem)] if pages == 1 else [(file, page, stem / f"{page:04d}") for page in range(pages)]
+        stem, pages = file.relative_to(root).with_suffix(""), image_pages(file)
+        inputs += [(file, 0, stem)] if len(pages) == 1 else [(file, page, stem / f"{index:04d}")
+                                                             for index, page in enumerate(pages)]
     return inputs
 
 

@@ -36,9 +36,8 @@ import pandas as pd
 from PIL import Image, ImageSequence
 
 from segpipe.cli import run_stage
-from segpipe.image_io import (LOSSY_FORMATS, apply_orientation, exif_orientation, image_to_array,
-                              is_high_bit_depth, mask_to_class_ids, open_image, page_count, white_level_of,
-                              write_png)
+from segpipe.image_io import (LOSSY_FORMATS, apply_orientation, exif_orientation, image_pages, image_to_array,
+                              is_high_bit_depth, mask_to_class_ids, open_image, white_level_of, write_png)
 from segpipe.outputs import replace_dir, write_csv, write_text
 from segpipe.palette import Palette, colour_mask_to_class_ids, load_palette
 from segpipe.parallel import map_in_order
@@ -83,7 +82,8 @@ def _brightest_high_bit_pixel(path: Path) -> tuple[float, bool] | None:
     decoded (the conversion itself reports that)."""
     try:
         with Image.open(path) as im:
-            return (max(float(np.asarray(page).max()) for page in ImageSequence.Iterator(im)),  # every page
+            size = im.size  # every page of this size (image_pages), not thumbnails
+            return (max(float(np.asarray(page).max()) for page in ImageSequence.Iterator(im) if page.size == size),
                     im.mode == "F")
     except (OSError, ValueError, SyntaxError):
         return None
@@ -117,39 +117,41 @@ def convert_pair(pair: Pair, **options) -> tuple[list[dict], list[Problem]]:
     A multi-page file (a TIFF stack, as EM and microscopy volumes ship) is one image per page: its mask
     must have as many pages, page k becomes `<id>/<k:04d>` (source: "<file> (page k)"), and the stack is
     the pages' group (inside its folder's group), so balancing and `build_csv.split_by: group` see volumes."""
-    image_pages, mask_pages = page_count(pair.image_path), page_count(pair.mask_path)
-    if image_pages != mask_pages:
-        return [], [Problem(pair.mask_path, f"{mask_pages} page(s), but its image '{pair.image_path}' has "
-                            f"{image_pages}; a stack of images needs a stack of masks with a page per image "
+    in_image, in_mask = image_pages(pair.image_path), image_pages(pair.mask_path)
+    if len(in_image) != len(in_mask):
+        return [], [Problem(pair.mask_path, f"{len(in_mask)} page(s), but its image '{pair.image_path}' has "
+                            f"{len(in_image)}; a stack of images needs a stack of masks with a page per image "
                             "(or save one file per image)")]
-    if image_pages == 1:
-        row, problems = _convert_page(pair, page=None, **options)
+    if len(in_image) == 1:
+        row, problems = _convert_page(pair, page=None, image_page=in_image[0], mask_page=in_mask[0], **options)
         return [row] if row else [], problems
     rows, problems = [], []
     stack = pair.image_path.stem if pair.group == NO_GROUP else f"{pair.group}/{pair.image_path.stem}"
-    for page in range(image_pages):
-        row, found = _convert_page(replace(pair, id=f"{pair.id}/{page:04d}", group=stack), page=page, **options)
+    for index, (image_page, mask_page) in enumerate(zip(in_image, in_mask)):
+        row, found = _convert_page(replace(pair, id=f"{pair.id}/{index:04d}", group=stack), page=index,
+                                   image_page=image_page, mask_page=mask_page, **options)
         rows += [row] if row else []
-        problems += [replace(problem, reason=f"page {page}: {problem.reason}") for problem in found]
+        problems += [replace(problem, reason=f"page {index}: {problem.reason}") for problem in found]
     return rows, problems
 
 
-def _convert_page(pair: Pair, *, page: int | None, output_dir: Path, raw_dir: Path, image_mode: str,
-                  num_classes: int, mask_threshold: int, invert_mask: bool, max_gray_fraction: float,
-                  ignore_value=None, palette: Palette | None = None, palette_tolerance: int = 0,
-                  white_level: float | None = None) -> tuple[dict | None, list[Problem]]:
-    """Converts one image (page `page` of a stack, or the file's only image: None) and its mask.
+def _convert_page(pair: Pair, *, page: int | None, image_page: int, mask_page: int, output_dir: Path,
+                  raw_dir: Path, image_mode: str, num_classes: int, mask_threshold: int, invert_mask: bool,
+                  max_gray_fraction: float, ignore_value=None, palette: Palette | None = None,
+                  palette_tolerance: int = 0, white_level: float | None = None) -> tuple[dict | None, list[Problem]]:
+    """Converts one image and its mask: `page` is the image's number in a stack (None: the file's only
+    image), `image_page` and `mask_page` the file pages that hold them (see image_pages).
     Returns (manifest row or None, list of Problem).
 
     The mask goes through the palette when there is one (colour-coded masks), else through
     `mask_to_class_ids` (values are ids, or thresholded for binary tasks)."""
     problems = []
     try:
-        image = open_image(pair.image_path, page=page or 0)
+        image = open_image(pair.image_path, page=image_page)
     except ValueError as err:
         problems.append(Problem(pair.image_path, f"unreadable image: {err}; replace or remove the file"))
     try:
-        mask = open_image(pair.mask_path, page=page or 0)
+        mask = open_image(pair.mask_path, page=mask_page)
     except ValueError as err:
         problems.append(Problem(pair.mask_path, f"unreadable mask: {err}; replace or remove the file"))
     if problems:

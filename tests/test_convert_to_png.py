@@ -396,6 +396,17 @@ def test_a_tiff_stack_is_one_image_per_page(tmp_path):
         run_convert(raw, tmp_path, image_mode="L")
 
 
+def test_a_thumbnail_page_is_not_an_image(tmp_path):
+    """Some writers add a reduced-resolution page (a thumbnail or pyramid level) after the picture."""
+    raw = tmp_path / "raw"
+    picture = pattern_image(16, 20)[..., 0]
+    _save_stack([picture, picture[::4, ::4].copy()], raw / "images/scan.tif")
+    _save(Image.fromarray(box_mask(16, 20).astype(np.uint8) * 255), raw / "masks/scan.png")
+    out, manifest = run_convert(raw, tmp_path, image_mode="L")
+    assert list(manifest["id"]) == ["scan"] and manifest["source_image"][0] == "images/scan.tif"
+    np.testing.assert_array_equal(read(out / "images/scan.png"), picture)
+
+
 def test_the_white_level_of_a_16_bit_stack_looks_at_every_page(tmp_path):
     raw = tmp_path / "raw"
     dim, bright = np.full((16, 20), 900, np.uint16), np.full((16, 20), 3000, np.uint16)
