@@ -191,10 +191,11 @@ def mask_to_class_ids(im: Image.Image, *, num_classes: int, threshold: int, inve
     Multi-class: single-channel values (or palette indices) are the class ids; each must be
     < num_classes.
     """
-    if num_classes > 1 and is_high_bit_depth(im) and np.asarray(im).max() > 255:
+    largest = np.asarray(im).max() if num_classes > 1 and is_high_bit_depth(im) else 0
+    if largest > 255:
         raise ValueError(
-            f"class ids up to {np.asarray(im).max()} in a {im.mode} mask, out of range for num_classes="
-            f"{num_classes}; expected values 0..{num_classes - 1} (void: convert.ignore_value, at most 255)")
+            f"class ids up to {largest} in a {im.mode} mask, out of range for num_classes={num_classes}; "
+            f"expected values 0..{num_classes - 1} (void: convert.ignore_value, at most 255)")
     values, is_index = _mask_channel(im)
     void = values == ignore_value if ignore_value is not None else np.zeros(values.shape, bool)
     labelled = values[~void]

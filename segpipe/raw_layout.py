@@ -205,16 +205,17 @@ def _keyed(files: list[Path], root: Path, key_of, *, param: str, pattern: str | 
 def _pair_folder(images_dir: Path, masks_dir: Path, split: str, naming: Naming, raw_dir: Path,
                  problems: list[Problem], ignored: list[Path]) -> list[Pair]:
     if images_dir == masks_dir:  # one folder: the mask naming rule tells masks from images
-        files = _list_files(images_dir, raw_dir, problems, ignored)
-        mask_files = [path for path in files if naming.is_mask_name(path.stem)]
-        image_files = [path for path in files if not naming.is_mask_name(path.stem)]
-        # BUSI ships a second mask of one image as x_mask_1.png: neither an image nor x's mask.
         marker = max(naming.mask_stem_pattern.split("{stem}"), key=len).lower()
-        for path in [path for path in image_files if marker in path.stem.lower()]:
-            image_files.remove(path)
-            problems.append(Problem(path, f"'{marker}' in its name looks like a mask, but the name does not fit "
-                                          f"convert.mask_stem_pattern {naming.mask_stem_pattern!r}; a second mask "
-                                          "of one image? Merge it into that image's mask, or remove it"))
+        mask_files, image_files = [], []
+        for path in _list_files(images_dir, raw_dir, problems, ignored):
+            if naming.is_mask_name(path.stem):
+                mask_files.append(path)
+            elif marker in path.stem.lower():  # BUSI's second mask of one image, x_mask_1.png: neither
+                problems.append(Problem(path, f"'{marker}' in its name looks like a mask, but the name does not "
+                                              f"fit convert.mask_stem_pattern {naming.mask_stem_pattern!r}; a second "
+                                              "mask of one image? Merge it into that image's mask, or remove it"))
+            else:
+                image_files.append(path)
     else:
         mask_files = _list_files(masks_dir, raw_dir, problems, ignored)
         image_files = _list_files(images_dir, raw_dir, problems, ignored)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageSequence
+from PIL import Image
 
 from segpipe.cli import run_stage
 from segpipe.image_io import (LOSSY_FORMATS, apply_orientation, exif_orientation, image_pages, image_to_array,
@@ -78,15 +78,13 @@ def _is_high_bit_file(path: Path) -> bool:
 
 
 def _brightest_high_bit_pixel(path: Path) -> tuple[float, bool] | None:
-    """(brightest pixel value, whether float) of an image of more than 8 bits; None when it cannot be
-    decoded (the conversion itself reports that)."""
+    """(brightest pixel value over the pages that are images, whether float) of an image of more than
+    8 bits; None when it cannot be decoded (the conversion itself reports that)."""
     try:
-        with Image.open(path) as im:
-            size = im.size  # every page of this size (image_pages), not thumbnails
-            return (max(float(np.asarray(page).max()) for page in ImageSequence.Iterator(im) if page.size == size),
-                    im.mode == "F")
-    except (OSError, ValueError, SyntaxError):
+        pages = [open_image(path, page=page) for page in image_pages(path)]
+    except ValueError:
         return None
+    return max(float(np.asarray(page).max()) for page in pages), pages[0].mode == "F"
 
 
 def dataset_white_level(image_paths: list[Path], *, white_level, num_workers: int) -> tuple[float | None, str]:
