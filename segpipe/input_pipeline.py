@@ -328,9 +328,25 @@ def evaluation_dataset(rows: pd.DataFrame, *, image_size: tuple[int, int], chann
     return _with_options(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE), deterministic=True)
 
 
-def steps_per_epoch(*, num_rows: int, batch_size: int, requested: int) -> int:
-    """`requested` if > 0, else the number of training rows / batch size (at least 1)."""
-    return requested if requested > 0 else max(1, num_rows // batch_size)
+def samples_per_pass(rows: pd.DataFrame, *, patch_size: tuple[int, int] | None) -> float:
+    """Training samples in one pass over `rows`: one per row for resized images; for patches, each row's
+    native pixels / a patch's pixels, at least one (an image smaller than a patch is one padded crop)."""
+    if patch_size is None:
+        return float(len(rows))
+    pixels = rows["height"].astype(float).to_numpy() * rows["width"].astype(float).to_numpy()
+    return float(np.maximum(1.0, pixels / (patch_size[0] * patch_size[1])).sum())
+
+
+def steps_per_epoch(rows: pd.DataFrame, *, batch_size: int, requested: int,
+                    patch_size: tuple[int, int] | None = None) -> int:
+    """`requested` if > 0, else one pass over the training rows (`samples_per_pass`) / batch size, at least 1.
+
+    With patches an epoch is as many crops as cover the training pixels once, not one crop per image: on a
+    few large images one crop per image made an epoch a handful of steps (the validation pass then took a
+    large share of the time, and `epochs` meant far less training than with resized images)."""
+    if requested > 0:
+        return requested
+    return max(1, int(samples_per_pass(rows, patch_size=patch_size) // batch_size))
 
 
 def example_batch(rows: pd.DataFrame, *, image_size: tuple[int, int], channels: int) -> np.ndarray:

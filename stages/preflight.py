@@ -64,11 +64,12 @@ def main(argv=None) -> None:
     summary, subsets, _ = training_rows(summary_path=args.subsets_summary, subsets_dir=args.subsets_dir,
                                         augmented_csv=args.augmented_csv, valid_csv=args.csv_dir / "valid.csv",
                                         sampling_weights=train["sampling_weights"])
-    images_per_epoch = sum(len(s) for s in subsets)
+    training_rows_count = sum(len(s) for s in subsets)
 
     start_tensorflow()
     import keras
     import numpy as np
+    import pandas as pd
 
     from segpipe import input_pipeline as pipeline
     from segpipe import memory_plan, preflight as checks
@@ -113,10 +114,11 @@ def main(argv=None) -> None:
     if train["batch_size"] == "auto":
         batch, plan_line = memory_plan.pick_batch_size(
             model, optimizer=train["optimizer"], mixed_precision=mixed, budget=budget,
-            num_replicas=placement.num_replicas, training_rows=images_per_epoch)
+            num_replicas=placement.num_replicas, training_rows=training_rows_count)
         print(f"preflight: {plan_line}", flush=True)
     else:
         batch = train["batch_size"]
+    global_batch = batch * placement.num_replicas
     report.append(checks.memory_check(
         plan=memory_plan.estimate(model, batch_size=batch, optimizer=train["optimizer"], mixed_precision=mixed),
         batch_size=batch, budget_bytes=budget, budget_source=budget_source))
@@ -150,7 +152,10 @@ def main(argv=None) -> None:
         report.append(checks.run_time_check(
             on_gpu=placement.device_names[0].startswith("/gpu"),
             images_per_second=per_second * placement.num_replicas if per_second else None,
-            images_per_epoch=images_per_epoch, epochs=train["epochs"], max_minutes=train["max_minutes"]))
+            images_per_epoch=global_batch * pipeline.steps_per_epoch(
+                pd.concat(subsets), batch_size=global_batch, requested=train["steps_per_epoch"],
+                patch_size=image_size if input_mode == "patches" else None),
+            epochs=train["epochs"], max_minutes=train["max_minutes"]))
 
     picked = originals.sample(n=min(preflight["contact_sheet_pairs"], len(originals)), random_state=seed)
     sheet = contact_sheet([(row.id, read_png(row.image_path), read_png(row.mask_path))

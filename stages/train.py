@@ -119,17 +119,19 @@ def main(argv=None) -> None:
     patches = pipeline.Patches(foreground_share=train["patch_foreground_share"],
                                scale_range=tuple(train["patch_scale_range"]),
                                num_classes=num_classes) if input_mode == "patches" else None
-    steps = pipeline.steps_per_epoch(num_rows=len(train_rows), batch_size=global_batch,
-                                     requested=train["steps_per_epoch"])
+    steps = pipeline.steps_per_epoch(train_rows, batch_size=global_batch, requested=train["steps_per_epoch"],
+                                     patch_size=image_size if patches else None)
     cache = pipeline.resolve_cache(
         train["cache"], channels=channels, memory_budget_bytes=pipeline.cache_budget_bytes(),
         pixels=sum(pipeline.cached_pixels(rows, image_size=image_size, patches=patches is not None)
                    for rows in [*subsets, valid]))
     devices_used = placement.description
+    epoch_words = (f" (one pass over the training pixels: {pipeline.samples_per_pass(train_rows, patch_size=image_size):.0f}"
+                   f" patches)" if patches and not train["steps_per_epoch"] else "")
     counts = ", ".join(f"{subset['name']}={len(rows)}" for subset, rows in zip(summary["subsets"], subsets))
     print(f"train: {len(train_rows)} training rows ({counts}), {len(valid)} validation rows; input "
           f"{image_size[0]}x{image_size[1]}x{channels}; global batch {global_batch} ({batch_size} x "
-          f"{placement.num_replicas} replica(s) on {devices_used}); {steps} steps/epoch; precision {policy} "
+          f"{placement.num_replicas} replica(s) on {devices_used}); {steps} steps/epoch{epoch_words}; precision {policy} "
           f"({reason})" + (f"; class weights {class_weights}" if class_weights else ""), flush=True)
     print(f"train: input {input_mode} ({input_reason}); size {image_size[0]}x{image_size[1]} ({size_reason})",
           flush=True)
@@ -183,7 +185,7 @@ def main(argv=None) -> None:
     facts.update(precision_policy=policy, devices=devices_used, num_replicas=placement.num_replicas,
                  global_batch_size=global_batch, class_weights=class_weights, input=input_mode,
                  input_reason=input_reason, input_size=list(image_size), input_size_reason=size_reason,
-                 planned_epochs=state.get("planned_epochs"), batch_size=batch_size,
+                 planned_epochs=state.get("planned_epochs"), steps_per_epoch=steps, batch_size=batch_size,
                  batch_plan=batch_plan)
     if train["remat"]:
         # The model users get is the plain variant (same layers, names and weights): recomputation only

@@ -173,7 +173,22 @@ def test_cache_resolution():
         ip.resolve_cache("disk", **fits, memory_budget_bytes=0)
 
 
-def test_steps_per_epoch():
-    assert ip.steps_per_epoch(num_rows=50, batch_size=8, requested=0) == 6
-    assert ip.steps_per_epoch(num_rows=3, batch_size=8, requested=0) == 1
-    assert ip.steps_per_epoch(num_rows=50, batch_size=8, requested=20) == 20
+def _sized_rows(*sizes):
+    return pd.DataFrame({"height": [h for h, _ in sizes], "width": [w for _, w in sizes]})
+
+
+def test_steps_per_epoch_resized_images_are_one_sample_per_row():
+    assert ip.steps_per_epoch(_sized_rows(*[(512, 512)] * 50), batch_size=8, requested=0) == 6
+    assert ip.steps_per_epoch(_sized_rows(*[(512, 512)] * 3), batch_size=8, requested=0) == 1
+    assert ip.steps_per_epoch(_sized_rows(*[(512, 512)] * 50), batch_size=8, requested=20) == 20
+
+
+def test_steps_per_epoch_with_patches_covers_the_training_pixels_once():
+    # 48 images of 512x512 in 256x256 patches: 4 patches each, 192 patches, 24 batches of 8 (not 48 / 8).
+    assert ip.steps_per_epoch(_sized_rows(*[(512, 512)] * 48), batch_size=8, requested=0,
+                              patch_size=(256, 256)) == 24
+    # An image smaller than a patch still counts as one (padded) crop; mixed sizes add up.
+    rows = _sized_rows((100, 80), (1024, 512), (256, 256))
+    assert ip.samples_per_pass(rows, patch_size=(256, 256)) == 1 + 8 + 1
+    assert ip.steps_per_epoch(rows, batch_size=4, requested=0, patch_size=(256, 256)) == 2
+    assert ip.steps_per_epoch(rows, batch_size=4, requested=7, patch_size=(256, 256)) == 7

@@ -493,8 +493,11 @@ def test_patches_with_a_time_budget_plan_the_epochs_and_evaluate_by_windows(proj
     assert f"{planned} epochs planned" in done.stdout and planned > 2 and 2 < run <= planned
     assert facts["input"] == "patches"
     assert ("planned epochs run" if run == planned else "minutes spent") in facts["stop_reason"]
-    steps = 20 // 4  # training rows / batch; 1 warm-up epoch
-    progress = (run * steps - steps) / (planned * steps - steps)
+    # An epoch of patches is one pass over the training pixels: 20 rows of 32x40 hold 25 crops of 32x32,
+    # 6 batches of 4 (not 20 rows / 4 = 5).
+    steps = facts["steps_per_epoch"]
+    assert steps == 6 and "6 steps/epoch (one pass over the training pixels: 25 patches)" in done.stdout
+    progress = (run * steps - steps) / (planned * steps - steps)  # after 1 warm-up epoch
     history = pd.read_csv(project / "budget/history.csv")
     assert history["learning_rate"].iloc[-1] == pytest.approx(
         0.001 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * progress))), rel=1e-3)
