@@ -338,15 +338,17 @@ def samples_per_pass(rows: pd.DataFrame, *, patch_size: tuple[int, int] | None) 
 
 
 def steps_per_epoch(rows: pd.DataFrame, *, batch_size: int, requested: int,
-                    patch_size: tuple[int, int] | None = None) -> int:
+                    patch_size: tuple[int, int] | None = None, time_budget: bool = False) -> int:
     """`requested` if > 0, else one pass over the training rows (`samples_per_pass`) / batch size, at least 1.
 
-    With patches an epoch is as many crops as cover the training pixels once, not one crop per image: on a
-    few large images one crop per image made an epoch a handful of steps (the validation pass then took a
-    large share of the time, and `epochs` meant far less training than with resized images)."""
+    With patches an epoch is as many crops as cover the training pixels once, not one crop per image: with
+    one crop per image, `epochs` meant far less training on large images than on resized ones. Under a
+    time budget the budget decides how much is trained and an epoch is only the interval between
+    validations: it stays one crop per row, so that the first epochs, which the budget is planned from,
+    stay short on images of any size (one pass over twenty 4096x4096 images would outlast the budget)."""
     if requested > 0:
         return requested
-    return max(1, int(samples_per_pass(rows, patch_size=patch_size) // batch_size))
+    return max(1, int(samples_per_pass(rows, patch_size=None if time_budget else patch_size) // batch_size))
 
 
 def example_batch(rows: pd.DataFrame, *, image_size: tuple[int, int], channels: int) -> np.ndarray:

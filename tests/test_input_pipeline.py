@@ -192,3 +192,6 @@ def test_steps_per_epoch_with_patches_covers_the_training_pixels_once():
     assert ip.samples_per_pass(rows, patch_size=(256, 256)) == 1 + 8 + 1
     assert ip.steps_per_epoch(rows, batch_size=4, requested=0, patch_size=(256, 256)) == 2
     assert ip.steps_per_epoch(rows, batch_size=4, requested=7, patch_size=(256, 256)) == 7
+    # Under a time budget an epoch is the validation interval: one crop per row (3 rows / 4 -> 1 step).
+    assert ip.steps_per_epoch(_sized_rows(*[(512, 512)] * 48), batch_size=8, requested=0, patch_size=(256, 256),
+                              time_budget=True) == 6

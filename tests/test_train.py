@@ -481,6 +481,15 @@ def test_predict_names_a_bad_input_file(trained, tmp_path):
     assert done.returncode == 2 and "broken.png': cannot decode as an image" in done.stderr
 
 
+def test_patch_epochs_without_a_budget_cover_the_training_pixels(project):
+    params = params_file(project, "p_pass", input="patches", epochs=1)
+    done = run_stage(project, "train", *train_args("pass", params))
+    assert done.returncode == 0, done.stderr
+    # 20 training rows of 32x40 hold 25 crops of 32x32: 6 batches of 4, not 20 rows / 4 = 5.
+    assert "6 steps/epoch (one pass over the training pixels: 25 patches)" in done.stdout
+    assert json.loads((project / "pass/facts.json").read_text())["steps_per_epoch"] == 6
+
+
 def test_patches_with_a_time_budget_plan_the_epochs_and_evaluate_by_windows(project):
     params = params_file(project, "p_budget", input="patches", max_minutes=0.2, warmup_epochs=1, epochs=2,
                          patience=0)
@@ -493,10 +502,10 @@ def test_patches_with_a_time_budget_plan_the_epochs_and_evaluate_by_windows(proj
     assert f"{planned} epochs planned" in done.stdout and planned > 2 and 2 < run <= planned
     assert facts["input"] == "patches"
     assert ("planned epochs run" if run == planned else "minutes spent") in facts["stop_reason"]
-    # An epoch of patches is one pass over the training pixels: 20 rows of 32x40 hold 25 crops of 32x32,
-    # 6 batches of 4 (not 20 rows / 4 = 5).
+    # Under a budget an epoch of patches is one crop per training row: 20 rows / 4 (one pass over the pixels,
+    # 25 crops of 32x32, without a budget: test_patch_epochs_without_a_budget_cover_the_training_pixels).
     steps = facts["steps_per_epoch"]
-    assert steps == 6 and "6 steps/epoch (one pass over the training pixels: 25 patches)" in done.stdout
+    assert steps == 5 and "5 steps/epoch (one crop per training row" in done.stdout
     progress = (run * steps - steps) / (planned * steps - steps)  # after 1 warm-up epoch
     history = pd.read_csv(project / "budget/history.csv")
     assert history["learning_rate"].iloc[-1] == pytest.approx(
