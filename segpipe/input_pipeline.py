@@ -328,18 +328,17 @@ def evaluation_dataset(rows: pd.DataFrame, *, image_size: tuple[int, int], chann
     return _with_options(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE), deterministic=True)
 
 
-def samples_per_pass(rows: pd.DataFrame, *, patch_size: tuple[int, int] | None) -> float:
-    """Training samples in one pass over `rows`: one per row for resized images; for patches, each row's
-    native pixels / a patch's pixels, at least one (an image smaller than a patch is one padded crop)."""
-    if patch_size is None:
-        return float(len(rows))
+def samples_per_pass(rows: pd.DataFrame, *, patch_size: tuple[int, int]) -> float:
+    """Patches in one pass over `rows`: each row's native pixels / a patch's pixels, at least one (an
+    image smaller than a patch is one padded crop)."""
     pixels = rows["height"].astype(float).to_numpy() * rows["width"].astype(float).to_numpy()
     return float(np.maximum(1.0, pixels / (patch_size[0] * patch_size[1])).sum())
 
 
 def steps_per_epoch(rows: pd.DataFrame, *, batch_size: int, requested: int,
-                    patch_size: tuple[int, int] | None = None, time_budget: bool = False) -> int:
-    """`requested` if > 0, else one pass over the training rows (`samples_per_pass`) / batch size, at least 1.
+                    patch_size: tuple[int, int] | None = None, time_budget: bool = False) -> tuple[int, str]:
+    """(steps, what an epoch is, in words for the log: "" unless patches decide it): `requested` if > 0,
+    else one pass over the training rows (patches: `samples_per_pass`) / batch size, at least 1.
 
     With patches an epoch is as many crops as cover the training pixels once, not one crop per image: with
     one crop per image, `epochs` meant far less training on large images than on resized ones. Under a
@@ -347,8 +346,14 @@ def steps_per_epoch(rows: pd.DataFrame, *, batch_size: int, requested: int,
     validations: it stays one crop per row, so that the first epochs, which the budget is planned from,
     stay short on images of any size (one pass over twenty 4096x4096 images would outlast the budget)."""
     if requested > 0:
-        return requested
-    return max(1, int(samples_per_pass(rows, patch_size=None if time_budget else patch_size) // batch_size))
+        return requested, ""
+    if patch_size is None:
+        return max(1, len(rows) // batch_size), ""
+    if time_budget:
+        return (max(1, len(rows) // batch_size),
+                "one crop per training row: the time budget decides how much is trained")
+    samples = samples_per_pass(rows, patch_size=patch_size)
+    return max(1, int(samples // batch_size)), f"one pass over the training pixels: {samples:.0f} patches"
 
 
 def example_batch(rows: pd.DataFrame, *, image_size: tuple[int, int], channels: int) -> np.ndarray:

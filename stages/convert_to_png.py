@@ -79,12 +79,16 @@ def _is_high_bit_file(path: Path) -> bool:
 
 def _brightest_high_bit_pixel(path: Path) -> tuple[float, bool] | None:
     """(brightest pixel value over the pages that are images, whether float) of an image of more than
-    8 bits; None when it cannot be decoded (the conversion itself reports that)."""
+    8 bits; None when it cannot be decoded (the conversion itself reports that). One page decoded at a
+    time: a volume's pages together may not fit in memory."""
+    brightest, is_float = 0.0, False
     try:
-        pages = [open_image(path, page=page) for page in image_pages(path)]
+        for page in image_pages(path):
+            im = open_image(path, page=page)
+            brightest, is_float = max(brightest, float(np.asarray(im).max())), im.mode == "F"
     except ValueError:
         return None
-    return max(float(np.asarray(page).max()) for page in pages), pages[0].mode == "F"
+    return brightest, is_float
 
 
 def dataset_white_level(image_paths: list[Path], *, white_level, num_workers: int) -> tuple[float | None, str]:

@@ -119,23 +119,19 @@ def main(argv=None) -> None:
     patches = pipeline.Patches(foreground_share=train["patch_foreground_share"],
                                scale_range=tuple(train["patch_scale_range"]),
                                num_classes=num_classes) if input_mode == "patches" else None
-    steps = pipeline.steps_per_epoch(train_rows, batch_size=global_batch, requested=train["steps_per_epoch"],
-                                     patch_size=image_size if patches else None,
-                                     time_budget=train["max_minutes"] > 0)
+    steps, epoch_words = pipeline.steps_per_epoch(
+        train_rows, batch_size=global_batch, requested=train["steps_per_epoch"],
+        patch_size=image_size if patches else None, time_budget=train["max_minutes"] > 0)
     cache = pipeline.resolve_cache(
         train["cache"], channels=channels, memory_budget_bytes=pipeline.cache_budget_bytes(),
         pixels=sum(pipeline.cached_pixels(rows, image_size=image_size, patches=patches is not None)
                    for rows in [*subsets, valid]))
     devices_used = placement.description
-    epoch_words = ""
-    if patches and not train["steps_per_epoch"]:
-        epoch_words = (" (one crop per training row: the time budget decides how much is trained)"
-                       if train["max_minutes"] else " (one pass over the training pixels: "
-                       f"{pipeline.samples_per_pass(train_rows, patch_size=image_size):.0f} patches)")
+    epoch = f"{steps} steps/epoch" + (f" ({epoch_words})" if epoch_words else "")
     counts = ", ".join(f"{subset['name']}={len(rows)}" for subset, rows in zip(summary["subsets"], subsets))
     print(f"train: {len(train_rows)} training rows ({counts}), {len(valid)} validation rows; input "
           f"{image_size[0]}x{image_size[1]}x{channels}; global batch {global_batch} ({batch_size} x "
-          f"{placement.num_replicas} replica(s) on {devices_used}); {steps} steps/epoch{epoch_words}; precision {policy} "
+          f"{placement.num_replicas} replica(s) on {devices_used}); {epoch}; precision {policy} "
           f"({reason})" + (f"; class weights {class_weights}" if class_weights else ""), flush=True)
     print(f"train: input {input_mode} ({input_reason}); size {image_size[0]}x{image_size[1]} ({size_reason})",
           flush=True)

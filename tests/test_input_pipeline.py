@@ -178,20 +178,21 @@ def _sized_rows(*sizes):
 
 
 def test_steps_per_epoch_resized_images_are_one_sample_per_row():
-    assert ip.steps_per_epoch(_sized_rows(*[(512, 512)] * 50), batch_size=8, requested=0) == 6
-    assert ip.steps_per_epoch(_sized_rows(*[(512, 512)] * 3), batch_size=8, requested=0) == 1
-    assert ip.steps_per_epoch(_sized_rows(*[(512, 512)] * 50), batch_size=8, requested=20) == 20
+    assert ip.steps_per_epoch(_sized_rows(*[(512, 512)] * 50), batch_size=8, requested=0) == (6, "")
+    assert ip.steps_per_epoch(_sized_rows(*[(512, 512)] * 3), batch_size=8, requested=0) == (1, "")
+    assert ip.steps_per_epoch(_sized_rows(*[(512, 512)] * 50), batch_size=8, requested=20) == (20, "")
 
 
 def test_steps_per_epoch_with_patches_covers_the_training_pixels_once():
     # 48 images of 512x512 in 256x256 patches: 4 patches each, 192 patches, 24 batches of 8 (not 48 / 8).
     assert ip.steps_per_epoch(_sized_rows(*[(512, 512)] * 48), batch_size=8, requested=0,
-                              patch_size=(256, 256)) == 24
+                              patch_size=(256, 256)) == (24, "one pass over the training pixels: 192 patches")
     # An image smaller than a patch still counts as one (padded) crop; mixed sizes add up.
     rows = _sized_rows((100, 80), (1024, 512), (256, 256))
     assert ip.samples_per_pass(rows, patch_size=(256, 256)) == 1 + 8 + 1
-    assert ip.steps_per_epoch(rows, batch_size=4, requested=0, patch_size=(256, 256)) == 2
-    assert ip.steps_per_epoch(rows, batch_size=4, requested=7, patch_size=(256, 256)) == 7
+    assert ip.steps_per_epoch(rows, batch_size=4, requested=0, patch_size=(256, 256))[0] == 2
+    assert ip.steps_per_epoch(rows, batch_size=4, requested=7, patch_size=(256, 256)) == (7, "")
     # Under a time budget an epoch is the validation interval: one crop per row (3 rows / 4 -> 1 step).
     assert ip.steps_per_epoch(_sized_rows(*[(512, 512)] * 48), batch_size=8, requested=0, patch_size=(256, 256),
-                              time_budget=True) == 6
+                              time_budget=True) == (
+        6, "one crop per training row: the time budget decides how much is trained")
