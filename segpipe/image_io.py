@@ -36,6 +36,75 @@ _EXIF_ORIENTATION_TAG = 0x0112
 IGNORE_ID = 255  # void pixels in converted masks; so num_classes can be at most 255
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 CONTAINER_WHITE_LEVEL = 65535.0
+_TRANSPOSES = {  # Pillow's transposes on (H, W, C) arrays
+    Image.Transpose.FLIP_LEFT_RIGHT: lambda a: a[:, ::-1],
+    Image.Transpose.FLIP_TOP_BOTTOM: lambda a: a[::-1],
+    Image.Transpose.ROTATE_90: lambda a: np.rot90(a, 1),
+    Image.Transpose.ROTATE_180: lambda a: np.rot90(a, 2),
+    Image.Transpose.ROTATE_270: lambda a: np.rot90(a, 3),
+    Image.Transpose.TRANSPOSE: lambda a: a.transpose(1, 0, 2),
+    Image.Transpose.TRANSVERSE: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+}
+
+
+class WideColourImage:
+    """A colour image of 16 bits per channel (48-bit RGB or 64-bit RGBA PNG and TIFF: microscopy, satellite
+    and camera data). Pillow decodes these to 8 bits by keeping each value's high byte, which turns 12-bit
+    data in 16-bit files nearly black (4095 -> 15) without a word, so OpenCV decodes them instead.
+
+    Holds the uint16 (H, W, 3) RGB values (alpha dropped here, as image_to_array drops it for every image,
+    and so that an opaque alpha of 65535 does not set the white level) and the part of Pillow's Image
+    interface that segpipe uses: size, mode, format, getexif, transpose, convert and NumPy conversion."""
+
+    mode = "RGB;16"
+
+    def __init__(self, rgb: np.ndarray, *, format: str | None, exif: Image.Exif):
+        self.rgb, self.format, self._exif = rgb, format, exif
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        return self.rgb if dtype is None else self.rgb.astype(dtype)
+
+    def getexif(self) -> Image.Exif:
+        return self._exif
+
+    def transpose(self, method) -> "WideColourImage":
+        return WideColourImage(np.ascontiguousarray(_TRANSPOSES[method](self.rgb)), format=self.format, exif=self._exif)
+
+    def convert(self, mode: str) -> Image.Image:
+        """8-bit Pillow image in `mode`, the container's range (65535) to 255: for masks, whose values are
+        labels, not intensities (images go through image_to_array and the dataset's white level)."""
+        return _to_8bit_gray_or_color(self).convert(mode)
+
+
+def _rawmode(tile) -> str:
+    args = tile.args if hasattr(tile, "args") else tile[3]
+    return args if isinstance(args, str) else str(args[0]) if args else ""
+
+
+def _is_wide_colour(im: Image.Image) -> bool:
+    """Whether a Pillow image opened lazily (not loaded yet: its tiles name the raw mode) holds 16 bits per
+    colour channel. False once loaded, and for images made in memory (no tiles)."""
+    return im.mode in ("RGB", "RGBA") and any(";16" in _rawmode(tile) for tile in getattr(im, "tile", ()))
+
+
+def _decode_wide_colour(path: Path, *, page: int, im: Image.Image) -> WideColourImage:
+    """Page `page` of `path`, which `im` (Pillow, opened lazily; closed here) found to be 16-bit colour."""
+    import cv2  # OpenCV comes with albumentations; imported here, as only 16-bit colour files need it
+
+    with im:
+        format, exif = im.format, im.getexif()
+    buffer = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: any path, and pages by number
+    try:
+        ok, pages = cv2.imdecodemulti(buffer, cv2.IMREAD_UNCHANGED, range=(page, page + 1))
+    except cv2.error:
+        ok, pages = False, ()
+    if not ok or not pages or pages[0].ndim != 3 or pages[0].shape[2] < 3 or pages[0].dtype != np.uint16:
+        raise ValueError("cannot decode its 16 bits per colour channel (OpenCV could not read the file)")
+    return WideColourImage(cv2.cvtColor(pages[0][..., :3], cv2.COLOR_BGR2RGB), format=format, exif=exif)
 
 
 def image_pages(path: Path) -> list[int]:
@@ -58,9 +127,10 @@ def image_pages(path: Path) -> list[int]:
         return [0]
 
 
-def open_image(path: Path, *, page: int = 0) -> Image.Image:
-    """Opens and fully decodes page `page` of `path` (see image_pages); raises ValueError with the reason
-    if it is empty or unreadable."""
+def open_image(path: Path, *, page: int = 0) -> Image.Image | WideColourImage:
+    """Opens and fully decodes page `page` of `path` (see image_pages): a Pillow image, or a
+    WideColourImage for 16 bits per colour channel. Raises ValueError with the reason if it is empty or
+    unreadable."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise ValueError("empty file (0 bytes)")
@@ -68,6 +138,8 @@ def open_image(path: Path, *, page: int = 0) -> Image.Image:
         im = Image.open(path)
         if page:
             im.seek(page)
+        if _is_wide_colour(im):
+            return _decode_wide_colour(path, page=page, im=im)
         im.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"cannot decode as an image ({err.__class__.__name__}: {err})") from None
@@ -85,10 +157,10 @@ def apply_orientation(im: Image.Image, orientation: int) -> Image.Image:
     return im.transpose(_ORIENTATION_FIX[orientation]) if orientation in _ORIENTATION_FIX else im
 
 
-def is_high_bit_depth(im: Image.Image) -> bool:
-    """Whether `im` holds more than 8 bits per pixel (16-bit, 32-bit integer or float gray). Reads the
-    mode only, so it is cheap on a file opened lazily."""
-    return im.mode in HIGH_BIT_DEPTH_MODES
+def is_high_bit_depth(im: Image.Image | WideColourImage) -> bool:
+    """Whether `im` holds more than 8 bits per channel (16-bit, 32-bit integer or float gray; 16-bit
+    colour). Reads the header only, so it is cheap on a file opened lazily."""
+    return isinstance(im, WideColourImage) or im.mode in HIGH_BIT_DEPTH_MODES or _is_wide_colour(im)
 
 
 def white_level_of(brightest: float, *, is_float: bool) -> float:
@@ -100,8 +172,9 @@ def white_level_of(brightest: float, *, is_float: bool) -> float:
     return float(2 ** max(8, int(np.ceil(max(brightest, 0.0))).bit_length()) - 1)
 
 
-def _to_8bit_gray_or_color(im: Image.Image, *, white_level: float | None = None) -> Image.Image:
-    """16-bit, 32-bit and float modes to 8-bit "L", `white_level` -> 255 (clipped above); others unchanged.
+def _to_8bit_gray_or_color(im: Image.Image | WideColourImage, *, white_level: float | None = None) -> Image.Image:
+    """16-bit, 32-bit and float modes to 8-bit "L" (16-bit colour: "RGB"), `white_level` -> 255 (clipped
+    above); others unchanged.
 
     One white level for a whole dataset (convert-to-png derives it, train records it for predict),
     not a per-image stretch, so every image keeps the same intensity meaning. None: the container's
@@ -112,7 +185,7 @@ def _to_8bit_gray_or_color(im: Image.Image, *, white_level: float | None = None)
     values = np.asarray(im, dtype=np.float64)
     if white_level is None:
         white_level = 1.0 if im.mode == "F" and values.max() <= 1.0 else CONTAINER_WHITE_LEVEL
-    return Image.fromarray(np.clip(np.rint(values / white_level * 255.0), 0, 255).astype(np.uint8), mode="L")
+    return Image.fromarray(np.clip(np.rint(values / white_level * 255.0), 0, 255).astype(np.uint8))
 
 
 def read_white_level(path: Path) -> float | None:
@@ -191,6 +264,8 @@ def mask_to_class_ids(im: Image.Image, *, num_classes: int, threshold: int, inve
     Multi-class: single-channel values (or palette indices) are the class ids; each must be
     < num_classes.
     """
+    if isinstance(im, WideColourImage):
+        im = im.convert("RGB")  # a colour mask of 16 bits per channel: its colours count, not their depth
     largest = np.asarray(im).max() if num_classes > 1 and is_high_bit_depth(im) else 0
     if largest > 255:
         raise ValueError(

@@ -117,6 +117,21 @@ def truncated_jpeg(project):
     raw(project, "images/cell3.png").unlink()
 
 
+def wide_colour_images(project):
+    """48-bit RGB PNGs holding 12-bit data (a microscope's or satellite's colour), written by OpenCV."""
+    import cv2
+
+    for image in raw(project, "images").iterdir():
+        array = np.asarray(Image.open(image).convert("RGB")).astype(np.uint16) * 16  # 0..4080
+        assert cv2.imwrite(str(image), array[..., ::-1])
+
+
+def truncated_wide_colour_image(project):
+    wide_colour_images(project)
+    path = raw(project, "images/cell3.png")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 def class_id_beyond_num_classes(project):
     edit_params(project, "num_classes", 3)
     for index, mask in enumerate(sorted(raw(project, "masks").iterdir())):
@@ -219,6 +234,9 @@ CASES = [
     # --------------------------------------------------------------------------- files and layouts
     Case("truncated JPEG", "convert-to-png", truncated_jpeg, "data/raw/images/cell3.jpg: unreadable image",
          "convert.on_error: skip"),
+    Case("truncated 48-bit RGB PNG", "convert-to-png", truncated_wide_colour_image,
+         "data/raw/images/cell3.png: unreadable image: cannot decode",
+         "convert.on_error: skip"),
     Case("empty (0-byte) mask", "convert-to-png", lambda p: raw(p, "masks/cell2.png").write_bytes(b""),
          "data/raw/masks/cell2.png: unreadable mask: empty file (0 bytes)", "convert.on_error: skip"),
     Case("text file named .png", "convert-to-png", lambda p: raw(p, "images/cell4.png").write_text("not a picture"),
@@ -248,6 +266,8 @@ CASES = [
     Case("every training mask empty", "build-csv", every_train_mask_empty, "no foreground pixel in any of the",
          "convert.invert_mask"),
     Case("16-bit binary masks (0/65535)", "convert-to-png", sixteen_bit_masks, "10 pairs written", code=0),
+    Case("48-bit RGB images holding 12-bit data", "convert-to-png", wide_colour_images,
+         "white level 4095", code=0),
     Case("palette (P mode) masks holding class ids", "convert-to-png", palette_masks, "10 pairs written", code=0),
     Case("spaces and non-ASCII file names", "convert-to-png", unusual_names, "10 pairs written", code=0),
     Case("a README beside the masks", "convert-to-png", lambda p: raw(p, "masks/README.txt").write_text("labels"),

@@ -415,3 +415,61 @@ def test_the_white_level_of_a_16_bit_stack_looks_at_every_page(tmp_path):
     out, _ = run_convert(raw, tmp_path, image_mode="L")
     assert json.loads((out / "white_level.json").read_text())["white_level"] == 4095  # not 1023 from page 0
     np.testing.assert_array_equal(read(out / "images/volume/0001.png"), np.full((16, 20), round(3000 / 4095 * 255)))
+
+
+def _save_wide_colour(pages: list[np.ndarray], path: Path) -> None:
+    """RGB(A) uint16 pages as a 48/64-bit PNG or (multi-page) TIFF; Pillow cannot write these, OpenCV can."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bgr = [cv2.cvtColor(page, cv2.COLOR_RGBA2BGRA if page.shape[2] == 4 else cv2.COLOR_RGB2BGR) for page in pages]
+    assert cv2.imwritemulti(str(path), bgr) if len(bgr) > 1 else cv2.imwrite(str(path), bgr[0])
+
+
+def test_colour_images_of_16_bits_per_channel_keep_their_low_bits(tmp_path):
+    """Pillow decodes 48-bit RGB to its high bytes: 12-bit colour data (microscopy, satellite scenes) would turn
+    nearly black (4095 -> 15). They take the dataset's white level like 16-bit gray images; an opaque alpha
+    (65535) does not raise it, and a 16-bit colour mask is a colour mask."""
+    raw = tmp_path / "raw"
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 4096, (16, 20, 3)).astype(np.uint16)
+    rgb[0, 0] = 4000  # the brightest pixel: 12-bit data
+    rgba = np.concatenate([rgb[::-1], np.full((16, 20, 1), 65535, np.uint16)], axis=2)
+    _save_wide_colour([rgb], raw / "images/plain.png")
+    _save_wide_colour([rgba], raw / "images/alpha.tif")
+    mask = box_mask(16, 20)
+    _save(Image.fromarray(mask.astype(np.uint8) * 255), raw / "masks/plain.png")
+    _save_wide_colour([np.repeat(mask[..., None], 3, axis=2).astype(np.uint16) * 65535], raw / "masks/alpha.png")
+    out, _ = run_convert(raw, tmp_path)
+    np.testing.assert_array_equal(read(out / "images/plain.png"), np.rint(rgb / 4095 * 255).astype(np.uint8))
+    np.testing.assert_array_equal(read(out / "images/alpha.png"), np.rint(rgb[::-1] / 4095 * 255).astype(np.uint8))
+    np.testing.assert_array_equal(read(out / "masks/alpha.png"), mask)
+    record = json.loads((out / "white_level.json").read_text())
+    assert record["white_level"] == 4095 and "12-bit" in record["reason"]
+
+    from segpipe.inference import load_image  # predict reads raw files the same way
+    np.testing.assert_array_equal(load_image(raw / "images/plain.png", channels=3, white_level=4095),
+                                  read(out / "images/plain.png"))
+
+
+def test_a_16_bit_colour_stack_is_one_image_per_page(tmp_path):
+    raw = tmp_path / "raw"
+    pages = [np.full((16, 20, 3), level, np.uint16) * np.array([1, 2, 3], np.uint16) for level in (100, 1000)]
+    _save_wide_colour(pages, raw / "images/volume.tif")
+    _save_stack([box_mask(16, 20).astype(np.uint8) * 255] * 2, raw / "masks/volume.tif")
+    out, manifest = run_convert(raw, tmp_path)
+    assert list(manifest["id"]) == ["volume/0000", "volume/0001"]
+    for k, page in enumerate(pages):  # brightest 3000: 12-bit
+        np.testing.assert_array_equal(read(out / f"images/volume/{k:04d}.png"), np.rint(page / 4095 * 255))
+
+
+@pytest.mark.parametrize("method", list(Image.Transpose))
+def test_a_16_bit_colour_image_turns_as_pillow_turns_its_images(method):
+    """EXIF orientation applies to 16-bit colour images too (WideColourImage.transpose, NumPy for Pillow)."""
+    from segpipe.image_io import WideColourImage
+
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint16).reshape(2, 3, 3)
+    turned = WideColourImage(rgb, format="PNG", exif=Image.Exif()).transpose(method)
+    expected = np.asarray(Image.fromarray(rgb.astype(np.uint8)).transpose(method))
+    np.testing.assert_array_equal(np.asarray(turned), expected)
+    assert turned.size == Image.fromarray(expected).size
