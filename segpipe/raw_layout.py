@@ -21,7 +21,8 @@ layout with two candidates (DRIVE's `1st_manual/` beside its field-of-view `mask
 lists them, never a guess. A name or glob pattern (`1st_manual`, `*_labels`) must match exactly one.
 
 Pairing: by stem, the mask stem being `mask_stem_pattern.format(stem=<image stem>)` ("{stem}_mask"),
-or by key, when `image_key` is set: a regular expression whose first group, searched in the image
+or, when the pattern has a `*`, every mask stem it matches ("{stem}_mask*": BUSI's x_mask and x_mask_1, one
+lesion each), whose masks are merged into one (segpipe/mask_merge.py); or by key, when `image_key` is set: a regular expression whose first group, searched in the image
 stem, must equal the same search (`mask_key`, default `image_key`) in the mask stem
 (`case17_image` <-> `case17_label` with `(case\\d+)`; `img_0042` <-> `0042_gt` with `(\\d+)`).
 Stems and keys compare case-insensitively; any supported extension.
@@ -57,6 +58,7 @@ class Pair:
     group: str
     image_path: Path
     mask_path: Path
+    extra_mask_paths: tuple[Path, ...] = ()  # more masks of this image, merged into mask_path's (a `*` pattern)
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,22 @@ class Naming:
         """Whether images and masks sit in one folder (told apart by mask_stem_pattern)."""
         return self.image_folder != "auto" and self.image_folder.lower() == self.mask_folder.lower()
 
+    @property
+    def merges_masks(self) -> bool:
+        """Whether mask_stem_pattern has a `*`: every mask it matches for an image is merged into one."""
+        return "*" in self.mask_stem_pattern
+
+    def image_stem_of_mask(self, stem: str) -> str | None:
+        """The (lower-case) image stem that mask stem `stem` belongs to under mask_stem_pattern; None if the
+        name does not fit it."""
+        pattern = (re.escape(self.mask_stem_pattern).replace(re.escape("{stem}"), "(.+)")
+                   .replace(re.escape("*"), ".*"))
+        found = re.fullmatch(pattern, stem, re.IGNORECASE)
+        return found.group(1).lower() if found else None
+
     def is_mask_name(self, stem: str) -> bool:
         """In a shared folder: whether `stem` is a mask's, i.e. fits mask_stem_pattern for some image stem."""
-        pattern = re.escape(self.mask_stem_pattern).replace(re.escape("{stem}"), ".+")
-        return re.fullmatch(pattern, stem, re.IGNORECASE) is not None
+        return self.image_stem_of_mask(stem) is not None
 
     def check(self) -> None:
         """Raises ValueError naming the param when the rules cannot work together."""
@@ -205,7 +219,7 @@ def _keyed(files: list[Path], root: Path, key_of, *, param: str, pattern: str | 
 def _pair_folder(images_dir: Path, masks_dir: Path, split: str, naming: Naming, raw_dir: Path,
                  problems: list[Problem], ignored: list[Path]) -> list[Pair]:
     if images_dir == masks_dir:  # one folder: the mask naming rule tells masks from images
-        marker = max(naming.mask_stem_pattern.split("{stem}"), key=len).lower()
+        marker = max(naming.mask_stem_pattern.replace("*", "").split("{stem}"), key=len).lower()
         mask_files, image_files = [], []
         for path in _list_files(images_dir, raw_dir, problems, ignored):
             if naming.is_mask_name(path.stem):
@@ -213,7 +227,8 @@ def _pair_folder(images_dir: Path, masks_dir: Path, split: str, naming: Naming, 
             elif marker in path.stem.lower():  # BUSI's second mask of one image, x_mask_1.png: neither
                 problems.append(Problem(path, f"'{marker}' in its name looks like a mask, but the name does not "
                                               f"fit convert.mask_stem_pattern {naming.mask_stem_pattern!r}; a second "
-                                              "mask of one image? Merge it into that image's mask, or remove it"))
+                                              "mask of one image? A '*' in the pattern merges every mask of an "
+                                              f"image ('{{stem}}{marker}*'); or remove it"))
             else:
                 image_files.append(path)
     else:
@@ -227,7 +242,10 @@ def _pair_folder(images_dir: Path, masks_dir: Path, split: str, naming: Naming, 
                          f"or set convert.{param} to the folder that holds them.")
     mask_pattern = naming.mask_key or naming.image_key
     mask_param = "mask_key" if naming.mask_key else "image_key"
-    if naming.image_key is None:
+    if naming.image_key is None and naming.merges_masks:  # the image stem inside each mask's name is its key
+        image_key, mask_key, lookup = (lambda stem: stem.lower()), naming.image_stem_of_mask, (lambda stem: stem.lower())
+        mask_pattern, mask_param = naming.mask_stem_pattern, "mask_stem_pattern"
+    elif naming.image_key is None:
         image_key, mask_key = (lambda stem: stem.lower()), (lambda stem: stem.lower())
         lookup = lambda stem: naming.mask_stem_pattern.format(stem=stem).lower()  # noqa: E731
     else:
@@ -268,12 +286,12 @@ def _pair_folder(images_dir: Path, masks_dir: Path, split: str, naming: Naming, 
                         if naming.image_key is None else f"a mask in '{where}' whose key is '{key}'")
             problems.append(Problem(image_path, f"image without mask: expected {expected} ({rule})"))
             continue
-        if len(candidates) > 1:
+        if len(candidates) > 1 and not naming.merges_masks:
             problems.append(Problem(image_path, "several masks match this image ("
                                     + ", ".join(p.name for p in candidates) + "); keep one"))
             continue
         parts = ([split] if split else []) + ([] if group == NO_GROUP else [group]) + [image_path.stem]
-        pairs.append(Pair("/".join(parts), split, group, image_path, candidates[0]))
+        pairs.append(Pair("/".join(parts), split, group, image_path, candidates[0], tuple(candidates[1:])))
     for key in sorted(set(masks) - used_masks):
         for path in masks[key]:
             problems.append(Problem(path, f"mask without image: no image in '{images_dir}' pairs with it ({rule})"))

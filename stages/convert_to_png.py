@@ -15,7 +15,8 @@ Writes:  --output-dir/images/<id>.png  8-bit RGB (or L, see convert.image_mode),
                                        train records it in models/inference.json for predict;
          --skipped                     CSV (path, reason) of inputs skipped under on_error: skip; header
                                        only when nothing was skipped.
-Params:  num_classes; convert.image_mode, image_folder, mask_folder, mask_stem_pattern, image_key,
+Params:  num_classes; convert.image_mode, image_folder, mask_folder, mask_stem_pattern (a `*` merges every
+         mask it matches: segpipe/mask_merge.py), image_key,
          mask_key (segpipe/raw_layout.py), palette, palette_tolerance (segpipe/palette.py), ignore_value,
          mask_threshold, invert_mask, max_gray_fraction, white_level, on_error (fail | skip), num_workers
          (0 = all cores).
@@ -39,6 +40,7 @@ from segpipe.cli import run_stage
 from segpipe.image_io import (LOSSY_FORMATS, apply_orientation, exif_orientation, image_pages, image_to_array,
                               is_high_bit_depth, mask_to_class_ids, open_image, white_level_of, write_png)
 from segpipe.outputs import replace_dir, write_csv, write_text
+from segpipe.mask_merge import merge_class_ids
 from segpipe.palette import Palette, colour_mask_to_class_ids, load_palette
 from segpipe.parallel import map_in_order
 from segpipe.params import Params
@@ -124,6 +126,10 @@ def convert_pair(pair: Pair, **options) -> tuple[list[dict], list[Problem]]:
         return [], [Problem(pair.mask_path, f"{len(in_mask)} page(s), but its image '{pair.image_path}' has "
                             f"{len(in_image)}; a stack of images needs a stack of masks with a page per image "
                             "(or save one file per image)")]
+    for extra in pair.extra_mask_paths:
+        if image_pages(extra) != in_mask:
+            return [], [Problem(extra, f"{len(image_pages(extra))} page(s), but '{pair.mask_path}', the mask it is "
+                                f"merged with, has {len(in_mask)}; masks of one image need the same pages")]
     if len(in_image) == 1:
         row, problems = _convert_page(pair, page=None, image_page=in_image[0], mask_page=in_mask[0], **options)
         return [row] if row else [], problems
@@ -152,31 +158,40 @@ def _convert_page(pair: Pair, *, page: int | None, image_page: int, mask_page: i
         image = open_image(pair.image_path, page=image_page)
     except ValueError as err:
         problems.append(Problem(pair.image_path, f"unreadable image: {err}; replace or remove the file"))
-    try:
-        mask = open_image(pair.mask_path, page=mask_page)
-    except ValueError as err:
-        problems.append(Problem(pair.mask_path, f"unreadable mask: {err}; replace or remove the file"))
+    mask_paths, masks = (pair.mask_path, *pair.extra_mask_paths), []
+    for mask_path in mask_paths:
+        try:
+            masks.append(open_image(mask_path, page=mask_page))
+        except ValueError as err:
+            problems.append(Problem(mask_path, f"unreadable mask: {err}; replace or remove the file"))
     if problems:
         return None, problems
-    lossy = mask.format in LOSSY_FORMATS
-    image, mask = _orient_pair(image, mask)
-    if image.size != mask.size:
-        return None, [Problem(pair.mask_path, f"size mismatch: mask is {mask.size[0]}x{mask.size[1]} (WxH) "
-                              f"but image '{pair.image_path}' is {image.size[0]}x{image.size[1]}; "
-                              "masks must have their image's size")]
-    if min(image.size) < MIN_SIDE:
-        return None, [Problem(pair.image_path, f"image is {image.size[0]}x{image.size[1]} pixels; expected at least "
-                              f"{MIN_SIDE}x{MIN_SIDE} (a thumbnail or a placeholder?); replace or remove it")]
+    class_ids = []
+    for mask_path, raw_mask in zip(mask_paths, masks):
+        lossy = raw_mask.format in LOSSY_FORMATS
+        upright, mask = _orient_pair(image, raw_mask)
+        if upright.size != mask.size:
+            return None, [Problem(mask_path, f"size mismatch: mask is {mask.size[0]}x{mask.size[1]} (WxH) "
+                                  f"but image '{pair.image_path}' is {upright.size[0]}x{upright.size[1]}; "
+                                  "masks must have their image's size")]
+        if min(upright.size) < MIN_SIDE:
+            return None, [Problem(pair.image_path, f"image is {upright.size[0]}x{upright.size[1]} pixels; expected "
+                                  f"at least {MIN_SIDE}x{MIN_SIDE} (a thumbnail or a placeholder?); replace or remove it")]
+        try:
+            if palette is not None:
+                class_ids.append(colour_mask_to_class_ids(mask, palette, tolerance=palette_tolerance, lossy=lossy,
+                                                          max_off_fraction=max_gray_fraction))
+            else:
+                class_ids.append(mask_to_class_ids(mask, num_classes=num_classes, threshold=mask_threshold,
+                                                   invert=invert_mask, max_gray_fraction=max_gray_fraction,
+                                                   lossy=lossy, ignore_value=ignore_value))
+        except ValueError as err:
+            return None, [Problem(mask_path, str(err))]
     try:
-        if palette is not None:
-            class_ids = colour_mask_to_class_ids(mask, palette, tolerance=palette_tolerance, lossy=lossy,
-                                                 max_off_fraction=max_gray_fraction)
-        else:
-            class_ids = mask_to_class_ids(mask, num_classes=num_classes, threshold=mask_threshold,
-                                          invert=invert_mask, max_gray_fraction=max_gray_fraction, lossy=lossy,
-                                          ignore_value=ignore_value)
+        class_ids = merge_class_ids(class_ids)
     except ValueError as err:
-        return None, [Problem(pair.mask_path, str(err))]
+        return None, [Problem(pair.mask_path, f"{err} (merged with {', '.join(p.name for p in mask_paths[1:])})")]
+    image = upright
     pixels = image_to_array(image, image_mode=image_mode, white_level=white_level)
     image_rel, mask_rel = f"images/{pair.id}.png", f"masks/{pair.id}.png"
     write_png(output_dir / image_rel, pixels)
@@ -189,7 +204,7 @@ def _convert_page(pair: Pair, *, page: int | None, image_page: int, mask_page: i
         "foreground_fraction": foreground_fraction(class_ids),
         "class_pixels": class_pixels(class_ids),
         "source_image": pair.image_path.relative_to(raw_dir).as_posix() + on_page,
-        "source_mask": pair.mask_path.relative_to(raw_dir).as_posix() + on_page,
+        "source_mask": " + ".join(path.relative_to(raw_dir).as_posix() for path in mask_paths) + on_page,
     }
     return row, []
 

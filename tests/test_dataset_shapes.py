@@ -164,6 +164,34 @@ def test_images_and_masks_side_by_side_in_one_folder(tmp_path):
     assert "problem(s)" in str(error.value) and str(error.value).count("TCGA_CS_4941_1_mask_1") == 1
 
 
+def test_a_star_in_the_mask_pattern_merges_every_mask_of_an_image(tmp_path):
+    """BUSI ships each further lesion of an image as its own mask: benign (4)_mask.png, benign (4)_mask_1.png.
+    With '{stem}_mask*' they are one mask (a pixel is foreground if any says so); masks that give a pixel
+    two different classes are an error."""
+    raw = tmp_path / "raw"
+    left, right = np.zeros((16, 20), np.uint8), np.zeros((16, 20), np.uint8)
+    left[2:8, 2:8], right[8:14, 10:18] = 255, 255
+    for group in ("benign", "normal"):
+        save(pattern_image(16, 20), raw / f"busi/{group}/{group} (1).png")
+        save(left, raw / f"busi/{group}/{group} (1)_mask.png")
+    save(right, raw / "busi/benign/benign (1)_mask_1.png")
+    save(pattern_image(16, 20), raw / "busi/benign/benign (10).png")  # 'benign (1)' is a prefix of its stem
+    save(right, raw / "busi/benign/benign (10)_mask.png")
+    out, manifest = run_convert(raw, tmp_path, image_folder="busi", mask_folder="busi", mask_stem_pattern="{stem}_mask*")
+    assert manifest["id"].tolist() == ["benign/benign (1)", "benign/benign (10)", "normal/normal (1)"]
+    assert manifest["source_mask"][0] == "busi/benign/benign (1)_mask.png + busi/benign/benign (1)_mask_1.png"
+    np.testing.assert_array_equal(read(out / "masks/benign/benign (1).png"), (left | right) // 255)
+    np.testing.assert_array_equal(read(out / "masks/benign/benign (10).png"), right // 255)
+    np.testing.assert_array_equal(read(out / "masks/normal/normal (1).png"), left // 255)
+
+    for name, ids in (("benign (1)_mask.png", left // 255), ("benign (1)_mask_1.png", (left // 255) * 2)):
+        save(ids, raw / f"busi/benign/{name}")  # class 1 and class 2 on the same pixels
+    with pytest.raises(ValueError, match=r"benign \(1\)_mask.png: 36 pixel\(s\) get one class in one mask and "
+                                         r"another class in another; .* \(merged with benign \(1\)_mask_1.png\)"):
+        run_convert(raw, tmp_path, num_classes=3, image_folder="busi", mask_folder="busi",
+                    mask_stem_pattern="{stem}_mask*")
+
+
 def test_missing_mask_folder_lists_what_was_found(tmp_path):
     raw = tmp_path / "raw"
     save_pair(raw, "train/images/a.png", "train/segs/a.png")
