@@ -22,8 +22,9 @@ lists them, never a guess. A name or glob pattern (`1st_manual`, `*_labels`) mus
 
 Pairing: by stem, the mask stem being `mask_stem_pattern.format(stem=<image stem>)` ("{stem}_mask"),
 or, when the pattern has a `*`, every mask stem it matches ("{stem}_mask*": BUSI's x_mask and x_mask_1, one
-lesion each), whose masks are merged into one (segpipe/mask_merge.py); or by key, when `image_key` is set: a regular expression whose first group, searched in the image
-stem, must equal the same search (`mask_key`, default `image_key`) in the mask stem
+lesion each), whose masks are merged into one (segpipe/mask_merge.py); or by key, when `image_key` is set:
+a regular expression whose first group, searched in the image stem, must equal the same search
+(`mask_key`, default `image_key`) in the mask stem
 (`case17_image` <-> `case17_label` with `(case\\d+)`; `img_0042` <-> `0042_gt` with `(\\d+)`).
 Stems and keys compare case-insensitively; any supported extension.
 """
@@ -243,7 +244,8 @@ def _pair_folder(images_dir: Path, masks_dir: Path, split: str, naming: Naming, 
     mask_pattern = naming.mask_key or naming.image_key
     mask_param = "mask_key" if naming.mask_key else "image_key"
     if naming.image_key is None and naming.merges_masks:  # the image stem inside each mask's name is its key
-        image_key, mask_key, lookup = (lambda stem: stem.lower()), naming.image_stem_of_mask, (lambda stem: stem.lower())
+        image_key = lookup = lambda stem: stem.lower()  # noqa: E731
+        mask_key = naming.image_stem_of_mask
         mask_pattern, mask_param = naming.mask_stem_pattern, "mask_stem_pattern"
     elif naming.image_key is None:
         image_key, mask_key = (lambda stem: stem.lower()), (lambda stem: stem.lower())

@@ -39,8 +39,8 @@ from PIL import Image
 from segpipe.cli import run_stage
 from segpipe.image_io import (LOSSY_FORMATS, apply_orientation, exif_orientation, image_pages, image_to_array,
                               is_high_bit_depth, mask_to_class_ids, open_image, white_level_of, write_png)
-from segpipe.outputs import replace_dir, write_csv, write_text
 from segpipe.mask_merge import merge_class_ids
+from segpipe.outputs import replace_dir, write_csv, write_text
 from segpipe.palette import Palette, colour_mask_to_class_ids, load_palette
 from segpipe.parallel import map_in_order
 from segpipe.params import Params
@@ -127,9 +127,9 @@ def convert_pair(pair: Pair, **options) -> tuple[list[dict], list[Problem]]:
                             f"{len(in_image)}; a stack of images needs a stack of masks with a page per image "
                             "(or save one file per image)")]
     for extra in pair.extra_mask_paths:
-        if image_pages(extra) != in_mask:
-            return [], [Problem(extra, f"{len(image_pages(extra))} page(s), but '{pair.mask_path}', the mask it is "
-                                f"merged with, has {len(in_mask)}; masks of one image need the same pages")]
+        if (in_extra := image_pages(extra)) != in_mask:
+            return [], [Problem(extra, f"{len(in_extra)} page(s), but '{pair.mask_path}', the mask it is merged "
+                                f"with, has {len(in_mask)}; masks of one image need the same pages")]
     if len(in_image) == 1:
         row, problems = _convert_page(pair, page=None, image_page=in_image[0], mask_page=in_mask[0], **options)
         return [row] if row else [], problems
@@ -174,9 +174,10 @@ def _convert_page(pair: Pair, *, page: int | None, image_page: int, mask_page: i
             return None, [Problem(mask_path, f"size mismatch: mask is {mask.size[0]}x{mask.size[1]} (WxH) "
                                   f"but image '{pair.image_path}' is {upright.size[0]}x{upright.size[1]}; "
                                   "masks must have their image's size")]
-        if min(upright.size) < MIN_SIDE:
-            return None, [Problem(pair.image_path, f"image is {upright.size[0]}x{upright.size[1]} pixels; expected "
-                                  f"at least {MIN_SIDE}x{MIN_SIDE} (a thumbnail or a placeholder?); replace or remove it")]
+        if min(upright.size) < MIN_SIDE:  # after the size check: a mismatch is the more telling problem
+            return None, [Problem(pair.image_path, f"image is {upright.size[0]}x{upright.size[1]} pixels; "
+                                  f"expected at least {MIN_SIDE}x{MIN_SIDE} (a thumbnail or a placeholder?); "
+                                  "replace or remove it")]
         try:
             if palette is not None:
                 class_ids.append(colour_mask_to_class_ids(mask, palette, tolerance=palette_tolerance, lossy=lossy,

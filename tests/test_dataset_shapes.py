@@ -177,7 +177,8 @@ def test_a_star_in_the_mask_pattern_merges_every_mask_of_an_image(tmp_path):
     save(right, raw / "busi/benign/benign (1)_mask_1.png")
     save(pattern_image(16, 20), raw / "busi/benign/benign (10).png")  # 'benign (1)' is a prefix of its stem
     save(right, raw / "busi/benign/benign (10)_mask.png")
-    out, manifest = run_convert(raw, tmp_path, image_folder="busi", mask_folder="busi", mask_stem_pattern="{stem}_mask*")
+    out, manifest = run_convert(raw, tmp_path, image_folder="busi", mask_folder="busi",
+                                mask_stem_pattern="{stem}_mask*")
     assert manifest["id"].tolist() == ["benign/benign (1)", "benign/benign (10)", "normal/normal (1)"]
     assert manifest["source_mask"][0] == "busi/benign/benign (1)_mask.png + busi/benign/benign (1)_mask_1.png"
     np.testing.assert_array_equal(read(out / "masks/benign/benign (1).png"), (left | right) // 255)
