@@ -7,6 +7,10 @@ Accepted layouts (folder names are case-insensitive; <images> and <masks> are th
     raw/train/{<images>,<masks>}/... + raw/valid/{<images>,<masks>}/...   a given split
     raw/train/ + raw/trainannot/ + raw/val/ + raw/valannot/ ...      side by side per split: set
                                                image_folder: "{split}", mask_folder: "{split}annot"
+    raw/<sample>/<images>/... + raw/<sample>/<masks>/...   a folder per sample (Kaggle's Data Science Bowl
+                   2018: <id>/images/<id>.png + <id>/masks/*.png, one mask per nucleus): a sample with one
+                   image takes every mask of its masks folder, merged into one (segpipe/mask_merge.py);
+                   one with several pairs them by the rules below and is their group
     raw/<folder>/... with images and masks side by side (x.tif + x_mask.tif, as Kaggle's LGG brain MRI
                    and BUSI ultrasound ship): set image_folder and mask_folder to the same name and
                    mask_stem_pattern to the masks' naming rule ("{stem}_mask"); files whose stem fits it
@@ -34,7 +38,7 @@ import errno
 import fnmatch
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from segpipe.image_io import SUPPORTED_EXTENSIONS
@@ -406,6 +410,45 @@ def find_folders(raw_dir: Path, naming: Naming) -> dict[str, tuple[Path, Path]]:
     return folders
 
 
+def _sample_folders(raw_dir: Path, naming: Naming) -> list[tuple[Path, Path, Path]]:
+    """[(sample folder, its images folder, its masks folder)] when raw_dir holds no images folder and no split
+    folders, but folders that each hold an images folder and a masks folder; [] for any other layout."""
+    if "{split}" in naming.image_folder or naming.shared_folder or not raw_dir.is_dir():
+        return []
+    children = sorted(c for c in raw_dir.iterdir() if c.is_dir() and not c.name.startswith("."))
+    if not children or any(c.name.lower() in SPLIT_ALIASES for c in children) or _matching_dirs(
+            raw_dir, naming.image_folder, IMAGE_FOLDER_NAMES):
+        return []
+    samples = []
+    for child in children:
+        images = _folder(child, naming.image_folder, param="image_folder", names=IMAGE_FOLDER_NAMES)
+        masks = images and _folder(child, naming.mask_folder, param="mask_folder", names=MASK_FOLDER_NAMES,
+                                   exclude=images)
+        if not masks or _split_folders(images):  # <wrapper>/images/train/...: a split that must not become groups
+            return []
+        samples.append((child, images, masks))
+    return samples
+
+
+def _pair_sample(sample: Path, images_dir: Path, masks_dir: Path, naming: Naming, raw_dir: Path,
+                 problems: list[Problem], ignored: list[Path]) -> list[Pair]:
+    """The pairs of one sample folder (see the module docstring)."""
+    name = sample.relative_to(raw_dir).as_posix()
+    listing: list[Problem] = []  # kept only when this function pairs; _pair_folder lists (and reports) again
+    image_files = _list_files(images_dir, raw_dir, listing, ignored)
+    if len(image_files) != 1:
+        pairs = _pair_folder(images_dir, masks_dir, "", naming, raw_dir, problems, ignored)
+        return [replace(p, id=f"{name}/{p.id}", group=name if p.group == NO_GROUP else f"{name}/{p.group}")
+                for p in pairs]
+    mask_files = _list_files(masks_dir, raw_dir, listing, ignored)
+    problems += listing
+    if not mask_files:
+        problems.append(Problem(image_files[0], f"image without mask: its sample folder's masks folder "
+                                                f"'{masks_dir}' holds none"))
+        return []
+    return [Pair(name, "", NO_GROUP, image_files[0], mask_files[0], tuple(mask_files[1:]))]
+
+
 def find_pairs(raw_dir: Path, *, naming: Naming = Naming()) -> tuple[list[Pair], list[Problem], list[Path]]:
     """Lists the image/mask pairs of `raw_dir` and every problem found on the way.
 
@@ -422,7 +465,10 @@ def find_pairs(raw_dir: Path, *, naming: Naming = Naming()) -> tuple[list[Pair],
     problems: list[Problem] = []
     ignored: list[Path] = []
     pairs: list[Pair] = []
-    for split, (images_dir, masks_dir) in sorted(find_folders(raw_dir, naming).items()):
+    samples = _sample_folders(raw_dir, naming)
+    for sample, images_dir, masks_dir in samples:
+        pairs += _pair_sample(sample, images_dir, masks_dir, naming, raw_dir, problems, ignored)
+    for split, (images_dir, masks_dir) in [] if samples else sorted(find_folders(raw_dir, naming).items()):
         pairs += _pair_folder(images_dir, masks_dir, split, naming, raw_dir, problems, ignored)
     lowered = {}
     for pair in pairs:  # output names must also be unique on case-insensitive file systems

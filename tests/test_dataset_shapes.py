@@ -477,3 +477,44 @@ def test_training_iou_leaves_classes_absent_from_the_epoch_out_of_the_mean():
     metric = ConfusionScore("iou", num_classes=3)
     metric.update_state(truth, probabilities)
     assert float(metric.result()) == pytest.approx((2 / 3 + 1 / 2) / 2)  # not /3 with class 2 as 0 (or 1)
+
+
+def test_a_folder_per_sample_with_one_mask_per_object(tmp_path):
+    """Kaggle's Data Science Bowl 2018 as downloaded: <id>/images/<id>.png + <id>/masks/<hash>.png, one mask per
+    nucleus. A sample's one image takes all its masks, merged; a sample folder of several images pairs them by
+    stem and is their group."""
+    raw = tmp_path / "raw"
+    first, second = np.zeros((16, 20), np.uint8), np.zeros((16, 20), np.uint8)
+    first[2:6, 2:6], second[9:14, 12:18] = 255, 255
+    save(pattern_image(16, 20, seed=1), raw / "0a7d30/images/0a7d30.png")
+    save(first, raw / "0a7d30/masks/4f2e.png")
+    save(second, raw / "0a7d30/masks/c81b.png")
+    save(pattern_image(16, 20, seed=2), raw / "1b02fe/images/1b02fe.png")
+    save(second, raw / "1b02fe/masks/77aa.png")
+    for stem in ("slice1", "slice2"):
+        save_pair(raw, f"patient7/images/{stem}.png", f"patient7/masks/{stem}.png")
+    out, manifest = run_convert(raw, tmp_path)
+    assert manifest["id"].tolist() == ["0a7d30", "1b02fe", "patient7/slice1", "patient7/slice2"]
+    assert manifest["group"].tolist() == ["all", "all", "patient7", "patient7"]
+    assert manifest["source_mask"][0] == "0a7d30/masks/4f2e.png + 0a7d30/masks/c81b.png"
+    np.testing.assert_array_equal(read(out / "masks/0a7d30.png"), (first | second) // 255)
+    np.testing.assert_array_equal(read(out / "masks/1b02fe.png"), second // 255)
+
+    (raw / "1b02fe/masks/77aa.png").unlink()
+    with pytest.raises(ValueError, match=r"1b02fe/images/1b02fe.png: image without mask: its sample folder's masks "
+                                         r"folder '.*1b02fe/masks' holds none"):
+        run_convert(raw, tmp_path)
+
+
+def test_a_wrapper_folder_is_one_sample_unless_it_holds_a_split(tmp_path):
+    raw = tmp_path / "raw"
+    for stem in ("a", "b"):
+        save_pair(raw, f"dataset/images/{stem}.png", f"dataset/masks/{stem}.png")
+    _, manifest = run_convert(raw, tmp_path)
+    assert manifest["id"].tolist() == ["dataset/a", "dataset/b"] and set(manifest["group"]) == {"dataset"}
+
+    raw = tmp_path / "split"
+    for split in ("train", "valid"):
+        save_pair(raw, f"dataset/images/{split}/a.png", f"dataset/masks/{split}/a.png")
+    with pytest.raises(ValueError, match="has no images folder and no train/ folder"):
+        run_convert(raw, tmp_path)
