@@ -419,15 +419,24 @@ def _sample_folders(raw_dir: Path, naming: Naming) -> list[tuple[Path, Path, Pat
     if not children or any(c.name.lower() in SPLIT_ALIASES for c in children) or _matching_dirs(
             raw_dir, naming.image_folder, IMAGE_FOLDER_NAMES):
         return []
-    samples = []
+    samples, others = [], []
     for child in children:
         images = _folder(child, naming.image_folder, param="image_folder", names=IMAGE_FOLDER_NAMES)
         masks = images and _folder(child, naming.mask_folder, param="mask_folder", names=MASK_FOLDER_NAMES,
                                    exclude=images)
-        if not masks or _split_folders(images):  # <wrapper>/images/train/...: a split that must not become groups
+        if images and _split_folders(images):  # <wrapper>/images/train/...: a split that must not become groups
             return []
-        samples.append((child, images, masks))
-    return samples
+        if masks:
+            samples.append((child, images, masks))
+        else:
+            others.append(f"'{child.name}/' ({'no masks folder' if images else 'no images folder'})")
+    if samples and others:  # Data Science Bowl's test samples come without masks/
+        raise ValueError(f"'{raw_dir}' holds a folder per sample ('{samples[0][0].name}/' with "
+                         f"'{samples[0][1].name}/' and '{samples[0][2].name}/'), but not every folder has both: "
+                         + ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+                         + ". Every sample folder needs an images and a masks folder (folder names: "
+                         "convert.image_folder, convert.mask_folder); move the others out of data/raw.")
+    return [] if others else samples
 
 
 def _pair_sample(sample: Path, images_dir: Path, masks_dir: Path, naming: Naming, raw_dir: Path,

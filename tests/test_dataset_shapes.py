@@ -505,6 +505,11 @@ def test_a_folder_per_sample_with_one_mask_per_object(tmp_path):
                                          r"folder '.*1b02fe/masks' holds none"):
         run_convert(raw, tmp_path)
 
+    save(pattern_image(16, 20, seed=3), raw / "9c9c9c/images/9c9c9c.png")  # a test sample: no masks folder
+    with pytest.raises(ValueError, match=r"holds a folder per sample \('0a7d30/' with 'images/' and 'masks/'\), but "
+                                         r"not every folder has both: '9c9c9c/' \(no masks folder\)\. .* move the others out"):
+        run_convert(raw, tmp_path)
+
 
 def test_a_wrapper_folder_is_one_sample_unless_it_holds_a_split(tmp_path):
     raw = tmp_path / "raw"
