@@ -290,7 +290,8 @@ def _pair_folder(images_dir: Path, masks_dir: Path, split: str, naming: Naming, 
             where = masks_dir / ("" if group == NO_GROUP else group)
             expected = (f"'{where / naming.mask_stem_pattern.format(stem=image_path.stem)}.<ext>'"
                         if naming.image_key is None else f"a mask in '{where}' whose key is '{key}'")
-            problems.append(Problem(image_path, f"image without mask: expected {expected} ({rule})"))
+            hint = _annotation_hint(image_path, group, images) if images_dir == masks_dir else ""
+            problems.append(Problem(image_path, f"image without mask: expected {expected} ({rule}){hint}"))
             continue
         if len(candidates) > 1 and not naming.merges_masks:
             problems.append(Problem(image_path, "several masks match this image ("
@@ -302,6 +303,17 @@ def _pair_folder(images_dir: Path, masks_dir: Path, split: str, naming: Naming, 
         for path in masks[key]:
             problems.append(Problem(path, f"mask without image: no image in '{images_dir}' pairs with it ({rule})"))
     return pairs
+
+
+def _annotation_hint(path: Path, group: str, images: dict[tuple[str, str], list[Path]]) -> str:
+    """For a file taken as an image in a folder of images and masks: a hint when its stem is another image's
+    stem plus a suffix (CHASE_DB1's second annotator, x_2ndHO.png beside x.jpg and x_1stHO.png), else ""."""
+    stem = path.stem.lower()
+    for cut in (i for i, char in enumerate(stem) if char in "_- ." and i):
+        if others := images.get((group, stem[:cut])):
+            return (f"; its name extends image '{others[0].name}''s: another annotation of that image? Remove it, "
+                    "or skip it (convert.on_error: skip)")
+    return ""
 
 
 def _split_folders(parent: Path) -> dict[str, Path]:

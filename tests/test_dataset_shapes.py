@@ -523,3 +523,18 @@ def test_a_wrapper_folder_is_one_sample_unless_it_holds_a_split(tmp_path):
         save_pair(raw, f"dataset/images/{split}/a.png", f"dataset/masks/{split}/a.png")
     with pytest.raises(ValueError, match="has no images folder and no train/ folder"):
         run_convert(raw, tmp_path)
+
+
+def test_a_second_annotators_mask_beside_the_images_gets_a_hint(tmp_path):
+    """CHASE_DB1 ships Image_01L.jpg with Image_01L_1stHO.png and Image_01L_2ndHO.png in one folder: with
+    '{stem}_1stHO' the second annotator's file is taken for an image without a mask, and says what it may be."""
+    raw = tmp_path / "raw"
+    save(pattern_image(16, 20), raw / "chase/Image_01L.png")
+    save(box_mask(16, 20).astype(np.uint8) * 255, raw / "chase/Image_01L_1stHO.png")
+    save(box_mask(16, 20).astype(np.uint8) * 255, raw / "chase/Image_01L_2ndHO.png")
+    with pytest.raises(ValueError, match=r"Image_01L_2ndHO.png: image without mask: expected .*; its name extends "
+                                         r"image 'Image_01L.png''s: another annotation of that image\?"):
+        run_convert(raw, tmp_path, image_folder="chase", mask_folder="chase", mask_stem_pattern="{stem}_1stHO")
+    _, manifest = run_convert(raw, tmp_path, image_folder="chase", mask_folder="chase",
+                              mask_stem_pattern="{stem}_1stHO", on_error="skip")
+    assert manifest["id"].tolist() == ["Image_01L"]
