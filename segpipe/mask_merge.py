@@ -15,7 +15,7 @@ from segpipe.image_io import IGNORE_ID
 def merge_class_ids(masks: list[np.ndarray]) -> np.ndarray:
     """One uint8 (H, W) class-id mask from masks of the same shape (see the module docstring). Raises
     ValueError saying how many pixels two masks give different classes."""
-    merged = masks[0].copy()
+    merged = masks[0]  # not written to: each step makes a new array
     for other in masks[1:]:
         classed = (merged != 0) & (merged != IGNORE_ID)
         other_classed = (other != 0) & (other != IGNORE_ID)
@@ -26,4 +26,4 @@ def merge_class_ids(masks: list[np.ndarray]) -> np.ndarray:
         merged = np.where(other_classed, other,
                           np.where(classed, merged,
                                    np.where((merged == IGNORE_ID) | (other == IGNORE_ID), IGNORE_ID, 0)))
-    return merged.astype(np.uint8)
+    return merged.astype(np.uint8, copy=False)

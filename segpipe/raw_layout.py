@@ -424,7 +424,8 @@ def find_folders(raw_dir: Path, naming: Naming) -> dict[str, tuple[Path, Path]]:
 
 def _sample_folders(raw_dir: Path, naming: Naming) -> list[tuple[Path, Path, Path]]:
     """[(sample folder, its images folder, its masks folder)] when raw_dir holds no images folder and no split
-    folders, but folders that each hold an images folder and a masks folder; [] for any other layout."""
+    folders, but folders that each hold an images folder and a masks folder; [] for any other layout.
+    Raises ValueError naming the folders that lack one when the others are sample folders."""
     if "{split}" in naming.image_folder or naming.shared_folder or not raw_dir.is_dir():
         return []
     children = sorted(c for c in raw_dir.iterdir() if c.is_dir() and not c.name.startswith("."))
@@ -455,14 +456,17 @@ def _pair_sample(sample: Path, images_dir: Path, masks_dir: Path, naming: Naming
                  problems: list[Problem], ignored: list[Path]) -> list[Pair]:
     """The pairs of one sample folder (see the module docstring)."""
     name = sample.relative_to(raw_dir).as_posix()
-    listing: list[Problem] = []  # kept only when this function pairs; _pair_folder lists (and reports) again
-    image_files = _list_files(images_dir, raw_dir, listing, ignored)
+    # What the listing finds is kept only when this function pairs: _pair_folder lists (and reports) again.
+    found: list[Problem] = []
+    skipped: list[Path] = []
+    image_files = _list_files(images_dir, raw_dir, found, skipped)
     if len(image_files) != 1:
         pairs = _pair_folder(images_dir, masks_dir, "", naming, raw_dir, problems, ignored)
         return [replace(p, id=f"{name}/{p.id}", group=name if p.group == NO_GROUP else f"{name}/{p.group}")
                 for p in pairs]
-    mask_files = _list_files(masks_dir, raw_dir, listing, ignored)
-    problems += listing
+    mask_files = _list_files(masks_dir, raw_dir, found, skipped)
+    problems += found
+    ignored += skipped
     if not mask_files:
         problems.append(Problem(image_files[0], f"image without mask: its sample folder's masks folder "
                                                 f"'{masks_dir}' holds none"))

@@ -479,7 +479,7 @@ def test_training_iou_leaves_classes_absent_from_the_epoch_out_of_the_mean():
     assert float(metric.result()) == pytest.approx((2 / 3 + 1 / 2) / 2)  # not /3 with class 2 as 0 (or 1)
 
 
-def test_a_folder_per_sample_with_one_mask_per_object(tmp_path):
+def test_a_folder_per_sample_with_one_mask_per_object(tmp_path, capsys):
     """Kaggle's Data Science Bowl 2018 as downloaded: <id>/images/<id>.png + <id>/masks/<hash>.png, one mask per
     nucleus. A sample's one image takes all its masks, merged; a sample folder of several images pairs them by
     stem and is their group."""
@@ -493,7 +493,10 @@ def test_a_folder_per_sample_with_one_mask_per_object(tmp_path):
     save(second, raw / "1b02fe/masks/77aa.png")
     for stem in ("slice1", "slice2"):
         save_pair(raw, f"patient7/images/{stem}.png", f"patient7/masks/{stem}.png")
+    (raw / "patient7/images/README.txt").write_text("scanner settings")
+    (raw / "0a7d30/masks/notes.txt").write_text("annotator")
     out, manifest = run_convert(raw, tmp_path)
+    assert "ignored 2 files that are not images" in capsys.readouterr().out  # each once
     assert manifest["id"].tolist() == ["0a7d30", "1b02fe", "patient7/slice1", "patient7/slice2"]
     assert manifest["group"].tolist() == ["all", "all", "patient7", "patient7"]
     assert manifest["source_mask"][0] == "0a7d30/masks/4f2e.png + 0a7d30/masks/c81b.png"
