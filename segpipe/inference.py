@@ -90,13 +90,25 @@ def check_tta(tta: str, *, input_size: tuple[int, int], param: str = "evaluate.t
 
 def _averaged(model: keras.Model, batch, *, tta: str):
     """Probabilities of a float32 batch (B, h, w, C), averaged over the TTA transforms (each undone)."""
+    transforms = TTA_TRANSFORMS[tta]
+    if len(transforms) == 1:
+        return model(batch, training=False)
+    seen = []
+    for turns, mirror in transforms:
+        images = tf.image.flip_left_right(batch) if mirror else batch
+        seen.append(tf.image.rot90(images, turns) if turns else images)
+    # One model call per transform, in a loop that traces the model once: a Python loop would put a copy of
+    # the network's graph per transform into every traced function (8 for flips_rotations), which made the
+    # SavedModel export and the first prediction several times slower. The transforms of one set share the
+    # batch's shape (turns by 180 degrees, or square inputs), so they stack; one at a time keeps the memory
+    # of a model call what it was.
+    outputs = tf.map_fn(lambda images: model(images, training=False), tf.stack(seen), parallel_iterations=1,
+                        fn_output_signature=tf.float32)
     total = 0.0
-    for turns, mirror in TTA_TRANSFORMS[tta]:
-        seen = tf.image.flip_left_right(batch) if mirror else batch
-        probabilities = model(tf.image.rot90(seen, turns) if turns else seen, training=False)
-        probabilities = tf.image.rot90(probabilities, 4 - turns) if turns else probabilities
+    for index, (turns, mirror) in enumerate(transforms):
+        probabilities = tf.image.rot90(outputs[index], 4 - turns) if turns else outputs[index]
         total += tf.image.flip_left_right(probabilities) if mirror else probabilities
-    return total / len(TTA_TRANSFORMS[tta])
+    return total / len(transforms)
 
 
 def window_starts(length, window: int, overlap: float):
