@@ -1,6 +1,6 @@
 """A patch that makes Keras 3's `fit` run under MultiWorkerMirroredStrategy (keras-team/keras#20585, open).
 
-Tested with Keras 3.15.1 on TensorFlow 2.21.0 (tests/test_train.py runs two workers on 127.0.0.1).
+Tested with Keras 3.15.1 on TensorFlow 2.21.0 (tests/test_train_devices.py runs two workers on 127.0.0.1).
 It touches two private Keras functions, so a Keras upgrade changes this file only: when the issue is
 fixed upstream, delete the file and its one call in segpipe/training.py.
 

@@ -409,7 +409,7 @@ def street_dataset(raw: Path) -> None:
 
 @pytest.mark.slow
 def test_multiclass_street_scenes_through_every_stage(tmp_path):
-    from test_train import run_data_stages, run_stage, train_args
+    from stage_runs import run_data_stages, run_stage, train_args
 
     project = tmp_path
     street_dataset(project / "data/raw")

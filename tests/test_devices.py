@@ -1,4 +1,4 @@
-"""Precision `auto` resolution and the devices param (the multi-device run itself is in test_train.py)."""
+"""Precision `auto` resolution and the devices param (the multi-device run itself is in test_train_devices.py)."""
 from __future__ import annotations
 
 import pytest

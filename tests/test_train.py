@@ -1,76 +1,23 @@
-"""The train stage end to end on a tiny project: outputs, MLflow, multi-device, resume, determinism,
-tracking failure. Each run is a subprocess, because devices and precision are fixed per process."""
+"""The train stage end to end on a tiny project: outputs, MLflow, tracking failure, bad params, evaluate,
+the SavedModel and predict, patches. Each run is a subprocess, because devices and precision are fixed per
+process. Determinism and resume: test_train_reproducible.py; devices and encoders: test_train_devices.py."""
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, TINY_TRAIN, cpu_load, save_pair, write_params
-
-
-def env_for(project: Path, **extra) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2",
-               MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
-    env.pop("DVC_EXP_NAME", None)
-    env.update(extra)
-    return env
-
-
-def run_stage(project: Path, module: str, *args: str, env=None, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"stages.{module}", *args], cwd=project, env=env or env_for(project),
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def train_args(out: str = "out", params: str = "params.yaml") -> list[str]:
-    return ["--subsets-summary", "data/subsets.json", "--subsets-dir", "data/subsets", "--augmented-csv",
-            "data/augmented/augmented.csv", "--valid-csv", "data/csv/valid.csv", "--model", f"{out}/model.keras",
-            "--metrics", f"{out}/train.json", "--facts", f"{out}/facts.json", "--history", f"{out}/history.csv",
-            "--run-info", f"{out}/run.json",
-            "--saved-model", f"{out}/saved_model", "--inference", f"{out}/inference.json",
-            "--white-level", "data/png/white_level.json", "--backup-dir", f"{out}/backup", "--params", params]
-
-
-def run_data_stages(project: Path) -> None:
-    """convert-to-png, build-csv, split-balanced and augment on project/data/raw with project/params.yaml."""
-    for module, args in (
-            ("convert_to_png", ["--raw-dir", "data/raw", "--output-dir", "data/png", "--skipped", "data/skipped.csv"]),
-            ("build_csv", ["--png-dir", "data/png", "--output-dir", "data/csv"]),
-            ("split_balanced", ["--train-csv", "data/csv/train.csv", "--output-dir", "data/subsets",
-                                "--summary", "data/subsets.json"]),
-            ("augment", ["--train-csv", "data/csv/train.csv", "--output-dir", "data/augmented"])):
-        done = run_stage(project, module, *args, "--params", "params.yaml")
-        assert done.returncode == 0, done.stderr
+from stage_runs import env_for, params_file, run_stage, tiny_train_project, train_args
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A project folder with the data stages already run on 2 groups of 32x40 images (boxes as masks)."""
-    project = tmp_path_factory.mktemp("train")
-    for group, count in (("big", 8), ("small", 4)):
-        for index in range(count):
-            save_pair(project / "data/raw", f"images/{group}/{group}{index}.png", f"masks/{group}/{group}{index}.png",
-                      height=32, width=40, seed=index + 10 * len(group))
-    write_params(project, augment={"copies": 1, "num_workers": 1}, convert={"num_workers": 1}, train=TINY_TRAIN)
-    run_data_stages(project)
-    return project
-
-
-def params_file(project: Path, name: str, **train) -> str:
-    folder = project / name
-    write_params(folder, augment={"copies": 1, "num_workers": 1}, convert={"num_workers": 1},
-                 train={**TINY_TRAIN, **train})
-    return f"{name}/params.yaml"
+    return tiny_train_project(tmp_path_factory.mktemp("train"))
 
 
 def test_train_writes_model_metrics_history_and_tracks_in_mlflow(project):
@@ -121,71 +68,6 @@ def test_train_writes_model_metrics_history_and_tracks_in_mlflow(project):
     np.testing.assert_allclose(np.asarray(logged.predict(batch)), model.predict(batch, verbose=0), atol=1e-5)
 
 
-def test_same_params_give_identical_metrics_on_a_loaded_machine(project):
-    """Every epoch of two trainings matches exactly, the second run while every core is busy elsewhere."""
-    params = params_file(project, "p_det", online_augment=True, dropout=0.2, epochs=3)
-    runs = []
-    for out in ("det_quiet", "det_loaded"):
-        with cpu_load() if out == "det_loaded" else contextlib.nullcontext():
-            done = run_stage(project, "train", *train_args(out, params), env=env_for(project, MLFLOW_TRACKING_URI=""))
-        assert done.returncode == 0, done.stderr
-        runs.append(pd.read_csv(project / out / "history.csv"))
-    columns = ["loss", "valid_loss", "iou", "valid_iou", "valid_dice"]
-    pd.testing.assert_frame_equal(runs[0][columns], runs[1][columns])
-
-
-@pytest.fixture(scope="module")
-def demo_project(tmp_path_factory) -> Path:
-    """The bundled demo data at full size through the data stages, with the default params (1 epoch, no MLflow)."""
-    project = tmp_path_factory.mktemp("demo")
-    assert run_stage(project, "make_demo_data", "--output", "data/raw").returncode == 0
-    write_params(project, mlflow=False, augment={"num_workers": 1}, convert={"num_workers": 1},
-                 train={"epochs": 1, "patience": 0})
-    run_data_stages(project)
-    return project
-
-
-@pytest.mark.slow
-def test_default_recipe_gives_identical_metrics_on_a_loaded_machine(demo_project):
-    """The default model and precision on the demo data: big enough that concurrent ops change the last bits
-    of their sums (the tiny model above is not), which one inter-op thread under deterministic: true prevents."""
-    histories = []
-    for out in ("quiet", "loaded"):
-        with cpu_load() if out == "loaded" else contextlib.nullcontext():
-            done = run_stage(demo_project, "train", *train_args(out), timeout=600)
-        assert done.returncode == 0, done.stderr
-        histories.append(pd.read_csv(demo_project / out / "history.csv"))
-    pd.testing.assert_frame_equal(histories[0], histories[1])
-
-
-def test_two_logical_cpu_devices_train_two_replicas(project):
-    params = params_file(project, "p_mirror", devices="cpu:2", batch_size=2, epochs=1)
-    done = run_stage(project, "train", *train_args("mirror", params), env=env_for(project, MLFLOW_TRACKING_URI=""))
-    assert done.returncode == 0, done.stderr
-    metrics = json.loads((project / "mirror/facts.json").read_text())
-    assert metrics["num_replicas"] == 2 and metrics["devices"] == "/cpu:0,/cpu:1"
-    assert metrics["global_batch_size"] == 4  # batch_size is per replica
-    assert "global batch 4 (2 x 2 replica(s) on /cpu:0,/cpu:1)" in done.stdout
-
-
-def test_auto_batch_size_and_remat_train_and_write_a_plain_model(project):
-    """batch_size auto: the memory plan picks (here capped at a quarter of the training rows), and the facts
-    record it; remat trains with recomputed blocks and writes the plain model, which loads without segpipe."""
-    params = params_file(project, "p_auto", batch_size="auto", remat=True)
-    done = run_stage(project, "train", *train_args("auto", params), env=env_for(project))
-    assert done.returncode == 0, done.stderr
-    facts = json.loads((project / "auto/facts.json").read_text())
-    assert "batch_size auto:" in done.stdout and facts["batch_plan"].startswith("batch_size auto:")
-    assert facts["batch_size"] == facts["global_batch_size"] >= 1 and "steps per epoch" in facts["batch_plan"]
-    with zipfile.ZipFile(project / "auto/model.keras") as archive:
-        config = archive.read("config.json").decode()
-    assert "RecomputedBlock" not in config and "down0_conv1" in config
-    probe = subprocess.run([sys.executable, "-c", "import keras, sys; m = keras.models.load_model(sys.argv[1], "
-                            "compile=False); print(m.count_params())", str(project / "auto/model.keras")],
-                           capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    assert probe.returncode == 0, probe.stderr  # a process that never imported segpipe loads it
-
-
 def test_tracking_failure_does_not_fail_training(project):
     params = params_file(project, "p_notrack", epochs=1)
     done = run_stage(project, "train", *train_args("notrack", params),
@@ -194,68 +76,6 @@ def test_tracking_failure_does_not_fail_training(project):
     assert done.stderr.count("warning: MLflow tracking to 'http://127.0.0.1:9' failed") == 1
     assert (project / "notrack/model.keras").is_file() and (project / "notrack/train.json").is_file()
     assert json.loads((project / "notrack/run.json").read_text())["run_id"] is None
-
-
-def test_killed_run_resumes_from_its_last_epoch(project):
-    params = params_file(project, "p_resume", epochs=6, steps_per_epoch=30, schedule="constant")
-    args = train_args("resume", params)
-    metadata = project / "resume/backup/keras/all_layers/training_metadata.json"
-    process = subprocess.Popen([sys.executable, "-m", "stages.train", *args], cwd=project, env=env_for(project),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if metadata.is_file() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    saved_epoch = json.loads(metadata.read_text())["epoch"]
-    assert 2 <= saved_epoch < 6, "the run finished or never got to epoch 2 before the kill"
-    before = pd.read_csv(project / "resume/backup/history.csv").to_dict("records")[:saved_epoch]
-
-    done = run_stage(project, "train", *args)
-    assert done.returncode == 0, done.stderr
-    assert f"resuming the interrupted run after epoch" in done.stdout
-    history = pd.read_csv(project / "resume/history.csv")
-    assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6]  # no epoch twice, none missing
-    assert history["loss"].iloc[:saved_epoch].tolist() == pytest.approx([row["loss"] for row in before])
-    assert f"Epoch {saved_epoch + 1}/6" in done.stdout and "Epoch 1/6" not in done.stdout
-    assert [p.name for p in (project / "resume/backup").iterdir()] == ["README.txt"]
-    # The resumed run continues the same batch stream from the saved weights: it equals an uninterrupted run.
-    done = run_stage(project, "train", *train_args("uninterrupted", params), env=env_for(project, MLFLOW_TRACKING_URI=""))
-    assert done.returncode == 0, done.stderr
-    columns = ["loss", "valid_loss", "iou", "valid_iou", "valid_dice"]
-    pd.testing.assert_frame_equal(history[columns], pd.read_csv(project / "uninterrupted/history.csv")[columns])
-    # Both attempts are one MLflow run.
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    run_id = json.loads((project / "resume/run.json").read_text())["run_id"]
-    steps = [m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, "valid_iou")]
-    assert sorted(set(steps)) == [1, 2, 3, 4, 5, 6]
-
-
-def test_backup_from_other_params_is_not_resumed(project):
-    backup = project / "stale/backup"
-    backup.mkdir(parents=True)
-    (backup / "state.json").write_text(json.dumps({"fingerprint": "other", "history": [{"epoch": 1}]}))
-    done = run_stage(project, "train", *train_args("stale", params_file(project, "p_stale", epochs=1)),
-                     env=env_for(project, MLFLOW_TRACKING_URI=""))
-    assert done.returncode == 0, done.stderr
-    assert "used other params or data; starting afresh" in done.stdout
-    assert json.loads((project / "stale/facts.json").read_text())["epochs_run"] == 1
-
-
-def test_garbage_backup_is_not_resumed_and_the_run_completes(project):
-    backup = project / "garbage/backup"
-    (backup / "keras/all_layers").mkdir(parents=True)
-    (backup / "state.json").write_text('{"fingerprint": "trunc')  # cut off mid-write
-    (backup / "keras/all_layers/latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
-    done = run_stage(project, "train", *train_args("garbage", params_file(project, "p_garbage", epochs=1)),
-                     env=env_for(project, MLFLOW_TRACKING_URI=""))
-    assert done.returncode == 0, done.stderr
-    assert "state.json' of the interrupted run cannot be read back" in done.stdout and "Traceback" not in done.stderr
-    assert json.loads((project / "garbage/facts.json").read_text())["epochs_run"] == 1
 
 
 @pytest.mark.parametrize("train, message", [
@@ -275,60 +95,6 @@ def test_bad_params_fail_with_a_named_error(project, train, message):
     assert "Traceback" not in done.stderr
     assert __import__("re").search(message, done.stderr), done.stderr
     assert not (project / name / "model.keras").exists()
-
-
-def test_pretrained_style_encoder_is_frozen_first_then_fine_tuned(project):
-    params = params_file(project, "p_freeze", encoder="mobilenetv2", freeze_encoder_epochs=1, epochs=2)
-    done = run_stage(project, "train", *train_args("freeze", params), env=env_for(project, MLFLOW_TRACKING_URI=""))
-    assert done.returncode == 0, done.stderr
-    import re
-
-    phases = re.findall(r"train: epochs (\d+)-(\d+) with (the encoder frozen|all layers trainable) \(([\d,]+) trainable",
-                        done.stdout)
-    assert [(a, b, what) for a, b, what, _ in phases] == [("1", "1", "the encoder frozen"),
-                                                          ("2", "2", "all layers trainable")]
-    frozen, full = (int(count.replace(",", "")) for *_, count in phases)
-    import keras
-
-    backbone = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
-    encoder_weights = sum(int(np.prod(w.shape)) for w in backbone.trainable_weights)
-    assert full - frozen == encoder_weights  # exactly the encoder was frozen
-    assert pd.read_csv(project / "freeze/history.csv")["epoch"].tolist() == [1, 2]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_two_workers_on_localhost_train_together(project):
-    """MultiWorkerMirroredStrategy: two processes on 127.0.0.1, one replica each; only the chief writes outputs."""
-    params = params_file(project, "p_workers", devices="cpu", batch_size=2, epochs=2)
-    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
-    processes = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        env = env_for(project, TF_CONFIG=tf_config, MLFLOW_TRACKING_URI="")
-        processes.append(subprocess.Popen([sys.executable, "-m", "stages.train", *train_args(f"worker{index}", params)],
-                                          cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True))
-    outputs = []
-    for process in processes:
-        try:
-            outputs.append(process.communicate(timeout=300))
-        finally:
-            for other in processes:
-                if other.poll() is None and process.returncode is None:
-                    other.kill()
-    assert [p.returncode for p in processes] == [0, 0], outputs
-    metrics = json.loads((project / "worker0/facts.json").read_text())
-    assert metrics["num_replicas"] == 2 and metrics["global_batch_size"] == 4
-    assert metrics["devices"] == "/cpu:0 x 2 workers" and metrics["epochs_run"] == 2
-    assert not (project / "worker1/model.keras").exists()  # only the chief writes the DVC outputs
 
 
 def test_evaluate_measures_the_trained_model_and_logs_into_its_run(project):
