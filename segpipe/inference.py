@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from segpipe.image_io import apply_orientation, exif_orientation, image_to_array, open_image
+from segpipe.parallel import read_ahead
 from segpipe.progress import progress
 from segpipe.schema import TTA_MODES
 
@@ -177,14 +178,17 @@ def prediction_function(model: keras.Model, *, input_mode: str, tile_overlap: fl
 def predict_files(model: keras.Model, paths: list[Path], *, input_mode: str, tile_overlap: float, tta: str,
                   batch_size: int, desc: str, white_level: float | None = None, pages: list[int] | None = None
                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(image, probabilities at its own size) per file, in order, one image in memory at a time, with
-    progress named `desc`. `batch_size`: windows per model call (patches); `white_level`: see load_image;
-    `pages`: the page of each file (multi-page TIFF stacks), else the first."""
+    """(image, probabilities at its own size) per file, in order, with progress named `desc`. The next files
+    are decoded in threads while the model predicts (`read_ahead`): a few images in memory, whatever their
+    number. `batch_size`: windows per model call (patches); `white_level`: see load_image; `pages`: the page
+    of each file (multi-page TIFF stacks), else the first."""
     predict = prediction_function(model, input_mode=input_mode, tile_overlap=tile_overlap, tta=tta,
                                   batch_size=batch_size)
     channels = model.input_shape[-1]
-    for path, page in progress(list(zip(paths, pages or [0] * len(paths), strict=True)), desc=desc, unit="image"):
-        image = load_image(path, channels=channels, white_level=white_level, page=page)
+    files = list(zip(paths, pages or [0] * len(paths), strict=True))
+    images = read_ahead(lambda file: load_image(file[0], channels=channels, white_level=white_level, page=file[1]),
+                        files)
+    for image in progress(images, desc=desc, unit="image", total=len(files)):
         yield image, predict(tf.constant(image)).numpy()
 
 

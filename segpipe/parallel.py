@@ -1,10 +1,12 @@
-"""Run a picklable function over many items on all cores, in input order, with a progress bar."""
+"""Run a function over many items in input order: on all cores with a progress bar (`map_in_order`), or a few
+items ahead in threads while the caller works on the current one (`read_ahead`)."""
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing import get_context
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from segpipe.progress import progress
 
@@ -27,3 +29,17 @@ def map_in_order(function: Callable, items: Sequence, *, num_workers: int, desc:
     # spawn, not fork: the caller may have TensorFlow loaded, which is not fork-safe.
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         return list(progress(pool.map(function, items, chunksize=4), desc=desc, total=len(items)))
+
+
+def read_ahead(function: Callable, items: Iterable, *, depth: int = 4) -> Iterator:
+    """Yields function(item) for each item, in order, with up to `depth` calls running ahead in threads, so
+    decoding the next files (I/O and C decoders, which release the GIL) overlaps the caller's work on the
+    current one. Memory: at most `depth` + 1 results at a time, whatever the number of items."""
+    with ThreadPoolExecutor(max(1, min(depth, available_cores()))) as pool:
+        pending = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

@@ -5,16 +5,18 @@ Reads:   --model (from train), --inference (train's record of resize or patches)
 Writes:  --metrics JSON (flat keys: <split>_<score> at threshold 0.5 and <split>_<score>_at_best_threshold),
          --threshold JSON (the best validation threshold by IoU, and the tta and tile_overlap measured with:
          segpipe-predict uses them by default),
-         --plots-dir/{threshold_curve,class_scores,per_image,worst,confusion}.csv (declared as DVC plots),
+         --plots-dir/{threshold_curve,class_scores,iou_histogram,confusion}.csv (declared as DVC plots), per_image.csv
+         and worst.csv (tables),
          --plots-dir/overlays/*.png (binary: TP green / FP red / FN blue; multi-class: truth | prediction in
          class colours with a legend; void gray), --plots-dir/png/*.png rendered offline.
-Params:  seed, num_classes, class_names, mlflow; evaluate.boundary_tolerance, num_samples, worst_k, confusion_pixels,
+Params:  num_classes, class_names, mlflow; evaluate.boundary_tolerance, num_samples, worst_k,
          batch_size (windows per model call), tta, tile_overlap. MLflow: a new record of this experiment per run (all params, these metrics, a link
          to the training run), never a write into the training run (segpipe/tracking.py).
 
 Predictions go through segpipe/inference.py (as segpipe-predict's and the SavedModel's do): resized to the
 model's input and back, or blended sliding windows at native resolution for patch-trained models, with
-optional test-time augmentation, so every score is measured on the original masks. Void pixels (255) count nowhere. <split>_class_iou and <split>_class_dice are {class name: score}
+optional test-time augmentation, so every score is measured on the original masks. One pass over the
+images keeps running totals (segpipe/evaluation.py): memory does not grow with the number of images. Void pixels (255) count nowhere. <split>_class_iou and <split>_class_dice are {class name: score}
 (class_names; binary: background and foreground). Metric conventions: segpipe/metrics.py and segpipe/evaluation.py.
 """
 from __future__ import annotations
@@ -66,7 +68,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     all_params = Params(args.params)
     params = all_params.section("evaluate")
-    num_classes, seed, track = (all_params.shared(name) for name in ("num_classes", "seed", "mlflow"))
+    num_classes, track = (all_params.shared(name) for name in ("num_classes", "mlflow"))
     class_names = all_params.class_names()
     if not args.model.is_file():
         raise ValueError(f"model '{args.model}' not found; run the train stage first (dvc repro).")
@@ -75,9 +77,10 @@ def main(argv=None) -> None:
     import pandas as pd
 
     from segpipe import inference, metrics
-    from segpipe.evaluation import confusion_matrix, confusion_sample, per_image_table, split_scores
-    from segpipe.image_io import IGNORE_ID, read_png
-    from segpipe.plots import write_evaluation_plots
+    from segpipe.evaluation import SplitTotals, per_image_table
+    from segpipe.image_io import read_png
+    from segpipe.parallel import read_ahead
+    from segpipe.plots import confusion_cells, iou_histogram, write_evaluation_plots
     from segpipe.rows import check_files, read_rows
     from segpipe.tracking import Tracker, experiment_name, git_tags, project_root
 
@@ -92,50 +95,49 @@ def main(argv=None) -> None:
     if splits["valid"].empty:
         raise ValueError(f"'{args.csv_dir / 'valid.csv'}' has no rows; nothing to evaluate.")
     input_mode = inference.read_input_mode(args.inference)
-    settings = dict(input_mode=input_mode, tile_overlap=params["tile_overlap"], tta=params["tta"])
-    images, truths, probabilities = {}, {}, {}
+    settings = dict(input_mode=input_mode, tile_overlap=params["tile_overlap"], tta=params["tta"],
+                    batch_size=params["batch_size"])
+    totals = {}
     started = time.perf_counter()
-    for name, rows in splits.items():
+    for name, rows in splits.items():  # one pass: each image is predicted, scored and let go
         check_files(rows, source=f"{args.csv_dir / name}.csv")
-        images[name], probabilities[name] = map(list, zip(*inference.predict_files(
-            model, list(rows["image_path"]), batch_size=params["batch_size"], desc=f"evaluate {name}", **settings)))
-        truths[name] = [read_png(path) for path in rows["mask_path"]]
+        totals[name] = SplitTotals(num_classes=num_classes, tolerance=params["boundary_tolerance"])
+        predictions = inference.predict_files(model, list(rows["image_path"]), desc=f"evaluate {name}", **settings)
+        for (_, probabilities), truth in zip(predictions, read_ahead(read_png, rows["mask_path"]), strict=True):
+            totals[name].add(probabilities, truth)
     seconds_per_image = (time.perf_counter() - started) / sum(len(rows) for rows in splits.values())
 
     threshold, sweep = 0.5, pd.DataFrame()
     if num_classes == 1:
-        sweep = pd.DataFrame(metrics.threshold_sweep([p[..., 0] for p in probabilities["valid"]],
-                                                     [t == 1 for t in truths["valid"]],
-                                                     labelled=[t != IGNORE_ID for t in truths["valid"]]))
+        sweep = pd.DataFrame(totals["valid"].sweep())
         threshold = metrics.best_threshold(sweep.to_dict("records"))
     flat, per_image = {"best_threshold": threshold}, None
     for name in splits:
         # Binary models are scored at 0.5 and at the best validation threshold; argmax has no threshold.
         for value, suffix in ((0.5, ""), (threshold, "_at_best_threshold")) if num_classes == 1 else ((0.5, ""),):
-            predictions = [inference.to_class_ids(p, threshold=value) for p in probabilities[name]]
-            scores, rows = split_scores(name, predictions, truths[name], num_classes=num_classes,
-                                        class_names=class_names, tolerance=params["boundary_tolerance"], suffix=suffix)
+            scores, rows = totals[name].scores(name, class_names=class_names, threshold=value, suffix=suffix)
             flat.update(scores)
             if name == "valid" and value == threshold:
-                per_image, valid_predictions = rows, predictions
+                per_image = rows
     flat = {k: rounded(v) for k, v in sorted(flat.items())}
 
     valid = splits["valid"]
     table = per_image_table(valid, per_image, threshold=threshold)
     worst = table.sort_values(["iou", "id"]).head(params["worst_k"])
-    shown = set(valid.sort_values("id")["id"][:params["num_samples"]]) | set(worst["id"])
+    shown = valid[valid["id"].isin(set(valid.sort_values("id")["id"][:params["num_samples"]]) | set(worst["id"]))]
     at = "_at_best_threshold" if num_classes == 1 else ""  # the threshold the per-image table uses
     class_scores = pd.DataFrame({"class": class_names, "iou": [flat[f"valid_class_iou{at}"][n] for n in class_names],
                                  "dice": [flat[f"valid_class_dice{at}"][n] for n in class_names]})
+    overlays = {}  # the few images drawn are predicted again rather than every prediction kept
+    for row_id, mask_path, (image, probabilities) in zip(shown["id"], shown["mask_path"], inference.predict_files(
+            model, list(shown["image_path"]), desc="evaluate overlays", **settings), strict=True):
+        overlays[row_id] = (image, inference.to_class_ids(probabilities, threshold=threshold), read_png(mask_path))
+    matrix = totals["valid"].confusion_matrix(threshold=threshold)
     write_evaluation_plots(
         args.plots_dir, sweep=sweep, per_image=table, worst=worst, best_threshold=threshold,
-        confusion=confusion_sample(valid_predictions, truths["valid"], class_names=class_names,
-                                   pixels=params["confusion_pixels"], seed=seed),
-        matrix=confusion_matrix(valid_predictions, truths["valid"], num_classes=num_classes),
+        histogram=iou_histogram(table), confusion=confusion_cells(matrix, class_names=class_names), matrix=matrix,
         class_names=class_names, num_classes=num_classes, class_scores=class_scores,
-        history=pd.read_csv(args.history) if args.history.is_file() else None,
-        overlays={row_id: (images["valid"][i], valid_predictions[i], truths["valid"][i])
-                  for i, row_id in enumerate(valid["id"]) if row_id in shown})
+        history=pd.read_csv(args.history) if args.history.is_file() else None, overlays=overlays)
     write_json(args.threshold, {"threshold": threshold, "chosen_by": "highest pooled IoU on the validation split"
                                 if num_classes == 1 else "argmax (multi-class: no threshold)",
                                 "tta": params["tta"], "tile_overlap": params["tile_overlap"]})

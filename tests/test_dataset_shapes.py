@@ -370,13 +370,14 @@ def test_class_weights_scale_each_class_and_auto_keeps_the_loss_scale():
 
 
 def test_evaluation_leaves_void_out_and_absent_classes_out_of_the_mean():
-    from segpipe.evaluation import split_scores
+    from segpipe.evaluation import SplitTotals
     from segpipe.metrics import threshold_sweep
 
     truth = np.array([[0, 1, 1, 255]], np.uint8)
     predicted = np.array([[0, 1, 1, 2]], np.uint8)  # the void pixel is predicted as class 2
-    flat, rows = split_scores("valid", [predicted], [truth], num_classes=4, class_names=["a", "b", "c", "d"],
-                              tolerance=1)
+    totals = SplitTotals(num_classes=4, tolerance=1)
+    totals.add(np.eye(4, dtype=np.float32)[predicted], truth)
+    flat, rows = totals.scores("valid", class_names=["a", "b", "c", "d"])
     assert flat["valid_class_iou"] == {"a": 1.0, "b": 1.0, "c": None, "d": None}
     assert flat["valid_mean_iou"] == 1.0 and rows[0]["iou"] == 1.0
     probabilities = [np.array([[0.9, 0.1, 0.8]])]
@@ -433,7 +434,10 @@ def test_multiclass_street_scenes_through_every_stage(tmp_path):
     assert "IoU per class: sky" in done.stdout
     plots = project / "out/plots"
     assert pd.read_csv(plots / "class_scores.csv")["class"].tolist() == ["sky", "road", "car"]
-    assert set(pd.read_csv(plots / "confusion.csv")["actual"]) <= {"sky", "road", "car"}
+    confusion = pd.read_csv(plots / "confusion.csv")  # the exact matrix: every labelled valid pixel, once
+    assert set(confusion["actual"]) == {"sky", "road", "car"} and len(confusion) == 9
+    masks = [read(path) for path in pd.read_csv(project / "data/csv/valid.csv")["mask_path"]]
+    assert confusion["pixels"].sum() == sum(int((mask != 255).sum()) for mask in masks)
     assert (plots / "threshold_curve.csv").read_text().strip() == "threshold,iou,f1,precision,recall"  # no threshold
     for chart in ("class_scores", "confusion_matrix"):
         assert (plots / "png" / f"{chart}.png").is_file()

@@ -108,30 +108,24 @@ def test_overlay_colours_the_right_pixels():
 
 
 def test_evaluate_split_scores_binary_and_multiclass():
-    from segpipe.evaluation import split_scores
-    from segpipe.inference import to_class_ids
-
-    def split_scores_at(name, probabilities, truths, *, threshold, **kwargs):
-        return split_scores(name, [to_class_ids(p, threshold=threshold) for p in probabilities], truths, **kwargs)
+    from segpipe.evaluation import SplitTotals
 
     # binary: one image, probabilities over 4 pixels, truth ids
-    probabilities = [np.array([[0.9, 0.6, 0.3, 0.1]])[..., None]]
-    truths = [np.array([[1, 0, 1, 0]], np.uint8)]
-    binary = dict(num_classes=1, class_names=["background", "foreground"])
-    flat, rows = split_scores_at("valid", probabilities, truths, **binary, threshold=0.5, tolerance=1, suffix="")
+    totals = SplitTotals(num_classes=1, tolerance=1)
+    totals.add(np.array([[0.9, 0.6, 0.3, 0.1]], np.float32)[..., None], np.array([[1, 0, 1, 0]], np.uint8))
+    binary = dict(class_names=["background", "foreground"])
+    flat, rows = totals.scores("valid", **binary, threshold=0.5)
     assert flat["valid_iou"] == pytest.approx(1 / 3) and flat["valid_precision"] == pytest.approx(1 / 2)
     # mean over background (iou 1/3: tp1 fp1 fn1) and foreground (1/3)
     assert flat["valid_mean_iou"] == pytest.approx(1 / 3)
     assert rows[0]["iou"] == pytest.approx(1 / 3)
-    flat, _ = split_scores_at("valid", probabilities, truths, **binary, threshold=0.25, tolerance=1,
-                              suffix="_at_best_threshold")
+    flat, _ = totals.scores("valid", **binary, threshold=0.25, suffix="_at_best_threshold")
     assert flat["valid_iou_at_best_threshold"] == pytest.approx(2 / 3)  # 0.9, 0.6, 0.3 predicted: tp 2, fp 1
 
     # multi-class: argmax per pixel
-    one_hot = np.eye(3)[np.array([[0, 1, 2, 2]])]
-    truths = [np.array([[0, 1, 1, 2]], np.uint8)]
-    flat, rows = split_scores_at("test", [one_hot], truths, num_classes=3, class_names=["sky", "road", "car"],
-                                 threshold=0.5, tolerance=1, suffix="")
+    totals = SplitTotals(num_classes=3, tolerance=1)
+    totals.add(np.eye(3, dtype=np.float32)[np.array([[0, 1, 2, 2]])], np.array([[0, 1, 1, 2]], np.uint8))
+    flat, rows = totals.scores("test", class_names=["sky", "road", "car"])
     assert flat["test_class_iou"] == pytest.approx({"sky": 1.0, "road": 1 / 2, "car": 1 / 2})
     assert flat["test_mean_iou"] == pytest.approx(2 / 3) and flat["test_pixel_accuracy"] == pytest.approx(3 / 4)
     assert rows[0]["iou"] == pytest.approx(2 / 3)

@@ -117,6 +117,8 @@ def test_evaluate_measures_the_trained_model_and_logs_into_its_run(project):
     per_image = pd.read_csv(project / "eval/plots/per_image.csv")
     assert list(per_image.columns) == ["id", "group", "foreground_fraction", "threshold", "iou", "dice", "boundary_f"]
     assert len(per_image) == len(pd.read_csv(project / "data/csv/valid.csv"))
+    histogram = pd.read_csv(project / "eval/plots/iou_histogram.csv")
+    assert histogram["images"].sum() == len(per_image) and len(histogram) == 20  # one bar per bin, not per image
     for name in ("threshold_curve", "precision_recall", "confusion_matrix", "per_image_iou", "learning_curves_loss"):
         assert (project / f"eval/plots/png/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     overlays = list((project / "eval/plots/overlays").glob("*.png"))
