@@ -12,6 +12,7 @@ Conventions (the rest of the pipeline relies on them):
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,10 @@ _EXIF_ORIENTATION_TAG = 0x0112
 IGNORE_ID = 255  # void pixels in converted masks; so num_classes can be at most 255
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 CONTAINER_WHITE_LEVEL = 65535.0
+# Pillow's own guard (89,478,485 pixels, about 9459x9459): the default of convert.max_image_pixels.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+# OpenCV refuses to decode more pixels than this unless CV_IO_MAX_IMAGE_PIXELS says otherwise (16-bit colour).
+OPENCV_MAX_IMAGE_PIXELS = 1 << 30
 _TRANSPOSES = {  # Pillow's transposes on (H, W, C) arrays
     Image.Transpose.FLIP_LEFT_RIGHT: lambda a: a[:, ::-1],
     Image.Transpose.FLIP_TOP_BOTTOM: lambda a: a[::-1],
@@ -107,13 +112,21 @@ def _decode_wide_colour(path: Path, *, page: int, im: Image.Image) -> WideColour
     return WideColourImage(cv2.cvtColor(pages[0][..., :3], cv2.COLOR_BGR2RGB), format=format, exif=exif)
 
 
+def open_lazily(path: Path) -> Image.Image:
+    """Image.open (the header only; pixels are decoded on load) without Pillow's decompression-bomb guard,
+    which raises an error no caller can act on: open_image applies segpipe's own limit instead
+    (`max_pixels`, convert.max_image_pixels), naming the file, its size and the param that raises it."""
+    Image.MAX_IMAGE_PIXELS = None
+    return Image.open(path)
+
+
 def image_pages(path: Path) -> list[int]:
     """The pages (frames) of an image file that are images: [0] for most files; every page of the first
     page's size for a multi-page TIFF stack or an animated GIF, PNG or WebP, each of which segpipe takes as
     an image of its own. Pages of another size are thumbnails or pyramid levels, not images. [0] for an
     unreadable file (open_image says why). Reads headers only (TIFF)."""
     try:
-        with Image.open(path) as im:
+        with open_lazily(path) as im:
             count = getattr(im, "n_frames", 1)
             if count == 1:
                 return [0]
@@ -127,23 +140,53 @@ def image_pages(path: Path) -> list[int]:
         return [0]
 
 
-def open_image(path: Path, *, page: int = 0) -> Image.Image | WideColourImage:
+def open_image(path: Path, *, page: int = 0, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+               ) -> Image.Image | WideColourImage:
     """Opens and fully decodes page `page` of `path` (see image_pages): a Pillow image, or a
-    WideColourImage for 16 bits per colour channel. Raises ValueError with the reason if it is empty or
-    unreadable."""
+    WideColourImage for 16 bits per colour channel. Raises ValueError with the reason if it is empty,
+    unreadable, or larger than `max_pixels` (checked from the header, before anything is decoded: a
+    1-bit PNG of a few kilobytes can decode to gigabytes)."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise ValueError("empty file (0 bytes)")
-    try:
-        im = Image.open(path)
+    with _decoder_errors():
+        im = open_lazily(path)
         if page:
             im.seek(page)
-        if _is_wide_colour(im):
+    width, height = im.size
+    if width * height > max_pixels:
+        im.close()
+        raise ValueError(
+            f"{width}x{height} = {width * height:,} pixels, more than convert.max_image_pixels = {max_pixels:,} "
+            "(the guard against decompression bombs: small files that decode to gigabytes); if your dataset has "
+            "images this large (whole-slide, satellite), raise convert.max_image_pixels and train with "
+            "train.input: patches")
+    if _is_wide_colour(im):
+        if width * height > OPENCV_MAX_IMAGE_PIXELS:
+            im.close()
+            raise ValueError(
+                f"{width}x{height} = {width * height:,} pixels of 16-bit colour, more than OpenCV, which decodes "
+                f"them, allows ({OPENCV_MAX_IMAGE_PIXELS:,}); set the environment variable CV_IO_MAX_IMAGE_PIXELS "
+                "above that, or cut the image into tiles")
+        try:
             return _decode_wide_colour(path, page=page, im=im)
+        except (OSError, SyntaxError, EOFError) as err:  # Pillow reading the header's EXIF of a cut-off file
+            raise ValueError(f"cannot decode as an image ({err.__class__.__name__}: {err})") from None
+    with _decoder_errors():
         im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"cannot decode as an image ({err.__class__.__name__}: {err})") from None
     return im
+
+
+@contextmanager
+def _decoder_errors():
+    """A decoder's exceptions as ValueError("cannot decode as an image (...)"), the reason open_image gives."""
+    try:
+        yield
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as err:
+        raise ValueError(f"cannot decode as an image ({err.__class__.__name__}: {err})") from None
+    except (ValueError, MemoryError) as err:  # Pillow's other limits, e.g. a PNG text chunk of over 1 MB
+        raise ValueError(f"cannot decode as an image ({err.__class__.__name__}: {err}); if it opens in other "
+                         "programs, save it again without its metadata") from None
 
 
 def exif_orientation(im: Image.Image) -> int:
@@ -172,6 +215,17 @@ def white_level_of(brightest: float, *, is_float: bool) -> float:
     return float(2 ** max(8, int(np.ceil(max(brightest, 0.0))).bit_length()) - 1)
 
 
+def finite_values(im: Image.Image | WideColourImage) -> np.ndarray:
+    """The pixel values as float64; a ValueError counting the NaN and infinite ones (float images), which
+    have no intensity to map: left in, they would turn into 0 or 255 without a word."""
+    values = np.asarray(im, dtype=np.float64)
+    bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise ValueError(f"{bad:,} of its {values.size:,} pixels are NaN or infinite (mode {im.mode}); expected "
+                         "finite values: replace them in the file (e.g. numpy.nan_to_num) or remove it")
+    return values
+
+
 def _to_8bit_gray_or_color(im: Image.Image | WideColourImage, *, white_level: float | None = None) -> Image.Image:
     """16-bit, 32-bit and float modes to 8-bit "L" (16-bit colour: "RGB"), `white_level` -> 255 (clipped
     above); others unchanged.
@@ -182,7 +236,7 @@ def _to_8bit_gray_or_color(im: Image.Image | WideColourImage, *, white_level: fl
     saw their images."""
     if not is_high_bit_depth(im):
         return im
-    values = np.asarray(im, dtype=np.float64)
+    values = finite_values(im)
     if white_level is None:
         white_level = 1.0 if im.mode == "F" and values.max() <= 1.0 else CONTAINER_WHITE_LEVEL
     return Image.fromarray(np.clip(np.rint(values / white_level * 255.0), 0, 255).astype(np.uint8))
@@ -224,7 +278,7 @@ def _mask_channel(im: Image.Image) -> tuple[np.ndarray, bool]:
     a lossy JPEG mask with slightly unequal channels gives one clean value per pixel.
     """
     if is_high_bit_depth(im):
-        values = np.asarray(im, dtype=np.float64)
+        values = finite_values(im)
         if values.max() <= 255:
             # Labels in a wide container (class ids or {0, 1} in a 16-bit PNG or TIFF) are values, not
             # intensities: scaling them by the container's range would turn every id into 0.
@@ -244,6 +298,31 @@ def _mask_channel(im: Image.Image) -> tuple[np.ndarray, bool]:
     if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "HSV", "LAB"):
         return np.asarray(im.convert("RGB"), dtype=np.uint8).max(axis=2), False
     return np.asarray(im.convert("L"), dtype=np.uint8), False
+
+
+def mask_layer(im: Image.Image | WideColourImage, *, mask_alpha: bool) -> Image.Image | WideColourImage:
+    """The part of a decoded mask that holds the labels: the mask itself, or with `mask_alpha` its alpha
+    channel (mode "L"), as cut-out and matting datasets ship masks (colour all zero, object opaque).
+
+    Raises ValueError for a mask whose colour channels are one value while its alpha varies (the labels
+    are in the alpha channel, which would be dropped) unless `mask_alpha`, and for `mask_alpha` on a mask
+    without alpha."""
+    alpha = None
+    if isinstance(im, Image.Image) and (im.mode in ("RGBA", "LA", "PA") or
+                                        (im.mode == "P" and "transparency" in im.info)):
+        alpha = np.asarray(im.convert("RGBA" if im.mode in ("P", "PA") else im.mode).getchannel("A"))
+    if mask_alpha:
+        if alpha is None:
+            raise ValueError(f"convert.mask_alpha is true but this mask (mode {im.mode}) has no alpha channel; "
+                             "expected masks with transparency, or set convert.mask_alpha: false")
+        return Image.fromarray(alpha, "L")
+    if alpha is not None and alpha.min() != alpha.max():
+        colour = np.asarray(im.convert("RGB" if im.mode != "LA" else "L"))
+        if colour.min() == colour.max():
+            raise ValueError(f"its colour is {int(colour.min())} everywhere while its alpha channel varies "
+                             f"({int(alpha.min())}..{int(alpha.max())}): the labels are in the alpha channel, as "
+                             "cut-out and matting datasets ship them; set convert.mask_alpha: true to read it")
+    return im
 
 
 def mask_to_class_ids(im: Image.Image, *, num_classes: int, threshold: int, invert: bool,

@@ -6,12 +6,55 @@ and unpacks the values into keyword arguments.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
 from segpipe.schema import SECTIONS, SHARED
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """The same key twice in one mapping of params.yaml."""
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that reads scalars as YAML 1.2 does, as DVC reads the same file (`dvc exp run -S`,
+    `dvc params diff`), and refuses a key given twice.
+
+    PyYAML follows YAML 1.1, where `1e-3` is text (a float needs a dot), `no`, `off`, `yes` and `on` are
+    booleans (class_names: [no, yes] would be [False, True]), `010` is 8 and `1:30` is 90: here they are a
+    float, text, 10 and text, as in YAML 1.2 and in DVC. A key given twice would keep the last value
+    silently (an edit to the first would not count): it is an error naming the key and both lines."""
+
+    yaml_implicit_resolvers = {}  # filled below with YAML 1.2's core schema, not inherited from SafeLoader
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` brings keys that the mapping's own may override
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise DuplicateKeyError(f"key '{key}' is given twice in one mapping, at line {seen[key]} and "
+                                        f"line {line}")
+            seen.setdefault(key, line)
+        return super().construct_mapping(node, deep=deep)
+
+
+for _tag, _pattern, _first in (
+        ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+        ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+        ("tag:yaml.org,2002:float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                                    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+0123456789."),
+        ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+        ("tag:yaml.org,2002:merge", r"^(?:<<)$", "<")):
+    ParamsLoader.add_implicit_resolver(_tag, re.compile(_pattern), list(_first))
+ParamsLoader.add_constructor(  # YAML 1.2: 010 is ten (1.1 read it as octal 8); 0o10 and 0x10 keep their base
+    "tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node), 0)
+    if loader.construct_scalar(node).lstrip("+-").startswith(("0o", "0x")) else int(loader.construct_scalar(node)))
 
 
 def read_params(path: Path) -> dict:
@@ -21,7 +64,10 @@ def read_params(path: Path) -> dict:
         raise ValueError(f"params file '{path}' not found; expected a params.yaml (run from the repo root).")
     try:
         with open(path, encoding="utf-8") as fh:
-            params = yaml.safe_load(fh)
+            params = yaml.load(fh, Loader=ParamsLoader)  # noqa: S506 (a SafeLoader: see ParamsLoader)
+    except DuplicateKeyError as err:
+        raise ValueError(f"params file '{path}': {err}; a YAML reader keeps only one of them, so an edit to "
+                         "the other would be ignored: delete one.") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -66,6 +112,9 @@ def check_value(name: str, value: Any, *, kind: type | tuple, choices=None, mini
     else:
         ok = isinstance(value, kinds)
     expected = " or ".join(k.__name__ for k in kinds)
+    if not ok and bool in kinds and isinstance(value, str) and value.lower() in ("yes", "no", "on", "off", "y", "n"):
+        hint = (f"Write true or false: params.yaml is read as YAML 1.2 (as DVC reads it), where {value} is text. "
+                + hint).strip()
     if not ok:
         raise ValueError(f"param '{name}' must be {expected}, got {value!r} ({type(value).__name__}). {hint}".strip())
     if choices is not None and value not in choices:

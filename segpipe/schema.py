@@ -82,6 +82,8 @@ SECTIONS = {
         "white_level": dict(kind=(str, int, float), check=lambda v: v == "auto" if isinstance(v, str) else v > 0,
                             hint="Expected auto or the positive raw value that should become white (255), "
                                  "e.g. 4095 for 12-bit data."),
+        "mask_alpha": dict(kind=bool),
+        "max_image_pixels": dict(kind=int, minimum=1),
         "on_error": dict(kind=str, choices=ON_ERROR),
         "num_workers": dict(kind=int, minimum=0),
     },
@@ -160,7 +162,6 @@ SECTIONS = {
         "boundary_tolerance": dict(kind=int, minimum=0),
         "num_samples": dict(kind=int, minimum=0),
         "worst_k": dict(kind=int, minimum=0),
-        "confusion_pixels": dict(kind=int, minimum=1),
         "batch_size": dict(kind=int, minimum=1),
         "tta": dict(kind=str, choices=TTA_MODES),
         "tile_overlap": dict(kind=float, minimum=0.0, maximum=0.9),

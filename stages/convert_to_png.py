@@ -18,7 +18,8 @@ Writes:  --output-dir/images/<id>.png  8-bit RGB (or L, see convert.image_mode),
 Params:  num_classes; convert.image_mode, image_folder, mask_folder, mask_stem_pattern (a `*` merges every
          mask it matches: segpipe/mask_merge.py), image_key,
          mask_key (segpipe/raw_layout.py), palette, palette_tolerance (segpipe/palette.py), ignore_value,
-         mask_threshold, invert_mask, max_gray_fraction, white_level, on_error (fail | skip), num_workers
+         mask_threshold, invert_mask, max_gray_fraction, white_level, mask_alpha, max_image_pixels,
+         on_error (fail | skip), num_workers
          (0 = all cores).
 
 Every problem is collected before anything is written. With on_error: fail (the default) the stage
@@ -34,11 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from segpipe.cli import run_stage
-from segpipe.image_io import (LOSSY_FORMATS, apply_orientation, exif_orientation, image_pages, image_to_array,
-                              is_high_bit_depth, mask_to_class_ids, open_image, white_level_of, write_png)
+from segpipe.image_io import (DEFAULT_MAX_IMAGE_PIXELS, LOSSY_FORMATS, apply_orientation, exif_orientation,
+                              image_pages, image_to_array, is_high_bit_depth, mask_layer, mask_to_class_ids,
+                              open_image, open_lazily, white_level_of, write_png)
 from segpipe.mask_merge import merge_class_ids
 from segpipe.outputs import replace_dir, write_csv, write_text
 from segpipe.palette import Palette, colour_mask_to_class_ids, load_palette
@@ -73,27 +74,31 @@ def _orient_pair(image, mask):
 
 def _is_high_bit_file(path: Path) -> bool:
     try:
-        with Image.open(path) as im:  # reads the header only
+        with open_lazily(path) as im:  # reads the header only
             return is_high_bit_depth(im)
     except (OSError, ValueError, SyntaxError):
         return False
 
 
-def _brightest_high_bit_pixel(path: Path) -> tuple[float, bool] | None:
-    """(brightest pixel value over the pages that are images, whether float) of an image of more than
-    8 bits; None when it cannot be decoded (the conversion itself reports that). One page decoded at a
-    time: a volume's pages together may not fit in memory."""
+def _brightest_high_bit_pixel(path: Path, *, max_pixels: int) -> tuple[float, bool] | None:
+    """(brightest finite pixel value over the pages that are images, whether float) of an image of more
+    than 8 bits; None when it cannot be decoded (the conversion itself reports that, and NaN or infinite
+    pixels). One page decoded at a time: a volume's pages together may not fit in memory."""
     brightest, is_float = 0.0, False
     try:
         for page in image_pages(path):
-            im = open_image(path, page=page)
-            brightest, is_float = max(brightest, float(np.asarray(im).max())), im.mode == "F"
+            im = open_image(path, page=page, max_pixels=max_pixels)
+            values = np.asarray(im, dtype=np.float64)
+            finite = values[np.isfinite(values)]
+            brightest = max(brightest, float(finite.max()) if finite.size else 0.0)
+            is_float = im.mode == "F"
     except ValueError:
         return None
     return brightest, is_float
 
 
-def dataset_white_level(image_paths: list[Path], *, white_level, num_workers: int) -> tuple[float | None, str]:
+def dataset_white_level(image_paths: list[Path], *, white_level, num_workers: int, max_pixels: int
+                        ) -> tuple[float | None, str]:
     """The white level of the dataset's images of more than 8 bits (None when there are none), and why.
 
     One level for all of them, so that every image keeps the same intensity meaning: `white_level`
@@ -102,8 +107,8 @@ def dataset_white_level(image_paths: list[Path], *, white_level, num_workers: in
     high_bit = [path for path in image_paths if _is_high_bit_file(path)]
     if not high_bit:
         return None, "every image has 8 bits per channel"
-    found = [value for value in map_in_order(_brightest_high_bit_pixel, high_bit, num_workers=num_workers,
-                                             desc="white level") if value is not None]
+    found = [value for value in map_in_order(partial(_brightest_high_bit_pixel, max_pixels=max_pixels), high_bit,
+                                             num_workers=num_workers, desc="white level") if value is not None]
     if not found:
         return None, "no readable image of more than 8 bits"
     brightest = max(value for value, _ in found)
@@ -146,7 +151,8 @@ def convert_pair(pair: Pair, **options) -> tuple[list[dict], list[Problem]]:
 def _convert_page(pair: Pair, *, page: int | None, image_page: int, mask_page: int, output_dir: Path,
                   raw_dir: Path, image_mode: str, num_classes: int, mask_threshold: int, invert_mask: bool,
                   max_gray_fraction: float, ignore_value=None, palette: Palette | None = None,
-                  palette_tolerance: int = 0, white_level: float | None = None) -> tuple[dict | None, list[Problem]]:
+                  palette_tolerance: int = 0, white_level: float | None = None, mask_alpha: bool = False,
+                  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[dict | None, list[Problem]]:
     """Converts one image and its mask: `page` is the image's number in a stack (None: the file's only
     image), `image_page` and `mask_page` the file pages that hold them (see image_pages).
     Returns (manifest row or None, list of Problem).
@@ -155,13 +161,13 @@ def _convert_page(pair: Pair, *, page: int | None, image_page: int, mask_page: i
     `mask_to_class_ids` (values are ids, or thresholded for binary tasks)."""
     problems = []
     try:
-        image = open_image(pair.image_path, page=image_page)
+        image = open_image(pair.image_path, page=image_page, max_pixels=max_image_pixels)
     except ValueError as err:
         problems.append(Problem(pair.image_path, f"unreadable image: {err}; replace or remove the file"))
     mask_paths, masks = (pair.mask_path, *pair.extra_mask_paths), []
     for mask_path in mask_paths:
         try:
-            masks.append(open_image(mask_path, page=mask_page))
+            masks.append(open_image(mask_path, page=mask_page, max_pixels=max_image_pixels))
         except ValueError as err:
             problems.append(Problem(mask_path, f"unreadable mask: {err}; replace or remove the file"))
     if problems:
@@ -179,6 +185,7 @@ def _convert_page(pair: Pair, *, page: int | None, image_page: int, mask_page: i
                                   f"expected at least {MIN_SIDE}x{MIN_SIDE} (a thumbnail or a placeholder?); "
                                   "replace or remove it")]
         try:
+            mask = mask_layer(mask, mask_alpha=mask_alpha)
             if palette is not None:
                 class_ids.append(colour_mask_to_class_ids(mask, palette, tolerance=palette_tolerance, lossy=lossy,
                                                           max_off_fraction=max_gray_fraction))
@@ -192,8 +199,10 @@ def _convert_page(pair: Pair, *, page: int | None, image_page: int, mask_page: i
         class_ids = merge_class_ids(class_ids)
     except ValueError as err:
         return None, [Problem(pair.mask_path, f"{err} (merged with {', '.join(p.name for p in mask_paths[1:])})")]
-    image = upright
-    pixels = image_to_array(image, image_mode=image_mode, white_level=white_level)
+    try:
+        pixels = image_to_array(upright, image_mode=image_mode, white_level=white_level)
+    except ValueError as err:  # NaN or infinite pixels in a float image
+        return None, [Problem(pair.image_path, f"{err}")]
     image_rel, mask_rel = f"images/{pair.id}.png", f"masks/{pair.id}.png"
     write_png(output_dir / image_rel, pixels)
     write_png(output_dir / mask_rel, class_ids)
@@ -253,7 +262,8 @@ def main(argv=None) -> None:
               + ", ".join(p.as_posix() for p in ignored[:5]) + (", ..." if len(ignored) > 5 else ""))
     white_level, white_level_reason = dataset_white_level([pair.image_path for pair in pairs],
                                                           white_level=params["white_level"],
-                                                          num_workers=params["num_workers"])
+                                                          num_workers=params["num_workers"],
+                                                          max_pixels=params["max_image_pixels"])
     if white_level is not None:
         print(f"convert-to-png: images of more than 8 bits: white level {white_level:g} ({white_level_reason})")
     # Pairs are decoded even when pairing already found problems, so that one run reports them all.
@@ -263,7 +273,8 @@ def main(argv=None) -> None:
             image_mode=params["image_mode"], num_classes=num_classes,
             mask_threshold=params["mask_threshold"], invert_mask=params["invert_mask"],
             max_gray_fraction=params["max_gray_fraction"], ignore_value=params["ignore_value"], palette=palette,
-            palette_tolerance=params["palette_tolerance"], white_level=white_level)
+            palette_tolerance=params["palette_tolerance"], white_level=white_level, mask_alpha=params["mask_alpha"],
+            max_image_pixels=params["max_image_pixels"])
         problems += bad
         if problems and params["on_error"] == "fail":
             raise ValueError(format_problems(problems, args.raw_dir))

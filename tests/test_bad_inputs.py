@@ -132,6 +132,54 @@ def truncated_wide_colour_image(project):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def decompression_bomb(project):
+    """A 40000x40000 1-bit PNG of about 200 KB (1.6 billion pixels once decoded), written row by row."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    side, packer = 40000, zlib.compressobj(9)
+    row = b"\0" * (1 + side // 8)
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    raw(project, "images/cell3.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def float_image_with_nan(project):
+    """A float32 TIFF image with a block of NaN, as a failed reconstruction or a masked export leaves it."""
+    image = np.asarray(Image.open(raw(project, "images/cell3.png")).convert("L"), np.float32) / 255
+    image[4:8, 4:8] = np.nan
+    Image.fromarray(image, "F").save(raw(project, "images/cell3.tif"))
+    raw(project, "images/cell3.png").unlink()
+
+
+def alpha_only_mask(project, *, read_alpha: bool = False):
+    """A cut-out mask: RGB all zero, the object opaque in the alpha channel (matting datasets)."""
+    path = raw(project, "masks/cell3.png")
+    labels = np.asarray(Image.open(path).convert("L")) > 0
+    rgba = np.zeros((*labels.shape, 4), np.uint8)
+    rgba[..., 3] = np.where(labels, 255, 0)
+    Image.fromarray(rgba, "RGBA").save(path)
+    if read_alpha:
+        for mask in sorted(raw(project, "masks").glob("*.png")):
+            if mask != path:
+                ids = np.asarray(Image.open(mask).convert("L")) > 0
+                cut_out = np.zeros((*ids.shape, 4), np.uint8)
+                cut_out[..., 3] = np.where(ids, 255, 0)
+                Image.fromarray(cut_out, "RGBA").save(mask)
+        edit_params(project, "convert.mask_alpha", True)
+
+
+def edit_params_text(project: Path, old: str, new: str) -> None:
+    """Edits params.yaml as text, as a user does (edit_params goes through a YAML writer, which quotes)."""
+    text = (project / "params.yaml").read_text()
+    assert old in text
+    (project / "params.yaml").write_text(text.replace(old, new, 1))
+
+
 def class_id_beyond_num_classes(project):
     edit_params(project, "num_classes", 3)
     for index, mask in enumerate(sorted(raw(project, "masks").iterdir())):
@@ -280,6 +328,18 @@ CASES = [
          "data/raw/images/far.png: a link to a file outside data/raw", "copy the file into data/raw"),
     Case("data/raw itself a link to the dataset's folder", "convert-to-png", raw_folder_is_a_link,
          "10 pairs written", code=0),
+    Case("a decompression bomb (40000x40000 1-bit PNG)", "convert-to-png", decompression_bomb,
+         "data/raw/images/cell3.png: unreadable image: 40000x40000 = 1,600,000,000 pixels, more than "
+         "convert.max_image_pixels", "raise convert.max_image_pixels"),
+    Case("NaN pixels in a float TIFF image", "convert-to-png", float_image_with_nan,
+         "data/raw/images/cell3.tif: 16 of its 1,280 pixels are NaN or infinite", "numpy.nan_to_num"),
+    Case("a mask whose labels are only in the alpha channel", "convert-to-png", alpha_only_mask,
+         "data/raw/masks/cell3.png: its colour is 0 everywhere while its alpha channel varies",
+         "convert.mask_alpha: true"),
+    Case("cut-out masks read with convert.mask_alpha", "convert-to-png", partial(alpha_only_mask, read_alpha=True),
+         "10 pairs written", code=0),
+    Case("convert.mask_alpha on masks without alpha", "convert-to-png",
+         lambda p: edit_params(p, "convert.mask_alpha", True), "has no alpha channel", "convert.mask_alpha: false"),
     Case("hand-edited CSV without a column", "split-balanced", csv_without_column,
          "'data/csv/train.csv' has no column 'mask_path'", "dvc checkout"),
     Case("hand-edited CSV with a path outside the project", "augment", csv_path_outside,
@@ -311,6 +371,18 @@ CASES = [
          lambda p: edit_params(p, "augment.transforms", [{"__class_fullname__": "GaussianBlur", "blur_limit": "big"}]),
          "GaussianBlur", "augment.transforms"),
     # ---------------------------------------------------------------------------------- environment
+    Case("the same key twice in params.yaml", "build-csv",
+         lambda p: (p / "params.yaml").write_text((p / "params.yaml").read_text() + "seed: 7\n"),
+         "key 'seed' is given twice in one mapping, at line", "delete one"),
+    Case("a section given twice in params.yaml", "build-csv",
+         lambda p: (p / "params.yaml").write_text((p / "params.yaml").read_text() + "build_csv:\n  seed: 1\n"),
+         "key 'build_csv' is given twice in one mapping", "delete one"),
+    Case("off where a word is meant (YAML 1.1 reads a boolean)", "evaluate",
+         lambda p: edit_params_text(p, "tta: flips", "tta: off"),
+         "param 'evaluate.tta' must be one of ['none', 'flips', 'flips_rotations'], got 'off'"),
+    Case("yes where a boolean is meant", "convert-to-png",
+         lambda p: edit_params_text(p, "invert_mask: false", "invert_mask: yes"),
+         "param 'convert.invert_mask' must be bool, got 'yes'", "Write true or false"),
     Case("missing params.yaml", "build-csv", lambda p: (p / "params.yaml").unlink(), "'params.yaml' not found",
          "repo root"),
     Case("params.yaml that is not YAML", "train", lambda p: (p / "params.yaml").write_text("train: [unclosed\n"),

@@ -473,3 +473,24 @@ def test_a_16_bit_colour_image_turns_as_pillow_turns_its_images(method):
     expected = np.asarray(Image.fromarray(rgb.astype(np.uint8)).transpose(method))
     np.testing.assert_array_equal(np.asarray(turned), expected)
     assert turned.size == Image.fromarray(expected).size
+
+
+def test_the_pixel_limit_is_checked_from_the_header_before_decoding(tmp_path):
+    from segpipe.image_io import open_image
+
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "a.png")
+    assert open_image(tmp_path / "a.png", max_pixels=120).size == (12, 10)  # exactly at the limit: fine
+    with pytest.raises(ValueError, match="12x10 = 120 pixels, more than convert.max_image_pixels = 119"):
+        open_image(tmp_path / "a.png", max_pixels=119)
+
+
+def test_the_white_level_looks_at_finite_pixels_only(tmp_path):
+    from segpipe.image_io import finite_values, open_image
+    from stages.convert_to_png import _brightest_high_bit_pixel
+
+    values = np.linspace(0, 0.8, 64, dtype=np.float32).reshape(8, 8)
+    values[0, :3] = [np.nan, np.inf, -np.inf]
+    Image.fromarray(values, "F").save(tmp_path / "a.tif")
+    assert _brightest_high_bit_pixel(tmp_path / "a.tif", max_pixels=10**6) == (pytest.approx(0.8), True)
+    with pytest.raises(ValueError, match="3 of its 64 pixels are NaN or infinite"):
+        finite_values(open_image(tmp_path / "a.tif"))
