@@ -20,6 +20,10 @@ from segpipe.rows import check_files, read_rows
 
 AUGMENTED_ID = "__aug"  # augment names copies <id>__augNN (stages/augment.py)
 
+# More groups than this are not balanced one stream each (a tf.data stream per group: 5,000 patient folders
+# would be 5,000 streams, each with its own shuffle buffer); split-balanced bins them by foreground instead.
+MAX_GROUP_SUBSETS = 64
+
 
 def foreground_bin_edges(foreground_fraction: pd.Series, *, num_bins: int) -> list[float]:
     """Interior quantile edges of `foreground_fraction` for `num_bins` bins (fewer when values tie).

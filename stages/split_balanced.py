@@ -15,6 +15,8 @@ assigned to subsets by the same key: their group, or their foreground_fraction b
 `bin_edges` (segpipe.balancing.foreground_bins); with rarest_class they go with their source image.
 `key: auto` means group when train.csv has more than one group, otherwise foreground-fraction quantile
 bins (also for multi-class data: measured on CamVid, rarest_class did not do better; README, Status).
+More groups than segpipe.balancing.MAX_GROUP_SUBSETS (auto or group) are binned by foreground instead,
+with a line in the log: one tf.data stream per group does not scale to thousands of patients.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from segpipe.balancing import foreground_bin_edges, foreground_bins, rarest_classes, safe_name
+from segpipe.balancing import MAX_GROUP_SUBSETS, foreground_bin_edges, foreground_bins, rarest_classes, safe_name
 from segpipe.cli import run_stage
 from segpipe.outputs import replace_dir, write_csv, write_json
 from segpipe.params import Params
@@ -33,9 +35,14 @@ from segpipe.rows import class_pixel_table, read_rows
 def split_into_subsets(train: pd.DataFrame, *, key: str, num_bins: int,
                        num_classes: int = 1) -> tuple[dict, list[pd.DataFrame]]:
     """Returns (summary dict, subset frames in summary order). See the module docstring."""
+    groups = train["group"].nunique()
     if key == "auto":
         # Multi-class too: on CamVid (bench/quality.py, 8 min) rarest_class did not beat foreground bins.
-        key = "group" if train["group"].nunique() > 1 else "foreground"
+        key = "group" if groups > 1 else "foreground"
+    if key == "group" and groups > MAX_GROUP_SUBSETS:
+        print(f"split-balanced: {groups} groups are more than {MAX_GROUP_SUBSETS} balancing streams; "
+              f"balancing by {num_bins} foreground-fraction bins instead")
+        key = "foreground"
     edges = None
     class_table = class_pixel_table(train, num_classes=num_classes)
     class_totals = class_table.sum(axis=0)

@@ -61,3 +61,15 @@ def test_empty_train_csv_is_an_error(tmp_path):
     for path in (header_only, blank):
         with pytest.raises(ValueError, match=f"'{path}' has no rows"):
             run(tmp_path, path, key="auto")
+
+
+@pytest.mark.parametrize("key", ["auto", "group"])
+def test_thousands_of_groups_fall_back_to_foreground_bins(tmp_path, key, capsys):
+    from segpipe.balancing import MAX_GROUP_SUBSETS
+
+    rows = [(f"p{i:04d}", f"patient{i:04d}", (i % 97) / 97) for i in range(5000)]
+    out, summary = run(tmp_path, write_train(tmp_path / "train.csv", rows), key=key, num_bins=4)
+    assert summary["key"] == "foreground" and len(summary["subsets"]) == 4 < MAX_GROUP_SUBSETS
+    assert sum(s["rows"] for s in summary["subsets"]) == 5000 and len(list(out.glob("*.csv"))) == 4
+    assert "5000 groups are more than 64 balancing streams; balancing by 4 foreground-fraction bins" in \
+        capsys.readouterr().out
