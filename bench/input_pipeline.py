@@ -6,6 +6,10 @@
 2. input stall ratio = training step time of the U-Net fed by the pipeline (as train feeds it:
    cached, shuffled, balanced, prefetched) / step time fed by the same batches pre-loaded in memory.
    Target: <= 1.05.
+3. deterministic / non-deterministic = images/s of the uncached pipeline in a process set up as
+   `train.deterministic: true` sets it up (one inter-op thread, op determinism, ordered parallel maps)
+   / the same in a process set up with `deterministic: false`; each in its own process, since threads
+   are fixed when TensorFlow starts. Target: >= 0.9 (parallel decoding survives deterministic mode).
 
 Data: ../shared/datasets/membrane_isbi2012 (30 real 512x512 EM images) when present, else the
 synthetic demo data, run through the real convert-to-png stage into a temp folder.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +38,7 @@ import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from segpipe import input_pipeline as ip  # noqa: E402
+from segpipe.devices import configure_runtime  # noqa: E402
 from segpipe.model import build_unet  # noqa: E402
 from stages import convert_to_png, make_demo_data  # noqa: E402
 
@@ -96,14 +102,42 @@ def step_time(model, dataset, steps: int, warmup_steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def loader_speed_in_a_process(*, deterministic: bool, image_size: int, batch_size: int, passes: int) -> float:
+    """Images/s of the uncached pipeline in a fresh process set up as train sets it up (ratio 3)."""
+    done = subprocess.run([sys.executable, __file__, "--loader-only", "true" if deterministic else "false",
+                           "--image-size", str(image_size), "--batch-size", str(batch_size), "--passes", str(passes)],
+                          capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1].split()[-1])
+
+
+def loader_only(*, deterministic: bool, image_size: int, batch_size: int, passes: int) -> None:
+    configure_runtime(devices="cpu", precision="float32", deterministic=deterministic, seed=0)
+    with tempfile.TemporaryDirectory() as work:
+        rows, channels, _ = prepare_rows(Path(work))
+        dataset = ip.training_dataset([rows], weights=None, image_size=(image_size, image_size), channels=channels,
+                                      batch_size=batch_size, seed=0, cache=False, online_augment=True,
+                                      deterministic=deterministic)
+        print(f"images/s {images_per_second(dataset, passes * (len(rows) // batch_size) * batch_size):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--loader-only", choices=["true", "false"],
+                        help="(internal) print the uncached pipeline's images/s with this train.deterministic")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--steps", type=int, default=12, help="timed training steps per feeding mode")
     parser.add_argument("--passes", type=int, default=20, help="passes over the data for the loader speed")
     args = parser.parse_args()
+    if args.loader_only:
+        loader_only(deterministic=args.loader_only == "true", image_size=args.image_size,
+                    batch_size=args.batch_size, passes=args.passes)
+        return
+    measured = [(flag, loader_speed_in_a_process(deterministic=flag, image_size=args.image_size,
+                                                 batch_size=args.batch_size, passes=args.passes))
+                for flag in (True, False, True)]  # deterministic twice, around the other, against drift
+    speeds = {flag: float(np.mean([speed for f, speed in measured if f == flag])) for flag in (True, False)}
     keras.utils.set_random_seed(0)
     with tempfile.TemporaryDirectory() as work:
         rows, channels, name = prepare_rows(Path(work))
@@ -137,6 +171,9 @@ def main() -> None:
     print(f"train step, pre-loaded batches: {memory_step * 1000:8.1f} ms")
     print(f"train step, segpipe pipeline:   {pipeline_step * 1000:8.1f} ms")
     print(f"input stall ratio: {pipeline_step / memory_step:.3f}   (target <= 1.05)")
+    print(f"uncached pipeline, deterministic: true:  {speeds[True]:8.1f} images/s (mean of two processes)")
+    print(f"uncached pipeline, deterministic: false: {speeds[False]:8.1f} images/s")
+    print(f"deterministic / non-deterministic: {speeds[True] / speeds[False]:.2f}   (target >= 0.9)")
 
 
 if __name__ == "__main__":
