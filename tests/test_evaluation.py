@@ -136,3 +136,22 @@ def test_iou_histogram_counts_every_image_once():
     assert len(histogram) == 20 and histogram["images"].sum() == 6
     assert histogram.set_index("iou")["images"].to_dict()[0.0] == 2
     assert histogram["images"].iloc[-1] == 2  # 0.99 and 1.0 share the last bin
+
+
+def test_read_ahead_keeps_order_and_runs_a_few_items_ahead():
+    import threading
+
+    from segpipe.parallel import read_ahead
+
+    started, lock = [], threading.Lock()
+
+    def load(item):
+        with lock:
+            started.append(item)
+        return item * 10
+
+    results = []
+    for result in read_ahead(load, range(20), depth=3):
+        results.append(result)
+        assert len(started) <= len(results) + 3  # never more than `depth` items ahead of the consumer
+    assert results == [i * 10 for i in range(20)]
