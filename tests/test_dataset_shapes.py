@@ -436,7 +436,7 @@ def test_multiclass_street_scenes_through_every_stage(tmp_path):
     assert pd.read_csv(plots / "class_scores.csv")["class"].tolist() == ["sky", "road", "car"]
     confusion = pd.read_csv(plots / "confusion.csv")  # the exact matrix: every labelled valid pixel, once
     assert set(confusion["actual"]) == {"sky", "road", "car"} and len(confusion) == 9
-    masks = [read(path) for path in pd.read_csv(project / "data/csv/valid.csv")["mask_path"]]
+    masks = [read(project / path) for path in pd.read_csv(project / "data/csv/valid.csv")["mask_path"]]
     assert confusion["pixels"].sum() == sum(int((mask != 255).sum()) for mask in masks)
     assert (plots / "threshold_curve.csv").read_text().strip() == "threshold,iou,f1,precision,recall"  # no threshold
     for chart in ("class_scores", "confusion_matrix"):

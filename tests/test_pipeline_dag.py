@@ -98,8 +98,11 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
     charts = {name for name, plots in shown.items() if any(p["type"] == "vega" for p in plots)}
     images = {name for name, plots in shown.items() if all(p["type"] == "image" for p in plots)}
     assert charts == {"Loss", "IoU", "Learning rate", "Threshold curve (validation)", "Precision-recall (validation)",
-                      "Confusion matrix (pixel sample)", "IoU per class (validation)", "IoU per validation image"}, \
-        sorted(shown)
+                      "Confusion matrix (validation, every pixel)", "IoU per class (validation)",
+                      "Validation images by IoU (bins of 0.05)"}, sorted(shown)
+    # the project's template sums each cell's pixels (.dvc/plots/confusion_pixels.json), not one row per pixel
+    confusion = json.dumps(shown["Confusion matrix (validation, every pixel)"])
+    assert '\\"sum\\"' in confusion or '"sum"' in confusion, confusion[:2000]
     assert "plots/preflight/contact_sheet.png" in images
     assert all(name.startswith("plots/evaluate/overlays/") for name in images - {"plots/preflight/contact_sheet.png"}), \
         sorted(images)

@@ -259,7 +259,9 @@ def test_patch_epochs_without_a_budget_cover_the_training_pixels(project):
 
 
 def test_patches_with_a_time_budget_plan_the_epochs_and_evaluate_by_windows(project):
-    params = params_file(project, "p_budget", input="patches", max_minutes=0.2, warmup_epochs=1, epochs=2,
+    # 1.5 minutes: the plan needs two timed epochs inside the budget, about 35 s on a slow 2-core machine
+    # with another test beside it (0.2 minutes ran out before the plan there).
+    params = params_file(project, "p_budget", input="patches", max_minutes=1.5, warmup_epochs=1, epochs=2,
                          patience=0)
     done = run_stage(project, "train", *train_args("budget", params))
     assert done.returncode == 0, done.stderr
