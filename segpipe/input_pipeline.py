@@ -3,8 +3,15 @@
 Yields images as float32 in [0, 1], shape (batch, height, width, channels), and masks as uint8 class
 ids, shape (batch, height, width, 1); the model casts the images to its compute dtype, so the same
 pipeline feeds float32 and mixed-precision models. `batch_size` here is the GLOBAL batch: with a
-distribution strategy pass per-replica batch x replicas; the dataset is auto-sharded by DATA for
-multi-worker training.
+distribution strategy pass per-replica batch x replicas.
+
+Several workers (MultiWorkerMirroredStrategy) build the training stream with
+`strategy.distribute_datasets_from_function`: worker w of W owns every W-th row of each subset (a
+subset with fewer rows than workers is shared whole), decodes and caches only those, and fills its
+slice of every global batch (slots w*B/W to (w+1)*B/W) with the subsets the single-worker stream
+draws for those slots. Nothing is decoded to be dropped, and the memory cache holds 1/W of the data
+on each worker. Validation batches are auto-sharded by DATA (every worker decodes the validation
+rows; they are few).
 
 Training (`training_dataset`) follows the split-balanced contract: one stream per subset, each
 decoded, cached and visited in a new seeded order every pass, drawn by weight, then optional in-graph
@@ -81,10 +88,15 @@ def naming_bad_files(rows: pd.DataFrame):
                          "(dvc repro) or remove these rows.") from None
 
 
-def _decode(image_path, mask_path, *, image_size: tuple[int, int] | None, channels: int):
-    """uint8 image and mask, resized to `image_size`, or at native size when it is None (patches)."""
+def _decode(image_path, mask_path, *, image_size: tuple[int, int] | None, channels: int,
+            decoded: tf.Variable | None = None):
+    """uint8 image and mask, resized to `image_size`, or at native size when it is None (patches).
+    `decoded`, when given, counts the pairs decoded (train logs it per worker)."""
     image = tf.io.decode_png(tf.io.read_file(image_path), channels=channels)
     mask = tf.io.decode_png(tf.io.read_file(mask_path), channels=1)
+    if decoded is not None:
+        with tf.control_dependencies([decoded.assign_add(1)]):
+            image = tf.identity(image)
     if image_size is None:
         return image, mask
     mask = tf.image.resize(mask, image_size, method="nearest")
@@ -121,10 +133,11 @@ def cached_pixels(rows: pd.DataFrame, *, image_size: tuple[int, int], patches: b
     return len(rows) * int(rows["height"].astype(int).max()) * int(rows["width"].astype(int).max())
 
 
-def _decoded(rows: pd.DataFrame, *, image_size: tuple[int, int] | None, channels: int):
+def _decoded(rows: pd.DataFrame, *, image_size: tuple[int, int] | None, channels: int,
+             decoded: tf.Variable | None = None):
     """Decoded rows in CSV order, always: evaluation keeps row order, and the cached training table is indexed by row."""
     dataset = tf.data.Dataset.from_tensor_slices((rows["image_path"].to_numpy(str), rows["mask_path"].to_numpy(str)))
-    return dataset.map(lambda i, m: _decode(i, m, image_size=image_size, channels=channels),
+    return dataset.map(lambda i, m: _decode(i, m, image_size=image_size, channels=channels, decoded=decoded),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
@@ -146,17 +159,21 @@ def _pass_order(num_rows: int, key) -> tf.Tensor:
 
 
 def _subset_stream(rows: pd.DataFrame, *, index: int, seed: int, first_element: int, image_size, channels: int,
-                   cache: bool, deterministic: bool) -> tf.data.Dataset:
+                   cache: bool, deterministic: bool, worker: tuple[int, int] = (0, 1),
+                   decoded: tf.Variable | None = None) -> tf.data.Dataset:
     """Rows of one subset, endlessly, pass p in the order `_pass_order(key(seed, index, p))`, from element
     `first_element` on. With `cache`, the decoded subset is kept in memory as one (n, H, W, C) element and
-    each pass slices it; without, each element is decoded from its file. Both give the same sequence."""
+    each pass slices it; without, each element is decoded from its file. Both give the same sequence.
+    `worker` (w, W): the rows are worker w's share of the subset, and its passes are keyed by w too."""
     num_rows = len(rows)
     first_pass, skip = divmod(first_element, num_rows)
+    worker_key = [worker[0]] if worker[1] > 1 else []  # one worker: the single-machine stream, unchanged
     orders = tf.data.Dataset.counter(start=first_pass).map(
-        lambda p: _pass_order(num_rows, _key(seed, PASS_ORDER, index, p)))
+        lambda p: _pass_order(num_rows, _key(seed, PASS_ORDER, index, p, *worker_key)))
     if cache and image_size is None:
         # Native sizes differ: the table is padded to the largest, and each row is cut back to its own size.
-        sized = _decoded(rows, image_size=None, channels=channels).map(lambda i, m: (i, m, tf.shape(i)[:2]))
+        sized = _decoded(rows, image_size=None, channels=channels, decoded=decoded).map(
+            lambda i, m: (i, m, tf.shape(i)[:2]))
         table = sized.padded_batch(num_rows, padding_values=(tf.constant(0, tf.uint8), tf.constant(
             IGNORE_ID, tf.uint8), 0)).cache().repeat()
         stream = tf.data.Dataset.zip(orders, table).flat_map(
@@ -164,24 +181,26 @@ def _subset_stream(rows: pd.DataFrame, *, index: int, seed: int, first_element: 
                 lambda j: (decoded[0][j, :decoded[2][j, 0], :decoded[2][j, 1]],
                            decoded[1][j, :decoded[2][j, 0], :decoded[2][j, 1]])))
     elif cache:
-        table = _decoded(rows, image_size=image_size, channels=channels).batch(num_rows).cache().repeat()
+        table = _decoded(rows, image_size=image_size, channels=channels, decoded=decoded).batch(
+            num_rows).cache().repeat()
         stream = tf.data.Dataset.zip(orders, table).flat_map(
             lambda order, decoded: tf.data.Dataset.from_tensor_slices(order).map(
                 lambda j: (decoded[0][j], decoded[1][j])))
     else:
         paths = tf.constant(rows["image_path"].to_numpy(str)), tf.constant(rows["mask_path"].to_numpy(str))
         stream = orders.flat_map(tf.data.Dataset.from_tensor_slices).map(
-            lambda j: _decode(paths[0][j], paths[1][j], image_size=image_size, channels=channels),
+            lambda j: _decode(paths[0][j], paths[1][j], image_size=image_size, channels=channels, decoded=decoded),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     return stream.skip(skip)
 
 
-def _subset_draw(probabilities: list[float], *, seed: int, batch_size: int):
-    """batch index -> the subset of each of its elements (int64, shape (batch_size,)), keyed by the batch."""
+def _subset_draw(probabilities: list[float], *, seed: int, batch_size: int, slots: slice = slice(None)):
+    """batch index -> the subset of each of its elements (int64, shape (batch_size,)) keyed by the batch,
+    or of its `slots` only (a worker's share of the global batch)."""
     cumulative = tf.constant(np.cumsum(probabilities)[:-1], tf.float32)
 
     def draw(batch):
-        uniform = tf.random.stateless_uniform([batch_size], seed=_key(seed, SUBSET_CHOICE, batch))
+        uniform = tf.random.stateless_uniform([batch_size], seed=_key(seed, SUBSET_CHOICE, batch))[slots]
         return tf.searchsorted(cumulative, uniform, side="right", out_type=tf.int64)
 
     return draw
@@ -255,9 +274,17 @@ def _with_options(dataset, *, deterministic: bool):
     return dataset.with_options(options)
 
 
+def worker_share(rows: pd.DataFrame, *, worker: tuple[int, int]) -> pd.DataFrame:
+    """Worker w of W's rows of a subset: every W-th, from the w-th; all of them when there are fewer than W."""
+    index, count = worker
+    return rows if len(rows) < count else rows.iloc[index::count]
+
+
 def training_dataset(subsets: list[pd.DataFrame], *, weights: list[float] | None, image_size: tuple[int, int],
                      channels: int, batch_size: int, seed: int, cache: bool, online_augment: bool,
-                     deterministic: bool, patches: Patches | None = None, first_batch: int = 0) -> tf.data.Dataset:
+                     deterministic: bool, patches: Patches | None = None, first_batch: int = 0,
+                     input_context: tf.distribute.InputContext | None = None,
+                     decoded: tf.Variable | None = None) -> tf.data.Dataset:
     """Infinite, balanced training batches. See the module docstring.
 
     Args:
@@ -269,7 +296,10 @@ def training_dataset(subsets: list[pd.DataFrame], *, weights: list[float] | None
         seed: keys every random choice; the same seed gives the same batches.
         deterministic: keep element order in parallel maps (False trades reproducibility for speed).
         patches: crop patches at native resolution (`Patches`); None = resize whole images.
-        first_batch: start at this batch of the stream (a later training phase, a resumed run).
+        first_batch: start at this (global) batch of the stream (a later training phase, a resumed run).
+        input_context: from `strategy.distribute_datasets_from_function` (several workers): this worker's
+            share of rows and of every global batch, in batches of the per-replica size.
+        decoded: a scalar int64 variable that counts the image/mask pairs decoded.
 
     Returns:
         Dataset of (float32 (B, H, W, C) in [0, 1], uint8 (B, H, W, 1) class ids).
@@ -278,26 +308,35 @@ def training_dataset(subsets: list[pd.DataFrame], *, weights: list[float] | None
     if len(weights) != len(subsets) or min(weights) < 0 or sum(weights) <= 0:
         raise ValueError(f"sampling weights {weights} must be {len(subsets)} non-negative numbers (one per "
                          "subset in data/subsets.json) with a positive sum.")
-    draw = _subset_draw([w / sum(weights) for w in weights], seed=seed, batch_size=batch_size)
+    worker = (input_context.input_pipeline_id, input_context.num_input_pipelines) if input_context else (0, 1)
+    if batch_size % worker[1]:
+        raise ValueError(f"the global batch of {batch_size} does not split over {worker[1]} workers: set "
+                         "train.batch_size to a multiple of the replicas per worker.")
+    share = batch_size // worker[1]  # this worker's slots in every global batch
+    draw = _subset_draw([w / sum(weights) for w in weights], seed=seed, batch_size=batch_size,
+                        slots=slice(worker[0] * share, (worker[0] + 1) * share))
     choices = tf.data.Dataset.counter(start=first_batch).map(draw).unbatch()
     drawn = _elements_drawn(draw, num_subsets=len(subsets), first_batch=first_batch)
-    streams = [_subset_stream(rows, index=index, seed=seed, first_element=drawn[index],
-                              image_size=None if patches else image_size, channels=channels, cache=cache,
-                              deterministic=deterministic)
+    streams = [_subset_stream(worker_share(rows, worker=worker), index=index, seed=seed,
+                              first_element=drawn[index], image_size=None if patches else image_size,
+                              channels=channels, cache=cache, deterministic=deterministic, worker=worker,
+                              decoded=decoded)
                for index, rows in enumerate(subsets)]
     dataset = tf.data.Dataset.choose_from_datasets(streams, choices)
+    # Each element's position in the global stream keys its crop and augmentation, whoever decodes it.
+    positions = tf.data.Dataset.counter(start=first_batch * share).map(
+        lambda e: e // share * batch_size + worker[0] * share + e % share)
     if patches is not None:
-        positions = tf.data.Dataset.counter(start=first_batch * batch_size)
         dataset = tf.data.Dataset.zip(dataset, positions).map(
             lambda pair, k: _random_patch(*pair, _key(seed, PATCH, k), image_size=image_size, patches=patches),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if online_augment:
-        positions = tf.data.Dataset.counter(start=first_batch * batch_size)
         dataset = tf.data.Dataset.zip(dataset, positions).map(
             lambda pair, k: _augment_online(*pair, _key(seed, ONLINE_AUGMENT, k)),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.map(_normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    replica_batch = input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size
+    dataset = dataset.batch(replica_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return _with_options(dataset, deterministic=deterministic)
 
 

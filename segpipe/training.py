@@ -28,7 +28,7 @@ import tensorflow as tf
 from segpipe.callbacks import (TIMING_COLUMNS, EpochClock, LogLearningRate, PlanEpochs, RequireMonitor,
                                ResumedEarlyStopping, SaveResumeState, StopTogether, TimeBudget, history_name,
                                keras_name, monitor_mode)
-from segpipe.keras_multi_worker import patch_fit_for_multi_worker
+from segpipe.keras_patches import build_from_shapes, patch_fit_for_multi_worker
 from segpipe.model import encoder_layers
 from segpipe.resume import ResumeState, set_random_state
 from segpipe.schema import OPTIMIZERS, SCHEDULES
@@ -140,7 +140,8 @@ def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_
         phases: from `training_phases`.
         compile_phase: `compile_phase(model, epochs=N)` compiles the model for a phase of N epochs
             (under the distribution strategy's scope).
-        training_data: `training_data(first_batch=k)` is the training stream from batch k on.
+        training_data: `training_data(first_batch=k)` is the training stream from batch k on; under several
+            workers it is called with `input_context=` too, once per worker.
         validation_data: batches of the validation rows.
         monitor: the history name that picks the best epoch (`valid_iou`); *_loss is minimised.
         patience: early stopping after this many epochs without improvement; 0 = off.
@@ -155,7 +156,9 @@ def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_
     strategy = model.distribute_strategy
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if multi_worker:
-        patch_fit_for_multi_worker(model, strategy)
+        patch_fit_for_multi_worker()
+    height, width, channels = model.input_shape[1:]
+    build_from_shapes(model, (tf.zeros([1, height, width, channels]), tf.zeros([1, height, width, 1], tf.uint8)))
     frozen_layers = encoder_layers(model)
     done = state.setdefault("phases_done", [])
     for phase, last_epoch in phases:
@@ -204,7 +207,12 @@ def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_
             *[c for c in (plan, early_stopping, budget, together) if c is not None], *callbacks,
             SaveResumeState(resume=resume, state=state),  # before BackupAndRestore: see its docstring
             keras.callbacks.BackupAndRestore(str(resume.keras_dir / phase)), keras.callbacks.TerminateOnNaN()]
-        model.fit(training_data(first_batch=start_epoch * steps_per_epoch), validation_data=validation_data,
+        first_batch = start_epoch * steps_per_epoch
+        # Several workers: each builds its own share of the stream (segpipe/input_pipeline.py).
+        data = (strategy.distribute_datasets_from_function(
+            lambda context: training_data(first_batch=first_batch, input_context=context)) if multi_worker
+            else training_data(first_batch=first_batch))
+        model.fit(data, validation_data=validation_data,
                   epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
                   callbacks=phase_callbacks, verbose=1 if sys.stdout.isatty() else 2, shuffle=False)
 

@@ -66,6 +66,7 @@ def main(argv=None) -> None:
     start_tensorflow()  # then the modules that use it: after the cheap checks (see its docstring)
     import keras
     import pandas as pd
+    import tensorflow as tf
 
     from segpipe import input_pipeline as pipeline
     from segpipe.balancing import AUGMENTED_ID, training_rows
@@ -125,7 +126,8 @@ def main(argv=None) -> None:
     cache = pipeline.resolve_cache(
         train["cache"], channels=channels, memory_budget_bytes=pipeline.cache_budget_bytes(),
         pixels=sum(pipeline.cached_pixels(rows, image_size=image_size, patches=patches is not None)
-                   for rows in [*subsets, valid]))
+                   for rows in subsets) // placement.num_workers  # each worker caches its share
+        + pipeline.cached_pixels(valid, image_size=image_size, patches=patches is not None))
     devices_used = placement.description
     epoch = f"{steps} steps/epoch" + (f" ({epoch_words})" if epoch_words else "")
     counts = ", ".join(f"{subset['name']}={len(rows)}" for subset, rows in zip(summary["subsets"], subsets))
@@ -164,6 +166,7 @@ def main(argv=None) -> None:
         callbacks.append(plateau_callback(monitor=train["monitor"], patience=train["plateau_patience"]))
     if train["tensorboard"]:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(args.tensorboard_dir)))
+    decoded = tf.Variable(0, dtype=tf.int64, trainable=False)  # training pairs this process decodes
     with pipeline.naming_bad_files(pd.concat([train_rows, valid], ignore_index=True)):
         outcome = fit_in_phases(
             model, phases=training_phases(model, freeze_encoder_epochs=train["freeze_encoder_epochs"],
@@ -172,12 +175,14 @@ def main(argv=None) -> None:
             training_data=partial(pipeline.training_dataset, subsets, weights=train["sampling_weights"],
                                   image_size=image_size, channels=channels, batch_size=global_batch, seed=seed,
                                   cache=cache, online_augment=train["online_augment"],
-                                  deterministic=train["deterministic"], patches=patches),
+                                  deterministic=train["deterministic"], patches=patches, decoded=decoded),
             validation_data=pipeline.evaluation_dataset(valid, image_size=image_size, channels=channels,
                                                         batch_size=global_batch, cache=cache,
                                                         windows=patches is not None),
             monitor=train["monitor"], patience=train["patience"], max_minutes=train["max_minutes"],
             callbacks=callbacks, resume=resume, state=state)
+    print(f"train: decoded {int(decoded.numpy()):,} training images" + (
+        " on this worker" if placement.num_workers > 1 else "") + (" (then cached)" if cache else ""), flush=True)
     if not placement.is_chief:
         return
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -29,6 +30,9 @@ def test_two_logical_cpu_devices_train_two_replicas(project):
     assert metrics["num_replicas"] == 2 and metrics["devices"] == "/cpu:0,/cpu:1"
     assert metrics["global_batch_size"] == 4  # batch_size is per replica
     assert "global batch 4 (2 x 2 replica(s) on /cpu:0,/cpu:1)" in done.stdout
+    # Every training row decoded once, into the cache (Keras' build no longer reads a batch of its own).
+    rows = re.search(r"train: (\d+) training rows", done.stdout).group(1)
+    assert f"train: decoded {rows} training images (then cached)" in done.stdout
 
 
 def test_auto_batch_size_and_remat_train_and_write_a_plain_model(project):
@@ -53,8 +57,6 @@ def test_pretrained_style_encoder_is_frozen_first_then_fine_tuned(project):
     params = params_file(project, "p_freeze", encoder="mobilenetv2", freeze_encoder_epochs=1, epochs=2)
     done = run_stage(project, "train", *train_args("freeze", params), env=env_for(project, MLFLOW_TRACKING_URI=""))
     assert done.returncode == 0, done.stderr
-    import re
-
     phases = re.findall(r"train: epochs (\d+)-(\d+) with (the encoder frozen|all layers trainable) \(([\d,]+) trainable",
                         done.stdout)
     assert [(a, b, what) for a, b, what, _ in phases] == [("1", "1", "the encoder frozen"),
@@ -101,3 +103,8 @@ def test_two_workers_on_localhost_train_together(project):
     assert metrics["num_replicas"] == 2 and metrics["global_batch_size"] == 4
     assert metrics["devices"] == "/cpu:0 x 2 workers" and metrics["epochs_run"] == 2
     assert not (project / "worker1/model.keras").exists()  # only the chief writes the DVC outputs
+    # Each worker decoded only its share: one cached pass over its rows, adding up to the training rows.
+    decoded = [int(re.search(r"train: decoded ([\d,]+) training images on this worker", out).group(1).replace(",", ""))
+               for out, _ in outputs]
+    rows = int(re.search(r"train: (\d+) training rows", outputs[0][0]).group(1))
+    assert sum(decoded) == rows and min(decoded) > 0, (decoded, rows)
