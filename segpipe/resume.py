@@ -156,13 +156,21 @@ def set_random_state(model: keras.Model, states: dict[str, list[int]]) -> None:
                                               variable.shape))
 
 
-def open_backup(folder: Path, *, is_chief: bool, params: dict, files: list[Path]) -> tuple[ResumeState, dict]:
+def open_backup(folder: Path, *, is_chief: bool, params: dict, files: list[Path],
+                several_workers: bool = False) -> tuple[ResumeState, dict]:
     """The run's backup folder and the state it holds ({} for a fresh run). Non-chief workers of a
-    multi-worker run keep theirs in a temporary folder, out of the DVC output (they are never resumed)."""
+    multi-worker run keep theirs in a temporary folder, out of the DVC output, so a multi-worker run is
+    never resumed: the chief drops its backup too, as workers that start at different epochs would wait
+    for each other forever."""
     folder = Path(folder) if is_chief else Path(tempfile.mkdtemp(prefix="segpipe-worker-"))
     resume = ResumeState(folder, fingerprint=fingerprint(params=params, files=files))
     state = resume.load()
-    if state:
+    if state and several_workers:
+        print(f"train: not resuming the interrupted run in '{folder}': several workers start together from "
+              "the first epoch", flush=True)
+        resume.clear()
+        state = resume.load()
+    elif state:
         print(f"train: resuming the interrupted run after epoch {len(resume.history())} (state in '{folder}')",
               flush=True)
     return resume, state

@@ -141,6 +141,7 @@ def main(argv=None) -> None:
     inputs = [args.subsets_summary, args.augmented_csv, args.valid_csv,
               *(args.subsets_dir / subset["file"] for subset in summary["subsets"])]
     resume, state = open_backup(args.backup_dir, is_chief=placement.is_chief, files=inputs,
+                                several_workers=placement.num_workers > 1,
                                 params={**train, "seed": seed, "num_classes": num_classes, "channels": channels})
     tracker = Tracker(enabled=track and placement.is_chief)
     # The experiment's own record is evaluate's run (segpipe/tracking.py): this one is named after it.

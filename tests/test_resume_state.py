@@ -57,3 +57,16 @@ def test_an_unreadable_file_means_a_fresh_start_named_in_one_line(tmp_path, caps
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and f"'{folder / name}'" in printed[0] and "starting afresh" in printed[0]
     assert [p.name for p in folder.iterdir()] == ["README.txt"]  # nothing of it is resumed later
+
+
+def test_a_multi_worker_run_is_never_resumed(tmp_path, capsys):
+    """Workers other than the chief keep no backup: a chief resuming alone would wait for them forever."""
+    from segpipe.resume import fingerprint, open_backup
+
+    backup = healthy_backup(tmp_path / "backup")
+    backup.fingerprint = fingerprint(params={}, files=[])
+    backup.save({"mlflow_run_id": None, "phases_done": []})
+    assert open_backup(tmp_path / "backup", is_chief=True, params={}, files=[])[1]  # alone: resumed
+    resume, state = open_backup(tmp_path / "backup", is_chief=True, params={}, files=[], several_workers=True)
+    assert state == {} and not resume.state_file.exists()
+    assert "not resuming the interrupted run" in capsys.readouterr().out
