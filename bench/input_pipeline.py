@@ -10,6 +10,9 @@
    `train.deterministic: true` sets it up (one inter-op thread, op determinism, ordered parallel maps)
    / the same in a process set up with `deterministic: false`; each in its own process, since threads
    are fixed when TensorFlow starts. Target: >= 0.9 (parallel decoding survives deterministic mode).
+4. disk cache / PNG decode = images/s of the training stream reading decoded rows from the disk cache
+   (`train.cache: disk`) / the same stream decoding the PNGs, resized and as native-size patches (for
+   data that does not fit in memory: what the disk cache buys).
 
 Data: ../shared/datasets/membrane_isbi2012 (30 real 512x512 EM images) when present, else the
 synthetic demo data, run through the real convert-to-png stage into a temp folder.
@@ -149,6 +152,15 @@ def main() -> None:
         ours = ip.training_dataset([rows], weights=None, image_size=size, channels=channels, batch_size=batch,
                                    seed=0, cache=False, online_augment=False, deterministic=False)
         ours_speed = images_per_second(ours, count)
+        kept = {}
+        for mode, patches in (("resized", None), ("patches", ip.Patches(foreground_share=0.5, scale_range=(0.7, 1.4),
+                                                                          num_classes=1))):
+            for where in ("png", "disk"):
+                stream = ip.training_dataset([rows], weights=None, image_size=size, channels=channels,
+                                             batch_size=batch, seed=0, cache=False, online_augment=False,
+                                             deterministic=True, patches=patches,
+                                             disk_cache=Path(work) / "decoded" if where == "disk" else None)
+                kept[mode, where] = images_per_second(stream, count)
 
         model = build_unet(input_shape=size + (channels,), num_classes=1, depth=4, base_filters=args.base_filters)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
@@ -174,6 +186,9 @@ def main() -> None:
     print(f"uncached pipeline, deterministic: true:  {speeds[True]:8.1f} images/s (mean of two processes)")
     print(f"uncached pipeline, deterministic: false: {speeds[False]:8.1f} images/s")
     print(f"deterministic / non-deterministic: {speeds[True] / speeds[False]:.2f}   (target >= 0.9)")
+    for mode in ("resized", "patches"):
+        print(f"{mode}: PNG decode {kept[mode, 'png']:8.1f} images/s, disk cache {kept[mode, 'disk']:8.1f} images/s; "
+              f"disk cache / PNG decode: {kept[mode, 'disk'] / kept[mode, 'png']:.2f}")
 
 
 if __name__ == "__main__":

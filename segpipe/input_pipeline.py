@@ -43,12 +43,15 @@ import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 from PIL import Image
 
+from segpipe import decoded_cache
 from segpipe.image_io import IGNORE_ID
 from segpipe.inference import resize_image, to_unit_range
 from segpipe.schema import CACHE_MODES
@@ -116,14 +119,24 @@ def cache_budget_bytes() -> int:
         return 2 * 1024 ** 3
 
 
-def resolve_cache(cache: str, *, pixels: int, channels: int, memory_budget_bytes: int) -> bool:
-    """Whether to cache decoded rows in memory: `auto` caches when their `pixels` (all rows, at the size
-    they are cached: resized, or native for patches) fit in the budget."""
+def resolve_cache(cache: str, *, pixels: int, channels: int, memory_budget_bytes: int,
+                  disk_free_bytes: int) -> tuple[str, str]:
+    """(where training keeps decoded rows: "memory", "disk" or "none"; why, for the log). `auto` keeps
+    them in memory when their `pixels` (all rows, at the size they are cached: resized, or native for
+    patches) fit in the memory budget, else on disk when they take at most half the free disk space."""
     if cache not in CACHE_MODES:
         raise ValueError(f"param 'cache' must be one of {list(CACHE_MODES)}, got {cache!r}.")
     if cache != "auto":
-        return cache == "memory"
-    return pixels * (channels + 1) <= memory_budget_bytes
+        return cache, "set in params"
+    size = pixels * (channels + 1)
+    gib = f"{size / 2 ** 30:.2f} GiB decoded"
+    if size <= memory_budget_bytes:
+        return "memory", f"auto: {gib}, within the memory budget of {memory_budget_bytes / 2 ** 30:.1f} GiB"
+    if size <= disk_free_bytes // 2:
+        return "disk", (f"auto: {gib}, more than the memory budget of {memory_budget_bytes / 2 ** 30:.1f} GiB; "
+                        f"{disk_free_bytes / 2 ** 30:.0f} GiB free on disk")
+    return "none", (f"auto: {gib}, more than the memory budget and half the {disk_free_bytes / 2 ** 30:.0f} GiB "
+                    "free on disk: the PNGs are decoded every step")
 
 
 def cached_pixels(rows: pd.DataFrame, *, image_size: tuple[int, int], patches: bool) -> int:
@@ -160,11 +173,13 @@ def _pass_order(num_rows: int, key) -> tf.Tensor:
 
 def _subset_stream(rows: pd.DataFrame, *, index: int, seed: int, first_element: int, image_size, channels: int,
                    cache: bool, deterministic: bool, worker: tuple[int, int] = (0, 1),
-                   decoded: tf.Variable | None = None) -> tf.data.Dataset:
+                   decoded: tf.Variable | None = None, disk_cache: Path | None = None) -> tf.data.Dataset:
     """Rows of one subset, endlessly, pass p in the order `_pass_order(key(seed, index, p))`, from element
     `first_element` on. With `cache`, the decoded subset is kept in memory as one (n, H, W, C) element and
-    each pass slices it; without, each element is decoded from its file. Both give the same sequence.
-    `worker` (w, W): the rows are worker w's share of the subset, and its passes are keyed by w too."""
+    each pass slices it; with `disk_cache`, each element is read from its file in that folder
+    (segpipe/decoded_cache.py), written first where missing; else each element is decoded from its PNGs.
+    All give the same sequence. `worker` (w, W): the rows are worker w's share of the subset, and its
+    passes are keyed by w too."""
     num_rows = len(rows)
     first_pass, skip = divmod(first_element, num_rows)
     worker_key = [worker[0]] if worker[1] > 1 else []  # one worker: the single-machine stream, unchanged
@@ -186,6 +201,15 @@ def _subset_stream(rows: pd.DataFrame, *, index: int, seed: int, first_element: 
         stream = tf.data.Dataset.zip(orders, table).flat_map(
             lambda order, decoded: tf.data.Dataset.from_tensor_slices(order).map(
                 lambda j: (decoded[0][j], decoded[1][j])))
+    elif disk_cache is not None:
+        files = tf.constant(decoded_cache.fill(rows, folder=disk_cache, image_size=image_size, channels=channels,
+                                               decode=partial(_decode, image_size=image_size, channels=channels,
+                                                              decoded=decoded)))
+        shapes = tf.constant([decoded_cache.row_shape(row, image_size=image_size, channels=channels)
+                              for _, row in rows.iterrows()], tf.int32)
+        stream = orders.flat_map(tf.data.Dataset.from_tensor_slices).map(
+            lambda j: decoded_cache.read(files[j], shapes[j], channels=channels),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     else:
         paths = tf.constant(rows["image_path"].to_numpy(str)), tf.constant(rows["mask_path"].to_numpy(str))
         stream = orders.flat_map(tf.data.Dataset.from_tensor_slices).map(
@@ -284,7 +308,7 @@ def training_dataset(subsets: list[pd.DataFrame], *, weights: list[float] | None
                      channels: int, batch_size: int, seed: int, cache: bool, online_augment: bool,
                      deterministic: bool, patches: Patches | None = None, first_batch: int = 0,
                      input_context: tf.distribute.InputContext | None = None,
-                     decoded: tf.Variable | None = None) -> tf.data.Dataset:
+                     decoded: tf.Variable | None = None, disk_cache: Path | None = None) -> tf.data.Dataset:
     """Infinite, balanced training batches. See the module docstring.
 
     Args:
@@ -299,7 +323,9 @@ def training_dataset(subsets: list[pd.DataFrame], *, weights: list[float] | None
         first_batch: start at this (global) batch of the stream (a later training phase, a resumed run).
         input_context: from `strategy.distribute_datasets_from_function` (several workers): this worker's
             share of rows and of every global batch, in batches of the per-replica size.
+        cache: keep the decoded rows in memory.
         decoded: a scalar int64 variable that counts the image/mask pairs decoded.
+        disk_cache: read the decoded rows from this folder instead (segpipe/decoded_cache.py); not with `cache`.
 
     Returns:
         Dataset of (float32 (B, H, W, C) in [0, 1], uint8 (B, H, W, 1) class ids).
@@ -320,7 +346,7 @@ def training_dataset(subsets: list[pd.DataFrame], *, weights: list[float] | None
     streams = [_subset_stream(worker_share(rows, worker=worker), index=index, seed=seed,
                               first_element=drawn[index], image_size=None if patches else image_size,
                               channels=channels, cache=cache, deterministic=deterministic, worker=worker,
-                              decoded=decoded)
+                              decoded=decoded, disk_cache=disk_cache)
                for index, rows in enumerate(subsets)]
     dataset = tf.data.Dataset.choose_from_datasets(streams, choices)
     # Each element's position in the global stream keys its crop and augmentation, whoever decodes it.

@@ -48,6 +48,9 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--white-level", type=Path, default=None,
                         help="convert-to-png's white_level.json, recorded in --inference for predict")
     parser.add_argument("--backup-dir", type=Path, required=True, help="resume state of an interrupted run")
+    parser.add_argument("--decoded-cache", type=Path, default=Path("data/decoded_cache"),
+                        help="folder of decoded training rows, with train.cache: disk (or auto, when they do not "
+                             "fit in memory); not a DVC output, safe to delete between runs")
     parser.add_argument("--tensorboard-dir", type=Path, default=Path("logs/tensorboard"),
                         help="TensorBoard logs, with train.tensorboard: true")
     parser.add_argument("--params", type=Path, required=True, help="params.yaml")
@@ -68,6 +71,7 @@ def main(argv=None) -> None:
     import pandas as pd
     import tensorflow as tf
 
+    from segpipe import decoded_cache
     from segpipe import input_pipeline as pipeline
     from segpipe.balancing import AUGMENTED_ID, training_rows
     from segpipe.callbacks import LogToMlflow
@@ -123,8 +127,9 @@ def main(argv=None) -> None:
     steps, epoch_words = pipeline.steps_per_epoch(
         train_rows, batch_size=global_batch, requested=train["steps_per_epoch"],
         patch_size=image_size if patches else None, time_budget=train["max_minutes"] > 0)
-    cache = pipeline.resolve_cache(
+    cache, cache_reason = pipeline.resolve_cache(
         train["cache"], channels=channels, memory_budget_bytes=pipeline.cache_budget_bytes(),
+        disk_free_bytes=decoded_cache.free_bytes(args.decoded_cache),
         pixels=sum(pipeline.cached_pixels(rows, image_size=image_size, patches=patches is not None)
                    for rows in subsets) // placement.num_workers  # each worker caches its share
         + pipeline.cached_pixels(valid, image_size=image_size, patches=patches is not None))
@@ -135,8 +140,8 @@ def main(argv=None) -> None:
           f"{image_size[0]}x{image_size[1]}x{channels}; global batch {global_batch} ({batch_size} x "
           f"{placement.num_replicas} replica(s) on {devices_used}); {epoch}; precision {policy} "
           f"({reason})" + (f"; class weights {class_weights}" if class_weights else ""), flush=True)
-    print(f"train: input {input_mode} ({input_reason}); size {image_size[0]}x{image_size[1]} ({size_reason})",
-          flush=True)
+    print(f"train: input {input_mode} ({input_reason}); size {image_size[0]}x{image_size[1]} ({size_reason}); "
+          f"decoded rows kept: {cache} ({cache_reason})", flush=True)
 
     inputs = [args.subsets_summary, args.augmented_csv, args.valid_csv,
               *(args.subsets_dir / subset["file"] for subset in summary["subsets"])]
@@ -175,22 +180,24 @@ def main(argv=None) -> None:
             compile_phase=compile_phase, steps_per_epoch=steps,
             training_data=partial(pipeline.training_dataset, subsets, weights=train["sampling_weights"],
                                   image_size=image_size, channels=channels, batch_size=global_batch, seed=seed,
-                                  cache=cache, online_augment=train["online_augment"],
+                                  cache=cache == "memory", online_augment=train["online_augment"],
+                                  disk_cache=args.decoded_cache if cache == "disk" else None,
                                   deterministic=train["deterministic"], patches=patches, decoded=decoded),
             validation_data=pipeline.evaluation_dataset(valid, image_size=image_size, channels=channels,
-                                                        batch_size=global_batch, cache=cache,
+                                                        batch_size=global_batch, cache=cache == "memory",
                                                         windows=patches is not None),
             monitor=train["monitor"], patience=train["patience"], max_minutes=train["max_minutes"],
             callbacks=callbacks, resume=resume, state=state)
     print(f"train: decoded {int(decoded.numpy()):,} training images" + (
-        " on this worker" if placement.num_workers > 1 else "") + (" (then cached)" if cache else ""), flush=True)
+        " on this worker" if placement.num_workers > 1 else "") + (f" (then cached: {cache})" if cache != "none"
+                                                                    else ""), flush=True)
     if not placement.is_chief:
         return
 
     history, metrics, facts = run_summary(outcome, images_per_epoch=steps * global_batch)
     facts.update(precision_policy=policy, devices=devices_used, num_replicas=placement.num_replicas,
                  global_batch_size=global_batch, class_weights=class_weights, input=input_mode,
-                 input_reason=input_reason, input_size=list(image_size), input_size_reason=size_reason,
+                 input_reason=input_reason, input_size=list(image_size), input_size_reason=size_reason, cache=cache,
                  planned_epochs=state.get("planned_epochs"), steps_per_epoch=steps, batch_size=batch_size,
                  batch_plan=batch_plan)
     if train["remat"]:

@@ -141,10 +141,11 @@ def write_rows(folder, masks: list[np.ndarray], channels=1) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def patch_batches(rows, *, patches, image_size=(16, 16), cache=True, batches=4, seed=0, first_batch=0):
+def patch_batches(rows, *, patches, image_size=(16, 16), cache=True, batches=4, seed=0, first_batch=0,
+                  disk_cache=None):
     dataset = ip.training_dataset([rows], weights=None, image_size=image_size, channels=1, batch_size=4, seed=seed,
                                   cache=cache, online_augment=False, deterministic=True, patches=patches,
-                                  first_batch=first_batch)
+                                  first_batch=first_batch, disk_cache=disk_cache)
     return [(x.numpy(), y.numpy()) for x, y in dataset.take(batches)]
 
 
@@ -156,9 +157,12 @@ def test_patches_are_native_crops_seeded_and_the_same_cached_or_not(tmp_path):
     patches = ip.Patches(foreground_share=1.0, scale_range=(1.0, 1.0), num_classes=1)
     cached = patch_batches(rows, patches=patches)
     assert cached[0][0].shape == (4, 16, 16, 1) and cached[0][1].shape == (4, 16, 16, 1)
-    for (x1, y1), (x2, y2) in zip(cached, patch_batches(rows, patches=patches, cache=False)):
-        np.testing.assert_array_equal(x1, x2)
-        np.testing.assert_array_equal(y1, y2)
+    for other in (patch_batches(rows, patches=patches, cache=False),
+                  patch_batches(rows, patches=patches, cache=False, disk_cache=tmp_path / "decoded")):
+        for (x1, y1), (x2, y2) in zip(cached, other):
+            np.testing.assert_array_equal(x1, x2)
+            np.testing.assert_array_equal(y1, y2)
+    assert sorted(f.stat().st_size for f in (tmp_path / "decoded").glob("*/*")) == [24 * 30 * 2, 60 * 90 * 2]
     np.testing.assert_array_equal(patch_batches(rows, patches=patches)[2][0], cached[2][0])
     np.testing.assert_array_equal(patch_batches(rows, patches=patches, first_batch=2, batches=1)[0][0], cached[2][0])
     # At scale 1 a crop of the large image is its pixels, unscaled: consecutive position codes in a row.

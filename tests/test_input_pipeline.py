@@ -43,6 +43,14 @@ def make_training(subsets, **overrides):
     return ip.training_dataset(subsets, **options)
 
 
+def kept(where: str, folder: Path) -> dict:
+    """training_dataset's options that keep decoded rows in memory, on disk (in `folder`) or nowhere."""
+    return dict(cache=where == "memory", disk_cache=folder / "decoded" if where == "disk" else None)
+
+
+WHERE = ["memory", "disk", "none"]
+
+
 def test_batches_have_documented_shapes_dtypes_and_ranges(three_groups):
     images, masks = next(iter(make_training(three_groups, batch_size=4, image_size=(8, 10))))
     assert images.dtype == tf.float32 and images.shape == (4, 8, 10, 3)
@@ -78,11 +86,11 @@ def batches(dataset, count: int) -> list[np.ndarray]:
     return [np.concatenate([images.numpy().ravel(), masks.numpy().ravel()]) for images, masks in dataset.take(count)]
 
 
-@pytest.mark.parametrize("cache", [True, False])
-def test_an_earlier_iterator_does_not_change_the_batches(three_groups, cache):
-    """Keras' fit iterates a dataset twice (build, then train) while the first iterator keeps prefetching.
+@pytest.mark.parametrize("where", WHERE)
+def test_an_earlier_iterator_does_not_change_the_batches(three_groups, where, tmp_path):
+    """Keras' fit iterated a dataset twice (build, then train) while the first iterator kept prefetching.
     With a shared shuffle-seed state the second iterator's batches depended on how far the first got."""
-    dataset = make_training(three_groups, batch_size=8, online_augment=True, cache=cache)
+    dataset = make_training(three_groups, batch_size=8, online_augment=True, **kept(where, tmp_path))
     alone = batches(dataset, 6)
     for wait in (0.0, 0.5):
         first = iter(dataset)
@@ -92,17 +100,49 @@ def test_an_earlier_iterator_does_not_change_the_batches(three_groups, cache):
         del first
 
 
-def test_cached_and_uncached_streams_are_the_same(three_groups):
+@pytest.mark.parametrize("where", ["disk", "none"])
+def test_memory_disk_and_uncached_streams_are_the_same(three_groups, where, tmp_path):
     cached = batches(make_training(three_groups, batch_size=8, online_augment=True, cache=True), 12)
-    uncached = batches(make_training(three_groups, batch_size=8, online_augment=True, cache=False), 12)
-    assert all(np.array_equal(x, y) for x, y in zip(cached, uncached))
+    other = batches(make_training(three_groups, batch_size=8, online_augment=True, **kept(where, tmp_path)), 12)
+    assert all(np.array_equal(x, y) for x, y in zip(cached, other))
 
 
-@pytest.mark.parametrize("cache", [True, False])
-def test_first_batch_starts_the_same_stream_later(three_groups, cache):
-    whole = batches(make_training(three_groups, batch_size=8, online_augment=True, cache=cache), 9)
-    later = batches(make_training(three_groups, batch_size=8, online_augment=True, cache=cache, first_batch=5), 4)
+@pytest.mark.parametrize("where", WHERE)
+def test_first_batch_starts_the_same_stream_later(three_groups, where, tmp_path):
+    options = dict(batch_size=8, online_augment=True, **kept(where, tmp_path))
+    whole = batches(make_training(three_groups, **options), 9)
+    later = batches(make_training(three_groups, first_batch=5, **options), 4)
     assert all(np.array_equal(x, y) for x, y in zip(whole[5:], later))
+
+
+def test_the_disk_cache_is_written_once_per_data_version(tmp_path):
+    """Rows are decoded into the disk cache once; a later run reads them without decoding; a PNG that
+    changes gets a new file; the folder holds nothing half-written."""
+    rows = write_rows(tmp_path / "rows", "a", 6, 50)
+    counts = []
+    for _ in range(2):
+        decoded = tf.Variable(0, dtype=tf.int64)
+        first = batches(make_training([rows], batch_size=3, decoded=decoded, **kept("disk", tmp_path)), 4)
+        counts.append(int(decoded.numpy()))
+    assert counts == [6, 0]
+    files = sorted((tmp_path / "decoded").glob("*/*"))
+    assert len(files) == 6 and all(f.stat().st_size == 8 * 8 * 4 for f in files)  # 8x8, RGB + mask
+    Image.fromarray(np.full((12, 16, 3), 99, np.uint8)).save(rows["image_path"][0])  # the data changes
+    decoded = tf.Variable(0, dtype=tf.int64)
+    again = batches(make_training([rows], batch_size=3, decoded=decoded, **kept("disk", tmp_path)), 4)
+    assert int(decoded.numpy()) == 1 and len(list((tmp_path / "decoded").glob("*/*"))) == 7
+    assert any(np.any(np.isclose(b, 99 / 255)) for b in again) and not any(np.any(np.isclose(b, 99 / 255)) for b in first)
+
+
+def test_a_disk_cache_that_does_not_fit_names_the_param(tmp_path, monkeypatch):
+    from segpipe import decoded_cache
+
+    rows = write_rows(tmp_path / "rows", "a", 2, 50)
+    monkeypatch.setattr(decoded_cache, "free_bytes", lambda folder: 100)
+    with pytest.raises(ValueError, match=r"train.cache: disk needs .* GiB in .*decoded.* 2 decoded rows.*"
+                                         r"set train.cache: none"):
+        make_training([rows], batch_size=2, **kept("disk", tmp_path))
+    assert not (tmp_path / "decoded").exists()
 
 
 def test_each_pass_visits_every_row_once_in_a_new_order(three_groups):
@@ -164,13 +204,15 @@ def test_truncated_png_error_names_the_file(three_groups, tmp_path):
 
 
 def test_cache_resolution():
-    fits = dict(pixels=10 * 8 * 8, channels=3)
-    assert ip.resolve_cache("auto", **fits, memory_budget_bytes=10 * 8 * 8 * 4)
-    assert not ip.resolve_cache("auto", **fits, memory_budget_bytes=100)
-    assert ip.resolve_cache("memory", **fits, memory_budget_bytes=0)
-    assert not ip.resolve_cache("none", **fits, memory_budget_bytes=10**12)
+    fits = dict(pixels=10 * 8 * 8, channels=3)  # 2,560 bytes decoded
+    assert ip.resolve_cache("auto", **fits, memory_budget_bytes=2560, disk_free_bytes=0)[0] == "memory"
+    assert ip.resolve_cache("auto", **fits, memory_budget_bytes=100, disk_free_bytes=5120)[0] == "disk"
+    where, why = ip.resolve_cache("auto", **fits, memory_budget_bytes=100, disk_free_bytes=5000)
+    assert where == "none" and "decoded every step" in why
+    for where in ("memory", "disk", "none"):
+        assert ip.resolve_cache(where, **fits, memory_budget_bytes=0, disk_free_bytes=0) == (where, "set in params")
     with pytest.raises(ValueError, match="'cache' must be one of"):
-        ip.resolve_cache("disk", **fits, memory_budget_bytes=0)
+        ip.resolve_cache("ram", **fits, memory_budget_bytes=0, disk_free_bytes=0)
 
 
 def _sized_rows(*sizes):

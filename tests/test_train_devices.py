@@ -32,7 +32,23 @@ def test_two_logical_cpu_devices_train_two_replicas(project):
     assert "global batch 4 (2 x 2 replica(s) on /cpu:0,/cpu:1)" in done.stdout
     # Every training row decoded once, into the cache (Keras' build no longer reads a batch of its own).
     rows = re.search(r"train: (\d+) training rows", done.stdout).group(1)
-    assert f"train: decoded {rows} training images (then cached)" in done.stdout
+    assert f"train: decoded {rows} training images (then cached: memory)" in done.stdout
+
+
+def test_a_disk_cache_is_filled_by_the_first_run_and_read_by_the_next(project):
+    params = params_file(project, "p_disk", cache="disk", epochs=1)
+    logs = []
+    for out in ("disk1", "disk2"):
+        done = run_stage(project, "train", *train_args(out, params), "--decoded-cache", "decoded",
+                         env=env_for(project, MLFLOW_TRACKING_URI=""))
+        assert done.returncode == 0, done.stderr
+        logs.append(done.stdout)
+    rows = re.search(r"train: (\d+) training rows", logs[0]).group(1)
+    assert f"train: decoded {rows} training images (then cached: disk)" in logs[0]
+    assert "train: decoded 0 training images (then cached: disk)" in logs[1]
+    assert "decoded rows kept: disk (set in params)" in logs[1]
+    assert json.loads((project / "disk2/facts.json").read_text())["cache"] == "disk"
+    assert len(list((project / "decoded").glob("*/*.rgbm"))) == int(rows)
 
 
 def test_auto_batch_size_and_remat_train_and_write_a_plain_model(project):
