@@ -15,7 +15,7 @@ import tensorflow as tf
 from segpipe.resume import ResumeState, random_state
 
 # What EpochClock adds to the logs: in the resume state and MLflow, not in the history CSV (they change every run).
-TIMING_COLUMNS = ("epoch_seconds", "train_seconds", "elapsed_seconds")
+TIMING_COLUMNS = ("epoch_seconds", "train_seconds", "validation_seconds", "elapsed_seconds")
 
 
 def history_name(keras_name: str) -> str:
@@ -42,28 +42,35 @@ class LogLearningRate(keras.callbacks.Callback):
 
 
 class EpochClock(keras.callbacks.Callback):
-    """Adds `epoch_seconds`, `train_seconds` (without validation) and `elapsed_seconds` (since the run
-    began, over resumes: `seconds_before` is what the interrupted attempts spent) to the logs."""
+    """Adds `epoch_seconds`, `train_seconds` (the training steps), `validation_seconds` and `elapsed_seconds`
+    (since the run began, over resumes: `seconds_before` is what the interrupted attempts spent) to the logs."""
 
     def __init__(self, *, seconds_before: float = 0.0):
         super().__init__()
         self.seconds_before = seconds_before
-        self._start = self._epoch_start = self._train_seconds = None
+        self._start = self._epoch_start = self._train_seconds = self._test_start = None
+        self._validation_seconds = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         now = time.perf_counter()
         self._start = self._start or now
-        self._epoch_start, self._train_seconds = now, None
+        self._epoch_start, self._train_seconds, self._validation_seconds = now, None, 0.0
 
     def on_test_begin(self, logs=None):
+        self._test_start = time.perf_counter()
         if self._train_seconds is None and self._epoch_start is not None:
-            self._train_seconds = time.perf_counter() - self._epoch_start
+            self._train_seconds = self._test_start - self._epoch_start
+
+    def on_test_end(self, logs=None):
+        if self._test_start is not None:
+            self._validation_seconds += time.perf_counter() - self._test_start
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()
         if logs is not None:
             logs.update(zip(TIMING_COLUMNS, (round(now - self._epoch_start, 3),
                                              round(self._train_seconds or now - self._epoch_start, 3),
+                                             round(self._validation_seconds, 3),
                                              round(self.seconds_before + now - self._start, 3))))
 
 

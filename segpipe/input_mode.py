@@ -16,6 +16,11 @@ third of a photo gets resize, and so do street scenes (CamVid: 38.6 px over all 
 poles are 3.7 px): on CamVid, 8 CPU-minutes of native 256x256 patches scored 0.250 mean IoU against
 0.33 for whole scenes resized, as a patch holds too little of the scene for its large classes.
 
+Resized images are never blown up: when the training images' median pixel count is below the input's
+(by 1.25x or more), the network input takes that pixel count instead, as self-configuring pipelines
+derive the input from the data (nnU-Net trains at the median size). The demo's 112-160 px images trained
+at 256x256 paid 3-5x the pixels for detail they do not hold.
+
 `train.keep_aspect` (resize only): when the training images share an orientation, the network input takes
 their median aspect ratio (height / width) at about image_size's pixel count, each side a multiple of the
 model's down-sampling factor, so whole images are not squeezed along one axis. "Share" means the first and
@@ -36,6 +41,7 @@ from segpipe.metrics import class_boundary
 from segpipe.schema import INPUTS
 MIN_SHRINK_FOR_PATCHES = 2 / 3
 MIN_ASPECT_CHANGE = 1.1  # keep_aspect: the median ratio must differ from 1 by this factor at least
+MIN_SCALE_CHANGE = 1.25  # resize: images with fewer pixels than the input by this factor set the input size
 STRUCTURE_SHARE_OF_PATCH = 1 / 8
 
 
@@ -84,22 +90,35 @@ def choose_input(input: str, *, rows: pd.DataFrame, image_size: tuple[int, int],
 
 def network_input_size(image_size: tuple[int, int], *, input_mode: str, keep_aspect: bool, rows: pd.DataFrame,
                        multiple: int) -> tuple[tuple[int, int], str]:
-    """((height, width) of the network input, the reason in words): `image_size`, or for resized whole
-    images with `keep_aspect` the training rows' shared aspect ratio at about its pixel count (module
-    docstring); each side a multiple of `multiple` (the model's down-sampling factor)."""
+    """((height, width) of the network input, the reason in words). Patches: `image_size`. Resized whole
+    images: at most `image_size`'s pixel count, and no more than the training images' median pixel count
+    (images are never blown up beyond what they hold: 112-160 px images trained at 256x256 paid 3-5x the
+    pixels for no detail); the shape is `image_size`'s, or with `keep_aspect` the rows' shared aspect ratio
+    (module docstring); each side a multiple of `multiple` (the model's down-sampling factor)."""
     given = (int(image_size[0]), int(image_size[1]))
-    if input_mode != "resize" or not keep_aspect:
+    if input_mode != "resize":
         return given, "train.image_size" + (" (patches are square)" if input_mode == "patches" else "")
-    if given[0] != given[1]:
-        return given, "train.image_size: not square, so taken as the shape wanted (keep_aspect reshapes a square one)"
-    ratios = rows["height"].astype(float) / rows["width"].astype(float)
-    low, median, high = (float(q) for q in ratios.quantile([0.25, 0.5, 0.75]))
-    shared = (low > 1 and high > 1) or (low < 1 and high < 1)
-    if not shared or max(median, 1 / median) < MIN_ASPECT_CHANGE:
-        return given, (f"train.image_size: the training images' height/width ratios (quartiles {low:.2f}, "
-                       f"{median:.2f}, {high:.2f}) share no orientation {MIN_ASPECT_CHANGE - 1:.0%} away from square")
+    ratio, shape = given[0] / given[1], ""  # height / width, and why when the data set it
+    if keep_aspect and given[0] != given[1]:
+        kept = "train.image_size: not square, so taken as the shape wanted (keep_aspect reshapes a square one)"
+    elif keep_aspect:
+        ratios = rows["height"].astype(float) / rows["width"].astype(float)
+        low, median, high = (float(q) for q in ratios.quantile([0.25, 0.5, 0.75]))
+        if ((low > 1 and high > 1) or (low < 1 and high < 1)) and max(median, 1 / median) >= MIN_ASPECT_CHANGE:
+            ratio, shape = median, f"keep_aspect: the training images' median height/width {median:.2f}"
+        kept = (f"train.image_size: the training images' height/width ratios (quartiles {low:.2f}, {median:.2f}, "
+                f"{high:.2f}) share no orientation {MIN_ASPECT_CHANGE - 1:.0%} away from square")
+    else:
+        kept = "train.image_size"
     pixels = given[0] * given[1]
-    height = max(multiple, round(math.sqrt(pixels * median) / multiple) * multiple)
-    width = max(multiple, round(math.sqrt(pixels / median) / multiple) * multiple)
-    return (height, width), (f"keep_aspect: the training images' median height/width {median:.2f} at about "
-                             f"{given[0]}x{given[1]}'s pixels, sides multiples of {multiple}")
+    median_pixels = float((rows["height"].astype(float) * rows["width"].astype(float)).median())
+    smaller = median_pixels * MIN_SCALE_CHANGE < pixels
+    if not smaller and not shape:
+        return given, kept
+    target = median_pixels if smaller else pixels
+    height = max(multiple, round(math.sqrt(target * ratio) / multiple) * multiple)
+    width = max(multiple, round(math.sqrt(target / ratio) / multiple) * multiple)
+    scale = (f"the training images' median of {median_pixels:,.0f} pixels, fewer than {given[0]}x{given[1]}'s "
+             "(images are not blown up)" if smaller else f"about {given[0]}x{given[1]}'s pixels")
+    return (height, width), (f"{shape} at {scale}" if shape else scale[0].upper() + scale[1:]) + \
+        f", sides multiples of {multiple}"

@@ -384,13 +384,18 @@ def evaluation_dataset(rows: pd.DataFrame, *, image_size: tuple[int, int], chann
     `windows` (patch training): native-resolution windows of `image_size` instead of resized images."""
     dataset = _decoded(rows, image_size=None if windows else image_size, channels=channels)
     if windows:
-        count = sum(-(-int(h) // image_size[0]) * -(-int(w) // image_size[1]) for h, w in zip(rows["height"], rows["width"]))
+        count = validation_windows(rows, image_size=image_size)
         # A known length: Keras then ends validation without its "input ran out of data" warning.
         dataset = dataset.flat_map(lambda image, mask: _windows(image, mask, image_size=image_size)).apply(
             tf.data.experimental.assert_cardinality(count))
     dataset = dataset.cache() if cache else dataset
     dataset = dataset.map(_normalise, num_parallel_calls=tf.data.AUTOTUNE)
     return _with_options(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE), deterministic=True)
+
+
+def validation_windows(rows: pd.DataFrame, *, image_size: tuple[int, int]) -> int:
+    """Non-overlapping windows of `image_size` that cover every row (patch training's validation)."""
+    return sum(-(-int(h) // image_size[0]) * -(-int(w) // image_size[1]) for h, w in zip(rows["height"], rows["width"]))
 
 
 def samples_per_pass(rows: pd.DataFrame, *, patch_size: tuple[int, int]) -> float:
@@ -400,23 +405,42 @@ def samples_per_pass(rows: pd.DataFrame, *, patch_size: tuple[int, int]) -> floa
     return float(np.maximum(1.0, pixels / (patch_size[0] * patch_size[1])).sum())
 
 
+# Under a time budget, validation should take at most this share of an epoch's time ...
+VALIDATION_SHARE = 0.15
+# ... given that validating a window costs about this much of training a crop: a forward pass is about a
+# third of a training step's forward and backward; evaluation's per-batch overhead brings it nearer half.
+VALIDATION_COST = 0.5
+
+
 def steps_per_epoch(rows: pd.DataFrame, *, batch_size: int, requested: int,
-                    patch_size: tuple[int, int] | None = None, time_budget: bool = False) -> tuple[int, str]:
-    """(steps, what an epoch is, in words for the log: "" unless patches decide it): `requested` if > 0,
-    else one pass over the training rows (patches: `samples_per_pass`) / batch size, at least 1.
+                    patch_size: tuple[int, int] | None = None, time_budget: bool = False,
+                    validation_inputs: int = 0) -> tuple[int, str]:
+    """(steps, what an epoch is, in words for the log: "" unless patches or the budget decide it):
+    `requested` if > 0, else one pass over the training rows (patches: `samples_per_pass`) / batch size,
+    at least 1.
 
     With patches an epoch is as many crops as cover the training pixels once, not one crop per image: with
     one crop per image, `epochs` meant far less training on large images than on resized ones. Under a
     time budget the budget decides how much is trained and an epoch is only the interval between
-    validations: it stays one crop per row, so that the first epochs, which the budget is planned from,
-    stay short on images of any size (one pass over twenty 4096x4096 images would outlast the budget)."""
+    validations: one crop per row, so that the first epochs, which the budget is planned from, stay short
+    on images of any size (one pass over twenty 4096x4096 images would outlast the budget), but long
+    enough that validating its `validation_inputs` (images, or windows with patches) costs at most
+    VALIDATION_SHARE of the epoch: on a small training set with large validation images, validating every
+    few steps spent most of the budget on validation."""
     if requested > 0:
         return requested, ""
+    if time_budget:
+        per_row = max(1, len(rows) // batch_size)
+        bounded = math.ceil(VALIDATION_COST * validation_inputs * (1 - VALIDATION_SHARE) / VALIDATION_SHARE
+                            / batch_size)
+        if bounded > per_row:
+            return bounded, (f"long enough that validating {validation_inputs} "
+                             f"{'windows' if patch_size else 'images'} takes about {VALIDATION_SHARE:.0%} of it; "
+                             "the time budget decides how much is trained")
+        return per_row, (("one crop per training row" if patch_size else "one pass over the training rows")
+                         + ": the time budget decides how much is trained")
     if patch_size is None:
         return max(1, len(rows) // batch_size), ""
-    if time_budget:
-        return (max(1, len(rows) // batch_size),
-                "one crop per training row: the time budget decides how much is trained")
     samples = samples_per_pass(rows, patch_size=patch_size)
     return max(1, int(samples // batch_size)), f"one pass over the training pixels: {samples:.0f} patches"
 

@@ -257,6 +257,9 @@ def run_summary(outcome: Outcome, *, images_per_epoch: int) -> tuple[pd.DataFram
     steady = history.iloc[1:] if len(history) > 1 else history
     facts = {"best_epoch": outcome.best_epoch, "epochs_run": int(len(history)), "stop_reason": outcome.stop_reason,
              "train_seconds": round(float(history["train_seconds"].sum()), 2),
+             "validation_seconds": round(float(history["validation_seconds"].sum()), 2),
+             # What in-training validation cost: its share of the epochs' time (the budget's target is 15%).
+             "validation_share": round(float(history["validation_seconds"].sum() / history["epoch_seconds"].sum()), 3),
              "wall_seconds": round(float(history["elapsed_seconds"].iloc[-1]), 2),
              "images_per_second": round(len(steady) * images_per_epoch / float(steady["train_seconds"].sum()), 2)}
     return history.drop(columns=list(TIMING_COLUMNS)), metrics, facts

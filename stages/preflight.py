@@ -154,7 +154,9 @@ def main(argv=None) -> None:
             images_per_second=per_second * placement.num_replicas if per_second else None,
             images_per_epoch=global_batch * pipeline.steps_per_epoch(
                 pd.concat(subsets), batch_size=global_batch, requested=train["steps_per_epoch"],
-                patch_size=image_size if input_mode == "patches" else None, time_budget=train["max_minutes"] > 0)[0],
+                patch_size=image_size if input_mode == "patches" else None, time_budget=train["max_minutes"] > 0,
+                validation_inputs=pipeline.validation_windows(rows["valid"], image_size=image_size)
+                if input_mode == "patches" else len(rows["valid"]))[0],
             epochs=train["epochs"], max_minutes=train["max_minutes"]))
 
     picked = originals.sample(n=min(preflight["contact_sheet_pairs"], len(originals)), random_state=seed)

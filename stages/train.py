@@ -126,7 +126,8 @@ def main(argv=None) -> None:
                                num_classes=num_classes) if input_mode == "patches" else None
     steps, epoch_words = pipeline.steps_per_epoch(
         train_rows, batch_size=global_batch, requested=train["steps_per_epoch"],
-        patch_size=image_size if patches else None, time_budget=train["max_minutes"] > 0)
+        patch_size=image_size if patches else None, time_budget=train["max_minutes"] > 0,
+        validation_inputs=pipeline.validation_windows(valid, image_size=image_size) if patches else len(valid))
     cache, cache_reason = pipeline.resolve_cache(
         train["cache"], channels=channels, memory_budget_bytes=pipeline.cache_budget_bytes(),
         disk_free_bytes=decoded_cache.free_bytes(args.decoded_cache),
@@ -227,7 +228,8 @@ def main(argv=None) -> None:
     resume.clear()
     print(f"train: best epoch {facts['best_epoch']} of {facts['epochs_run']} ({facts['stop_reason']}); "
           + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("best_valid_"))
-          + f"; {facts['images_per_second']} images/s; model -> {args.model}"
+          + f"; {facts['images_per_second']} images/s; validation {facts['validation_share']:.0%} of the epochs' "
+          f"time; model -> {args.model}"
           + (f"; MLflow run {state['mlflow_run_id']}" if state["mlflow_run_id"] else ""), flush=True)
 
 

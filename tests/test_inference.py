@@ -255,7 +255,7 @@ def test_multi_class_scenes_are_judged_by_their_typical_region_not_their_thinnes
 @pytest.mark.parametrize("shapes, expected", [
     ([(360, 480)] * 4, (224, 288)),                          # CamVid: all landscape 3:4
     ([(584, 565)] * 4, (256, 256)),                          # nearly square: within 10%
-    ([(144, 112), (160, 120), (120, 160), (112, 144)], (256, 256)),  # portrait beside landscape
+    ([(444, 312), (460, 320), (320, 460), (312, 444)], (256, 256)),  # portrait beside landscape
     ([(1000, 250)] * 3 + [(250, 1000)], (512, 128)),         # a shared orientation, the median ratio
 ])
 def test_keep_aspect_takes_a_shared_orientation_at_the_same_pixel_count(shapes, expected):
@@ -269,3 +269,20 @@ def test_keep_aspect_takes_a_shared_orientation_at_the_same_pixel_count(shapes, 
     assert network_input_size((256, 256), input_mode="resize", keep_aspect=False, rows=rows, multiple=16)[0] == (256, 256)
     # a non-square image_size is the shape the user chose
     assert network_input_size((128, 512), input_mode="resize", keep_aspect=True, rows=rows, multiple=16)[0] == (128, 512)
+
+
+@pytest.mark.parametrize("shapes, keep_aspect, expected", [
+    ([(144, 112), (160, 120), (120, 160), (112, 144)], True, (128, 128)),  # the demo's: median 17,040 pixels
+    ([(96, 128)] * 5, True, (96, 128)),                                    # small and landscape: both rules
+    ([(96, 128)] * 5, False, (112, 112)),                                  # small, kept square
+    ([(240, 240)] * 5, True, (256, 256)),                                  # within 1.25x: image_size
+    ([(2000, 3000)] * 5, False, (256, 256)),                               # large: image_size, never more
+])
+def test_resized_images_are_never_blown_up_past_their_median_size(shapes, keep_aspect, expected):
+    rows = pd.DataFrame({"height": [h for h, _ in shapes], "width": [w for _, w in shapes]})
+    size, reason = network_input_size((256, 256), input_mode="resize", keep_aspect=keep_aspect, rows=rows, multiple=16)
+    assert size == expected, reason
+    if size[0] * size[1] < 256 * 256:
+        assert "median of" in reason and "not blown up" in reason
+    assert network_input_size((256, 256), input_mode="patches", keep_aspect=keep_aspect, rows=rows,
+                              multiple=16)[0] == (256, 256)

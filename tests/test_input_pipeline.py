@@ -238,3 +238,22 @@ def test_steps_per_epoch_with_patches_covers_the_training_pixels_once():
     assert ip.steps_per_epoch(_sized_rows(*[(512, 512)] * 48), batch_size=8, requested=0, patch_size=(256, 256),
                               time_budget=True) == (
         6, "one crop per training row: the time budget decides how much is trained")
+
+
+def test_under_a_budget_an_epoch_is_long_enough_that_validation_costs_at_most_15_percent():
+    """16 training rows of 565x584 and 4 validation images of 9 windows each: one crop per row is 2 steps of 8,
+    while validating 36 windows costs about 18 crops' worth; the epoch grows to 13 steps (104 crops)."""
+    train = _sized_rows(*[(565, 584)] * 16)
+    windows = ip.validation_windows(_sized_rows(*[(565, 584)] * 4), image_size=(256, 256))
+    assert windows == 36
+    steps, words = ip.steps_per_epoch(train, batch_size=8, requested=0, patch_size=(256, 256), time_budget=True,
+                                      validation_inputs=windows)
+    assert steps == 13 and "validating 36 windows takes about 15%" in words
+    validation, training = ip.VALIDATION_COST * windows, steps * 8
+    assert validation / (validation + training) <= ip.VALIDATION_SHARE
+    # Resized images: 80 training rows, 20 validation images are cheap next to a pass: unchanged.
+    assert ip.steps_per_epoch(_sized_rows(*[(100, 100)] * 80), batch_size=8, requested=0, time_budget=True,
+                              validation_inputs=20)[0] == 10
+    # Without a budget, epochs keep their meaning (a pass over the training pixels), whatever validation costs.
+    assert ip.steps_per_epoch(train, batch_size=8, requested=0, patch_size=(256, 256), validation_inputs=windows)[0] \
+        == int(ip.samples_per_pass(train, patch_size=(256, 256)) // 8)

@@ -276,6 +276,9 @@ def test_patches_with_a_time_budget_plan_the_epochs_and_evaluate_by_windows(proj
     # 25 crops of 32x32, without a budget: test_patch_epochs_without_a_budget_cover_the_training_pixels).
     steps = facts["steps_per_epoch"]
     assert steps == 5 and "5 steps/epoch (one crop per training row" in done.stdout
+    # What validation cost is measured, recorded and printed.
+    assert 0 < facts["validation_share"] < 1 and 0 < facts["validation_seconds"] < facts["wall_seconds"]
+    assert f"validation {facts['validation_share']:.0%} of the epochs' time" in done.stdout
     progress = (run * steps - steps) / (planned * steps - steps)  # after 1 warm-up epoch
     history = pd.read_csv(project / "budget/history.csv")
     assert history["learning_rate"].iloc[-1] == pytest.approx(
