@@ -89,11 +89,12 @@ def choose_input(input: str, *, rows: pd.DataFrame, image_size: tuple[int, int],
 
 
 def network_input_size(image_size: tuple[int, int], *, input_mode: str, keep_aspect: bool, rows: pd.DataFrame,
-                       multiple: int) -> tuple[tuple[int, int], str]:
+                       multiple: int, upscale: bool = False) -> tuple[tuple[int, int], str]:
     """((height, width) of the network input, the reason in words). Patches: `image_size`. Resized whole
     images: at most `image_size`'s pixel count, and no more than the training images' median pixel count
     (images are never blown up beyond what they hold: 112-160 px images trained at 256x256 paid 3-5x the
-    pixels for no detail); the shape is `image_size`'s, or with `keep_aspect` the rows' shared aspect ratio
+    pixels for no detail; `upscale` (train.upscale_small_images) keeps image_size's pixel count); the shape is
+    `image_size`'s, or with `keep_aspect` the rows' shared aspect ratio
     (module docstring); each side a multiple of `multiple` (the model's down-sampling factor)."""
     given = (int(image_size[0]), int(image_size[1]))
     if input_mode != "resize":
@@ -112,7 +113,7 @@ def network_input_size(image_size: tuple[int, int], *, input_mode: str, keep_asp
         kept = "train.image_size"
     pixels = given[0] * given[1]
     median_pixels = float((rows["height"].astype(float) * rows["width"].astype(float)).median())
-    smaller = median_pixels * MIN_SCALE_CHANGE < pixels
+    smaller = median_pixels * MIN_SCALE_CHANGE < pixels and not upscale
     if not smaller and not shape:
         return given, kept
     target = median_pixels if smaller else pixels

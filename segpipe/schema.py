@@ -109,6 +109,7 @@ SECTIONS = {
                                 "picks it: README)."),
         "input": dict(kind=str, choices=INPUTS),
         "keep_aspect": dict(kind=bool),
+        "upscale_small_images": dict(kind=bool),
         "patch_foreground_share": dict(kind=float, minimum=0.0, maximum=1.0),
         "patch_scale_range": dict(kind=list, check=_scale_range, hint="expected [low, high], 0 < low <= high, "
                                   "e.g. [0.8, 1.25]."),

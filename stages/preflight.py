@@ -91,7 +91,7 @@ def main(argv=None) -> None:
                                             num_classes=num_classes, seed=seed)
     factor = 2 ** downsampling_levels(encoder=train["encoder"], depth=train["depth"])  # sides' multiple
     image_size, _ = network_input_size(train["image_size"], input_mode=input_mode, keep_aspect=train["keep_aspect"],
-                                       rows=originals, multiple=factor)
+                                       upscale=train["upscale_small_images"], rows=originals, multiple=factor)
     architecture = dict(num_classes=num_classes, encoder=train["encoder"], encoder_weights=train["encoder_weights"],
                         depth=train["depth"], base_filters=train["base_filters"], dropout=train["dropout"],
                         upsampling=train["upsampling"], normalization=train["normalization"], remat=train["remat"])

@@ -96,7 +96,8 @@ def main(argv=None) -> None:
     input_mode, input_reason = choose_input(train["input"], rows=originals, image_size=tuple(train["image_size"]),
                                             num_classes=num_classes, seed=seed)
     image_size, size_reason = network_input_size(
-        train["image_size"], input_mode=input_mode, keep_aspect=train["keep_aspect"], rows=originals,
+        train["image_size"], input_mode=input_mode, keep_aspect=train["keep_aspect"],
+        upscale=train["upscale_small_images"], rows=originals,
         multiple=2 ** downsampling_levels(encoder=train["encoder"], depth=train["depth"]))
     architecture = dict(num_classes=num_classes, encoder=train["encoder"], encoder_weights=train["encoder_weights"],
                         depth=train["depth"], base_filters=train["base_filters"], dropout=train["dropout"],

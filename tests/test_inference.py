@@ -286,3 +286,7 @@ def test_resized_images_are_never_blown_up_past_their_median_size(shapes, keep_a
         assert "median of" in reason and "not blown up" in reason
     assert network_input_size((256, 256), input_mode="patches", keep_aspect=keep_aspect, rows=rows,
                               multiple=16)[0] == (256, 256)
+    # train.upscale_small_images: true blows them up to image_size's pixels, as before
+    upscaled, _ = network_input_size((256, 256), input_mode="resize", keep_aspect=keep_aspect, rows=rows,
+                                     multiple=16, upscale=True)
+    assert abs(upscaled[0] * upscaled[1] - 256 * 256) <= 0.15 * 256 * 256
