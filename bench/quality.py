@@ -83,7 +83,8 @@ def our_score(project: Path, *, num_classes: int) -> tuple[float, dict, dict]:
 
 def describe(facts: dict) -> str:
     return (f"input {facts['input']}, best epoch {facts['best_epoch']}/{facts['epochs_run']} "
-            f"(planned {facts.get('planned_epochs')}), {facts['images_per_second']} img/s")
+            f"(planned {facts.get('planned_epochs')}), {facts['images_per_second']} img/s, "
+            f"validation {facts['validation_share']:.0%} of the epochs' time")
 
 
 def main(argv=None) -> None:
