@@ -110,9 +110,11 @@ class SplitTotals:
             levels = threshold_levels(probabilities[..., 0], self.thresholds)
             counts = _counts_by_threshold(levels, truth == 1, labelled, steps)
             self.counts += counts
-            scores = [m.scores_from_counts(row) for row in counts]
+            tp, fp, fn = (counts[:, i].astype(np.float64) for i in range(3))
+            wrong = fp + fn  # IoU and Dice are 1 where there is nothing to find and nothing found (metrics.py)
             self.image_scores.append(np.array([
-                [s["iou"] for s in scores], [s["dice"] for s in scores],
+                np.where(tp + wrong > 0, tp / np.maximum(tp + wrong, 1), 1.0),
+                np.where(tp + wrong > 0, 2 * tp / np.maximum(2 * tp + wrong, 1), 1.0),
                 boundary_f_by_threshold(levels, truth == 1, labelled, tolerance=self.tolerance, steps=steps)]))
         else:
             predicted = np.argmax(probabilities, axis=-1).astype(np.uint8)

@@ -140,12 +140,13 @@ def image_pages(path: Path) -> list[int]:
         return [0]
 
 
-def open_image(path: Path, *, page: int = 0, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-               ) -> Image.Image | WideColourImage:
+def open_image(path: Path, *, page: int = 0, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+               max_pixels_name: str = "convert.max_image_pixels") -> Image.Image | WideColourImage:
     """Opens and fully decodes page `page` of `path` (see image_pages): a Pillow image, or a
     WideColourImage for 16 bits per colour channel. Raises ValueError with the reason if it is empty,
     unreadable, or larger than `max_pixels` (checked from the header, before anything is decoded: a
-    1-bit PNG of a few kilobytes can decode to gigabytes)."""
+    1-bit PNG of a few kilobytes can decode to gigabytes); `max_pixels_name` is the param or flag that
+    sets it, named in that error."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise ValueError("empty file (0 bytes)")
@@ -157,10 +158,10 @@ def open_image(path: Path, *, page: int = 0, max_pixels: int = DEFAULT_MAX_IMAGE
     if width * height > max_pixels:
         im.close()
         raise ValueError(
-            f"{width}x{height} = {width * height:,} pixels, more than convert.max_image_pixels = {max_pixels:,} "
+            f"{width}x{height} = {width * height:,} pixels, more than {max_pixels_name} = {max_pixels:,} "
             "(the guard against decompression bombs: small files that decode to gigabytes); if your dataset has "
-            "images this large (whole-slide, satellite), raise convert.max_image_pixels and train with "
-            "train.input: patches")
+            f"images this large (whole-slide, satellite), raise {max_pixels_name} (and train with "
+            "train.input: patches)")
     if _is_wide_colour(im):
         if width * height > OPENCV_MAX_IMAGE_PIXELS:
             im.close()

@@ -26,7 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from segpipe.image_io import apply_orientation, exif_orientation, image_to_array, open_image
+from segpipe.image_io import (DEFAULT_MAX_IMAGE_PIXELS, apply_orientation, exif_orientation, image_to_array,
+                              open_image)
 from segpipe.parallel import read_ahead
 from segpipe.progress import progress
 from segpipe.schema import TTA_MODES
@@ -54,12 +55,13 @@ def to_unit_range(image):
     return tf.cast(image, tf.float32) / 255.0
 
 
-def load_image(path: Path, *, channels: int, white_level: float | None = None, page: int = 0) -> np.ndarray:
+def load_image(path: Path, *, channels: int, white_level: float | None = None, page: int = 0,
+               max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_pixels_name: str = "--max-image-pixels") -> np.ndarray:
     """Page `page` of an image file as uint8 (H, W, channels), upright (EXIF orientation applied), in any
     format that convert-to-png reads; images of more than 8 bits map `white_level` (the training data's)
-    to 255."""
+    to 255. Larger than `max_pixels`: an error naming `max_pixels_name` (image_io.open_image)."""
     try:
-        im = open_image(path, page=page)
+        im = open_image(path, page=page, max_pixels=max_pixels, max_pixels_name=max_pixels_name)
     except ValueError as err:
         raise ValueError(f"'{path}': {err}; remove or replace the file.") from None
     array = image_to_array(apply_orientation(im, exif_orientation(im)), image_mode="L" if channels == 1 else "RGB",
@@ -176,18 +178,18 @@ def prediction_function(model: keras.Model, *, input_mode: str, tile_overlap: fl
 
 
 def predict_files(model: keras.Model, paths: list[Path], *, input_mode: str, tile_overlap: float, tta: str,
-                  batch_size: int, desc: str, white_level: float | None = None, pages: list[int] | None = None
-                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                  batch_size: int, desc: str, white_level: float | None = None, pages: list[int] | None = None,
+                  max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(image, probabilities at its own size) per file, in order, with progress named `desc`. The next files
     are decoded in threads while the model predicts (`read_ahead`): a few images in memory, whatever their
     number. `batch_size`: windows per model call (patches); `white_level`: see load_image; `pages`: the page
-    of each file (multi-page TIFF stacks), else the first."""
+    of each file (multi-page TIFF stacks), else the first; `max_pixels`: larger images are an error."""
     predict = prediction_function(model, input_mode=input_mode, tile_overlap=tile_overlap, tta=tta,
                                   batch_size=batch_size)
     channels = model.input_shape[-1]
     files = list(zip(paths, pages or [0] * len(paths), strict=True))
-    images = read_ahead(lambda file: load_image(file[0], channels=channels, white_level=white_level, page=file[1]),
-                        files)
+    images = read_ahead(lambda file: load_image(file[0], channels=channels, white_level=white_level, page=file[1],
+                                                max_pixels=max_pixels), files)
     for image in progress(images, desc=desc, unit="image", total=len(files)):
         yield image, predict(tf.constant(image)).numpy()
 

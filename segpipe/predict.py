@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from segpipe.cli import run_stage, start_tensorflow
-from segpipe.image_io import SUPPORTED_EXTENSIONS, image_pages, read_white_level, write_png
+from segpipe.image_io import DEFAULT_MAX_IMAGE_PIXELS, SUPPORTED_EXTENSIONS, image_pages, read_white_level, write_png
 from segpipe.outputs import write_text
 from segpipe.palette import colour_mask
 from segpipe.plots import class_overlay
@@ -102,6 +102,9 @@ def parse_args(argv) -> argparse.Namespace:
                         help="also write <stem>_colour.png, the mask in class colours")
     parser.add_argument("--probabilities", action="store_true", help="also write the probabilities")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per model call (default 8)")
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help=f"larger images are refused before decoding (default {DEFAULT_MAX_IMAGE_PIXELS:,}, "
+                             "as convert.max_image_pixels)")
     return parser.parse_args(argv)
 
 
@@ -113,6 +116,8 @@ def main(argv=None) -> None:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}.")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}.")
+    if args.max_image_pixels < 1:
+        raise ValueError(f"--max-image-pixels must be >= 1, got {args.max_image_pixels}.")
     if args.tile_overlap is not None and not 0 <= args.tile_overlap < 1:
         raise ValueError(f"--tile-overlap must be in [0, 1), got {args.tile_overlap}.")
     inputs = find_inputs(args.input)
@@ -132,7 +137,7 @@ def main(argv=None) -> None:
           f"{threshold:g}, tta {settings['tta']}, tile overlap {settings['tile_overlap']:g} (unless given: {source})")
     predictions = predict_files(model, [path for path, _, _ in inputs], pages=[page for _, page, _ in inputs],
                                 batch_size=args.batch_size, desc="predict", input_mode=input_mode,
-                                white_level=white_level, **settings)
+                                white_level=white_level, max_pixels=args.max_image_pixels, **settings)
     # strict: zip then runs the generator to its end, so its progress prints the closing line.
     for (_, _, stem), (image, probability) in zip(inputs, predictions, strict=True):
         (args.output / stem).parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from stage_runs import env_for, params_file, run_stage, tiny_train_project, train_args
 
@@ -247,6 +248,18 @@ def test_predict_names_a_bad_input_file(trained, tmp_path):
                            "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")],
                           env=env_for(trained), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "broken.png': cannot decode as an image" in done.stderr
+
+
+def test_predict_refuses_an_image_over_its_pixel_limit_naming_the_flag(trained, tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "in/big.png")
+    done = subprocess.run([sys.executable, "-m", "segpipe.predict", "--model", str(trained / "model.keras"),
+                           "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                           "--max-image-pixels", "500"], env=env_for(trained), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "big.png': 30x20 = 600 pixels, more than --max-image-pixels = 500" in done.stderr
+    assert "raise --max-image-pixels" in done.stderr
 
 
 def test_patch_epochs_without_a_budget_cover_the_training_pixels(project):
