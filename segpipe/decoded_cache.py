@@ -2,9 +2,10 @@
 
 Each row is stored once as raw uint8 bytes, the image's channels then the mask, (height, width, channels + 1),
 at the size training reads it (resized to the network input, or native for patches), in a file named by a hash
-of what it was decoded from (the two PNGs' paths, sizes and modification times) and how (size, channels).
-So the cache is written once per data version and reused by every later run and experiment on the same data;
-a row whose PNG changed gets a new file. Reading a row back is one file read and no PNG decode or resize,
+of what it was decoded from (the two PNGs' contents, fingerprinted cheaply: see `_png_fingerprint`) and how
+(size, channels). So the cache is written once per data version and reused by every later run and experiment
+on the same data, also from the copies `dvc exp run --temp/--queue` trains in (train keeps the folder in the
+project itself); a row whose PNG changed gets a new file. Reading a row back is one file read and no PNG decode or resize,
 and rows are read in parallel like PNGs. Files are written under a temporary name and renamed, so a killed run
 leaves no half-written row. Several workers each fill only their own share. The folder can be deleted at any
 time (train writes what it needs again); `prune` drops the rows no current run uses.
@@ -24,12 +25,27 @@ import tensorflow as tf
 SUFFIX = ".rgbm"  # raw pixels only: the shape comes from the CSV (height, width) or the input size
 
 
+# PNG fingerprint: the file's size, its first bytes (header, size, colour type) and its last bytes, which
+# end the zlib stream with an Adler-32 checksum of every pixel byte: a file whose pixels change changes there.
+FINGERPRINT_BYTES = 1 << 16
+
+
+def _png_fingerprint(path, digest) -> None:
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        digest.update(f"{size}\0".encode())
+        digest.update(file.read(FINGERPRINT_BYTES))
+        if size > FINGERPRINT_BYTES:
+            file.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
+            digest.update(file.read())
+
+
 def row_file(row, *, folder: Path, image_size: tuple[int, int] | None, channels: int) -> Path:
-    """The cache file of one row (a CSV row with image_path, mask_path)."""
+    """The cache file of one row (a CSV row with image_path, mask_path): named by its PNGs' contents, not
+    their paths or times, so that a copy of the project (DVC's temporary experiments) finds it."""
     digest = hashlib.sha256()
     for path in (row["image_path"], row["mask_path"]):
-        stat = os.stat(path)
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        _png_fingerprint(path, digest)
     digest.update(f"{image_size}\0{channels}".encode())
     name = digest.hexdigest()[:32]
     return folder / name[:2] / (name + SUFFIX)

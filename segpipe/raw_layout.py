@@ -16,6 +16,9 @@ Accepted layouts (folder names are case-insensitive; <images> and <masks> are th
                    mask_stem_pattern to the masks' naming rule ("{stem}_mask"); files whose stem fits it
                    are the masks, the others the images
 Split folders may be named train/training, valid/val/validation, test/testing; test is optional.
+A dataset often ships inside one top folder beside its README and licence (Kaggle's stage1_train/,
+a release's Kvasir-SEG/): when raw holds none of these layouts but exactly one folder, the layout is
+read inside it (`unwrap`), one level after another.
 Inside any images folder, files may sit directly or in group subfolders (images/<group>/x.jpg); the
 masks folder mirrors it (masks/<group>/x.png). The group (subfolder path, "all" when none) becomes the
 balancing key.
@@ -472,6 +475,25 @@ def _pair_sample(sample: Path, images_dir: Path, masks_dir: Path, naming: Naming
                                                 f"'{masks_dir}' holds none"))
         return []
     return [Pair(name, "", NO_GROUP, image_files[0], mask_files[0], tuple(mask_files[1:]))]
+
+
+def _has_layout(raw_dir: Path, naming: Naming) -> bool:
+    return ("{split}" in naming.image_folder or bool(_matching_dirs(raw_dir, naming.image_folder, IMAGE_FOLDER_NAMES))
+            or bool(_split_folders(raw_dir)) or bool(_sample_folders(raw_dir, naming)))
+
+
+def unwrap(raw_dir: Path, *, naming: Naming = Naming()) -> tuple[Path, list[Path]]:
+    """(the folder whose layout find_pairs reads, the files left beside the folders descended through):
+    `raw_dir`, or while it holds no layout of its own and exactly one folder, that folder."""
+    raw_dir, beside = Path(raw_dir), []
+    while raw_dir.is_dir() and not _has_layout(raw_dir, naming):
+        children = [c for c in sorted(raw_dir.iterdir()) if not c.name.startswith(".")]
+        folders = [c for c in children if c.is_dir()]
+        if len(folders) != 1:
+            break
+        beside += [c for c in children if not c.is_dir()]
+        raw_dir = folders[0]
+    return raw_dir, beside
 
 
 def find_pairs(raw_dir: Path, *, naming: Naming = Naming()) -> tuple[list[Pair], list[Problem], list[Path]]:

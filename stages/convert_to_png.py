@@ -45,7 +45,7 @@ from segpipe.outputs import replace_dir, write_csv, write_text
 from segpipe.palette import Palette, colour_mask_to_class_ids, load_palette
 from segpipe.parallel import map_in_order
 from segpipe.params import Params
-from segpipe.raw_layout import NO_GROUP, Naming, Pair, Problem, find_pairs
+from segpipe.raw_layout import NO_GROUP, Naming, Pair, Problem, find_pairs, unwrap
 from segpipe.rows import MANIFEST_COLUMNS, class_pixels, foreground_fraction
 
 
@@ -255,7 +255,11 @@ def main(argv=None) -> None:
                            ignore_value=params["ignore_value"])
     naming = Naming(**{key: params[key] for key in ("image_folder", "mask_folder", "mask_stem_pattern", "image_key",
                                                     "mask_key")})
-    pairs, problems, ignored = find_pairs(args.raw_dir, naming=naming)
+    raw_dir, beside = unwrap(args.raw_dir, naming=naming)
+    if raw_dir != args.raw_dir:
+        print(f"convert-to-png: reading the layout inside '{raw_dir}', the only folder on the way"
+              + (f" (left out beside it: {', '.join(p.name for p in beside)})" if beside else ""))
+    pairs, problems, ignored = find_pairs(raw_dir, naming=naming)
     if ignored:
         print(f"convert-to-png: ignored {len(ignored)} file{'s' if len(ignored) > 1 else ''} that "
               f"{'are not images' if len(ignored) > 1 else 'is not an image'}: "

@@ -50,7 +50,8 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--backup-dir", type=Path, required=True, help="resume state of an interrupted run")
     parser.add_argument("--decoded-cache", type=Path, default=Path("data/decoded_cache"),
                         help="folder of decoded training rows, with train.cache: disk (or auto, when they do not "
-                             "fit in memory); not a DVC output, safe to delete between runs")
+                             "fit in memory); relative to the DVC project (also from an experiment's temporary "
+                             "copy); not a DVC output, safe to delete between runs")
     parser.add_argument("--tensorboard-dir", type=Path, default=Path("logs/tensorboard"),
                         help="TensorBoard logs, with train.tensorboard: true")
     parser.add_argument("--params", type=Path, required=True, help="params.yaml")
@@ -129,9 +130,10 @@ def main(argv=None) -> None:
         train_rows, batch_size=global_batch, requested=train["steps_per_epoch"],
         patch_size=image_size if patches else None, time_budget=train["max_minutes"] > 0,
         validation_inputs=pipeline.validation_windows(valid, image_size=image_size) if patches else len(valid))
+    cache_dir = args.decoded_cache if args.decoded_cache.is_absolute() else project_root() / args.decoded_cache
     cache, cache_reason = pipeline.resolve_cache(
         train["cache"], channels=channels, memory_budget_bytes=pipeline.cache_budget_bytes(),
-        disk_free_bytes=decoded_cache.free_bytes(args.decoded_cache),
+        disk_free_bytes=decoded_cache.free_bytes(cache_dir),
         pixels=sum(pipeline.cached_pixels(rows, image_size=image_size, patches=patches is not None)
                    for rows in subsets) // placement.num_workers  # each worker caches its share
         + pipeline.cached_pixels(valid, image_size=image_size, patches=patches is not None))
@@ -183,7 +185,7 @@ def main(argv=None) -> None:
             training_data=partial(pipeline.training_dataset, subsets, weights=train["sampling_weights"],
                                   image_size=image_size, channels=channels, batch_size=global_batch, seed=seed,
                                   cache=cache == "memory", online_augment=train["online_augment"],
-                                  disk_cache=args.decoded_cache if cache == "disk" else None,
+                                  disk_cache=cache_dir if cache == "disk" else None,
                                   deterministic=train["deterministic"], patches=patches, decoded=decoded),
             validation_data=pipeline.evaluation_dataset(valid, image_size=image_size, channels=channels,
                                                         batch_size=global_batch, cache=cache == "memory",

@@ -525,9 +525,27 @@ def test_a_wrapper_folder_is_one_sample_unless_it_holds_a_split(tmp_path):
     _, manifest = run_convert(raw, tmp_path)
     assert manifest["id"].tolist() == ["dataset/a", "dataset/b"] and set(manifest["group"]) == {"dataset"}
 
+    # A split inside: the wrapper is the dataset's top folder, and the layout is read inside it.
     raw = tmp_path / "split"
     for split in ("train", "valid"):
         save_pair(raw, f"dataset/images/{split}/a.png", f"dataset/masks/{split}/a.png")
+    _, manifest = run_convert(raw, tmp_path)
+    assert sorted(manifest["split"]) == ["train", "valid"]
+
+
+def test_a_dataset_inside_its_release_folder_is_read_there(tmp_path, capsys):
+    """Data Science Bowl 2018 as shared here: stage1_train/<id>/{images,masks} beside a README and SOURCE.txt."""
+    raw = tmp_path / "raw"
+    for sample in ("0a7d30", "1b02fe"):
+        save(pattern_image(16, 20, seed=1), raw / f"stage1_train/{sample}/images/{sample}.png")
+        save(np.pad(np.full((4, 4), 255, np.uint8), ((2, 10), (2, 14))), raw / f"stage1_train/{sample}/masks/4f2e.png")
+    (raw / "README.repo.rst").write_text("the release's readme")
+    (raw / "SOURCE.txt").write_text("where it came from")
+    _, manifest = run_convert(raw, tmp_path)
+    assert manifest["id"].tolist() == ["0a7d30", "1b02fe"]
+    assert (f"reading the layout inside '{raw / 'stage1_train'}', the only folder on the way (left out beside it: "
+            "README.repo.rst, SOURCE.txt)") in capsys.readouterr().out
+    (raw / "other").mkdir()  # two folders and no layout: nothing is guessed
     with pytest.raises(ValueError, match="has no images folder and no train/ folder"):
         run_convert(raw, tmp_path)
 

@@ -134,6 +134,21 @@ def test_the_disk_cache_is_written_once_per_data_version(tmp_path):
     assert any(np.any(np.isclose(b, 99 / 255)) for b in again) and not any(np.any(np.isclose(b, 99 / 255)) for b in first)
 
 
+def test_a_copy_of_the_data_elsewhere_finds_the_disk_cache(tmp_path):
+    """Rows are named by their PNGs' contents, not their paths or times, so DVC's temporary experiment copies
+    read what the workspace wrote."""
+    import shutil
+
+    rows = write_rows(tmp_path / "rows", "a", 4, 50)
+    batches(make_training([rows], batch_size=2, **kept("disk", tmp_path)), 2)
+    shutil.copytree(tmp_path / "rows", tmp_path / "copy", copy_function=shutil.copy)  # new paths and times
+    copied = rows.assign(image_path=rows["image_path"].str.replace("/rows/", "/copy/"),
+                         mask_path=rows["mask_path"].str.replace("/rows/", "/copy/"))
+    decoded = tf.Variable(0, dtype=tf.int64)
+    batches(make_training([copied], batch_size=2, decoded=decoded, **kept("disk", tmp_path)), 2)
+    assert int(decoded.numpy()) == 0
+
+
 def test_a_disk_cache_that_does_not_fit_names_the_param(tmp_path, monkeypatch):
     from segpipe import decoded_cache
 
