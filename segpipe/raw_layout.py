@@ -484,16 +484,17 @@ def _has_layout(raw_dir: Path, naming: Naming) -> bool:
 
 def unwrap(raw_dir: Path, *, naming: Naming = Naming()) -> tuple[Path, list[Path]]:
     """(the folder whose layout find_pairs reads, the files left beside the folders descended through):
-    `raw_dir`, or while it holds no layout of its own and exactly one folder, that folder."""
-    raw_dir, beside = Path(raw_dir), []
-    while raw_dir.is_dir() and not _has_layout(raw_dir, naming):
-        children = [c for c in sorted(raw_dir.iterdir()) if not c.name.startswith(".")]
+    `raw_dir`, or while it holds no layout of its own and exactly one folder, that folder, when a layout is
+    found there (else `raw_dir`, whose errors and hints then speak of the folder the user filled)."""
+    folder, beside = Path(raw_dir), []
+    while folder.is_dir() and not _has_layout(folder, naming):
+        children = [c for c in sorted(folder.iterdir()) if not c.name.startswith(".")]
         folders = [c for c in children if c.is_dir()]
         if len(folders) != 1:
-            break
+            return Path(raw_dir), []
         beside += [c for c in children if not c.is_dir()]
-        raw_dir = folders[0]
-    return raw_dir, beside
+        folder = folders[0]
+    return (folder, beside) if folder.is_dir() else (Path(raw_dir), [])
 
 
 def find_pairs(raw_dir: Path, *, naming: Naming = Naming()) -> tuple[list[Pair], list[Problem], list[Path]]:
