@@ -5,10 +5,10 @@ at the size training reads it (resized to the network input, or native for patch
 of what it was decoded from (the two PNGs' contents, fingerprinted cheaply: see `_png_fingerprint`) and how
 (size, channels). So the cache is written once per data version and reused by every later run and experiment
 on the same data, also from the copies `dvc exp run --temp/--queue` trains in (train keeps the folder in the
-project itself); a row whose PNG changed gets a new file. Reading a row back is one file read and no PNG decode or resize,
-and rows are read in parallel like PNGs. Files are written under a temporary name and renamed, so a killed run
-leaves no half-written row. Several workers each fill only their own share. The folder can be deleted at any
-time (train writes what it needs again); `prune` drops the rows no current run uses.
+project itself); a row whose PNG changed gets a new file. Reading a row back is one file read and no PNG
+decode or resize, and rows are read in parallel like PNGs. Files are written under a temporary name and
+renamed, so a killed run leaves no half-written row. Several workers each fill only their own share. The
+folder can be deleted at any time between runs (train writes what it needs again); nothing prunes it.
 """
 from __future__ import annotations
 
