@@ -97,6 +97,8 @@ def main(argv=None) -> None:
                         help="reuse the reference of an earlier run on the same data and split (same session, same "
                              "machine) instead of training it again: binary, its keras-io reference.json; "
                              "multi-class, its result.json")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="our run only (a second seed, or an alternative of auto's choice): no reference")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     if not args.data.is_dir():
@@ -114,6 +116,12 @@ def main(argv=None) -> None:
     seconds = run_stages(project, log, evaluate=True)
     ours, metrics, facts = our_score(project, num_classes=num_classes)
     print(f"ours done in {time.perf_counter() - started:.0f}s: {describe(facts)}", flush=True)
+    if args.no_reference:
+        print(f"\n{args.data.name}: segpipe {ours:.4f} ({describe(facts)}); params {args.set or 'defaults'}")
+        (work / "result.json").write_text(json.dumps({"data": str(args.data), "minutes": args.minutes,
+                                                      "overrides": args.set, "ours": ours, "train": facts,
+                                                      "evaluate": metrics}, indent=2))
+        return
     if num_classes == 1:
         if not REFERENCE.is_file():
             raise SystemExit(f"{REFERENCE} not found: the binary reference is the shared keras-io recipe.")
