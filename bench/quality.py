@@ -84,7 +84,9 @@ def our_score(project: Path, *, num_classes: int) -> tuple[float, dict, dict]:
 def describe(facts: dict) -> str:
     return (f"input {facts['input']}, best epoch {facts['best_epoch']}/{facts['epochs_run']} "
             f"(planned {facts.get('planned_epochs')}), {facts['images_per_second']} img/s, "
-            f"validation {facts['validation_share']:.0%} of the epochs' time")
+            f"validation {facts['validation_share']:.0%} of the epochs' time" + (
+                "; pilot " + ", ".join(f"{k} {v:.3f}" for k, v in facts["input_pilot"]["scores"].items())
+                + f" in {facts['input_pilot']['seconds']:.0f}s" if facts.get("input_pilot") else ""))
 
 
 def main(argv=None) -> None:

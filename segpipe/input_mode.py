@@ -7,7 +7,15 @@ The fingerprint (in the spirit of nnU-Net's: settings derived from the dataset, 
   training masks (a strip w pixels wide gives w, a disc of radius r gives r): binary, the foreground's;
   multi-class, all classes' together (the typical region of the scene).
 
-The size rule: `patches` when resizing would shrink the images by 1.5x or more (shrink <= 2/3) AND the
+Both inputs are possible only when resizing would shrink the images by 1.5x or more (shrink <= 2/3):
+smaller images gain nothing from patches and train resized. For larger ones no rule on the fingerprint
+holds across kinds of data (one that picked patches for small objects in 600x1080 photos lost 0.155 IoU
+to resize there, while patches win on thin membranes and vessels), so by default the data decides: with
+`train.input_pilot` > 0 train runs a short pilot of each input and keeps the one that scores better at
+native resolution (`input_candidates`; stages/train.py runs it). With `input_pilot: 0` the rule below
+decides without a pilot.
+
+The rule (input_pilot 0): `patches` when resizing would shrink the images by 1.5x or more (shrink <= 2/3) AND the
 structures are narrower than 1/8 of the patch's shorter side, so a patch holds whole structures with
 context around them; `resize` otherwise: images about the input's size or smaller, or large regions that
 a patch would cut (then seeing the whole image matters more than fine detail).
@@ -67,13 +75,13 @@ def structure_width(mask_paths: list[str], *, num_classes: int) -> float | None:
 
 def choose_input(input: str, *, rows: pd.DataFrame, image_size: tuple[int, int], num_classes: int,
                  seed: int, sample: int = 100) -> tuple[str, str]:
-    """(resize | patches, the reason in words) for `train.input` over the training `rows` (module docstring)."""
+    """(resize | patches, the reason in words) for `train.input` over the training `rows`, by the rule
+    (module docstring)."""
     if input not in INPUTS:
         raise ValueError(f"param 'train.input' must be one of {list(INPUTS)}, got {input!r}.")
     if input != "auto":
         return input, "set by train.input"
-    shrink = float(np.median(np.minimum(image_size[0] / rows["height"].astype(float),
-                                        image_size[1] / rows["width"].astype(float))))
+    shrink = _shrink(rows, image_size=image_size)
     if shrink > MIN_SHRINK_FOR_PATCHES:
         return "resize", (f"auto: images are at most {1 / shrink:.2f}x the input {image_size[0]}x{image_size[1]} "
                           f"(median); patches need >= {1 / MIN_SHRINK_FOR_PATCHES:.1f}x")
@@ -86,6 +94,27 @@ def choose_input(input: str, *, rows: pd.DataFrame, image_size: tuple[int, int],
                           f" wide (2 x area / boundary), not under {limit:g} px (1/8 of the input): whole images")
     return "patches", (f"auto: {where}, structures {width:.1f} px wide (2 x area / boundary), under "
                        f"{limit:g} px (1/8 of the input): native-resolution patches keep them")
+
+
+def input_candidates(input: str, *, rows: pd.DataFrame, image_size: tuple[int, int], num_classes: int, seed: int,
+                     pilot: float) -> tuple[list[str], str]:
+    """([the inputs to train], the reason in words): one when `train.input` names it, when the images are too
+    small for patches to differ from resizing, or when `pilot` (train.input_pilot) is 0 (then `choose_input`'s
+    rule decides); both, resize first, when a pilot is to decide (module docstring)."""
+    if input != "auto" or not pilot:
+        mode, reason = choose_input(input, rows=rows, image_size=image_size, num_classes=num_classes, seed=seed)
+        return [mode], reason
+    shrink = _shrink(rows, image_size=image_size)
+    where = f"images {1 / shrink:.2f}x the input {image_size[0]}x{image_size[1]} (median)"
+    if shrink > MIN_SHRINK_FOR_PATCHES:
+        return ["resize"], f"auto: {where}; patches need >= {1 / MIN_SHRINK_FOR_PATCHES:.1f}x"
+    return ["resize", "patches"], f"auto: {where}, so either input may do better: a pilot of each decides"
+
+
+def _shrink(rows: pd.DataFrame, *, image_size: tuple[int, int]) -> float:
+    """The median over `rows` of min(input height / image height, input width / image width)."""
+    return float(np.median(np.minimum(image_size[0] / rows["height"].astype(float),
+                                      image_size[1] / rows["width"].astype(float))))
 
 
 def network_input_size(image_size: tuple[int, int], *, input_mode: str, keep_aspect: bool, rows: pd.DataFrame,

@@ -108,6 +108,8 @@ SECTIONS = {
                            hint="Expected a positive number of images per replica, or auto (the memory plan "
                                 "picks it: README)."),
         "input": dict(kind=str, choices=INPUTS),
+        "input_pilot": dict(kind=float, minimum=0.0, maximum=0.5,
+                            hint="The share of the training spent piloting both inputs; the rest trains the better."),
         "keep_aspect": dict(kind=bool),
         "upscale_small_images": dict(kind=bool),
         "patch_foreground_share": dict(kind=float, minimum=0.0, maximum=1.0),

@@ -75,7 +75,7 @@ def main(argv=None) -> None:
     from segpipe import memory_plan, preflight as checks
     from segpipe.capacity import object_sizes, receptive_field
     from segpipe.devices import configure_runtime
-    from segpipe.input_mode import choose_input, network_input_size
+    from segpipe.input_mode import input_candidates, network_input_size
     from segpipe.losses import make_loss, resolve_class_weights
     from segpipe.model import build_unet
     from segpipe.rows import class_pixel_table
@@ -87,8 +87,10 @@ def main(argv=None) -> None:
               checks.data_check(rows, num_classes=num_classes, class_names=class_names)]
 
     originals = rows["train"]
-    input_mode, input_reason = choose_input(train["input"], rows=originals, image_size=tuple(train["image_size"]),
-                                            num_classes=num_classes, seed=seed)
+    # With a pilot (train.input: auto on large images) train tries both inputs; resize, the first, is checked.
+    candidates, input_reason = input_candidates(train["input"], rows=originals, image_size=tuple(train["image_size"]),
+                                                num_classes=num_classes, seed=seed, pilot=train["input_pilot"])
+    input_mode = candidates[0]
     factor = 2 ** downsampling_levels(encoder=train["encoder"], depth=train["depth"])  # sides' multiple
     image_size, _ = network_input_size(train["image_size"], input_mode=input_mode, keep_aspect=train["keep_aspect"],
                                        upscale=train["upscale_small_images"], rows=originals, multiple=factor)
@@ -166,7 +168,8 @@ def main(argv=None) -> None:
     failed = [c.name for c in report if c.status == "fail"]
     write_png(args.contact_sheet, sheet)
     write_json(args.report, {
-        "passed": not failed, "failed_checks": failed, "input": input_mode, "input_reason": input_reason,
+        "passed": not failed, "failed_checks": failed, "input": input_mode, "input_candidates": candidates,
+        "input_reason": input_reason,
         "checks": {c.name: {"status": c.status, "summary": c.summary, **c.details} for c in report}})
     if failed and preflight["on_failure"] == "fail":
         args.checks.unlink(missing_ok=True)  # a passing verdict from an earlier run must not stay behind

@@ -12,7 +12,9 @@ tf = pytest.importorskip("tensorflow")
 
 from segpipe import inference  # noqa: E402
 from segpipe import input_pipeline as ip  # noqa: E402
-from segpipe.input_mode import area_and_boundary, choose_input, network_input_size, structure_width  # noqa: E402
+from segpipe.input_mode import (area_and_boundary, choose_input, input_candidates, network_input_size,  # noqa: E402
+                                structure_width)
+from segpipe.input_pilot import pick, pilot_length  # noqa: E402
 
 RADIUS = 2  # two 3x3 convolutions: an output pixel sees 2 pixels to each side
 
@@ -241,6 +243,35 @@ def test_auto_picks_patches_for_fine_structures_in_large_images(tmp_path, size, 
     assert choose_input("resize", rows=rows, image_size=(256, 256), num_classes=1, seed=0)[0] == "resize"
     with pytest.raises(ValueError, match="'train.input' must be one of"):
         choose_input("tiles", rows=rows, image_size=(256, 256), num_classes=1, seed=0)
+
+
+@pytest.mark.parametrize("side, input, pilot, expected", [
+    (512, "auto", 0.3, ["resize", "patches"]),   # 2x the input: a pilot of each decides
+    (300, "auto", 0.3, ["resize"]),              # 1.17x: patches would be the image resized, nearly
+    (512, "auto", 0.0, ["patches"]),             # no pilot: the rule (3 px strips are fine structures)
+    (512, "resize", 0.3, ["resize"]),            # named: no pilot
+    (512, "patches", 0.3, ["patches"]),
+])
+def test_auto_pilots_both_inputs_only_when_images_are_large_enough_for_patches(tmp_path, side, input, pilot,
+                                                                               expected):
+    masks = []
+    for index in range(3):
+        mask = np.zeros((side, side), np.uint8)
+        mask[:, 50 + index:53 + index] = 1
+        masks.append(mask)
+    rows = write_rows(tmp_path, masks)
+    candidates, reason = input_candidates(input, rows=rows, image_size=(256, 256), num_classes=1, seed=0, pilot=pilot)
+    assert candidates == expected
+    assert ("a pilot of each decides" in reason) == (len(expected) == 2)
+
+
+def test_the_pilot_splits_its_share_evenly_and_a_tie_goes_to_resize():
+    assert pilot_length(pilot=0.3, candidates=2, max_minutes=8.0, epochs=30) == (pytest.approx(1.2), 30)
+    assert pilot_length(pilot=0.3, candidates=2, max_minutes=0.0, epochs=30) == (0.0, 4)  # round(4.5): 4
+    assert pilot_length(pilot=0.1, candidates=2, max_minutes=0.0, epochs=3) == (0.0, 1)   # at least one
+    assert pick({"resize": 0.5, "patches": 0.5}) == "resize"
+    assert pick({"resize": 0.4, "patches": 0.5}) == "patches"
+    assert pick({"resize": 0.6, "patches": 0.5}) == "resize"
 
 
 def test_multi_class_scenes_are_judged_by_their_typical_region_not_their_thinnest_class(tmp_path):

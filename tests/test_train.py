@@ -304,3 +304,31 @@ def test_patches_with_a_time_budget_plan_the_epochs_and_evaluate_by_windows(proj
     assert done.returncode == 0, done.stderr
     assert "input patches, tta flips" in done.stdout
     assert 0 <= json.loads((project / "budget/evaluate.json").read_text())["valid_iou"] <= 1
+
+
+def test_auto_pilots_both_inputs_and_goes_on_with_the_better_one(project):
+    # 32x40 images are 2.5x a 16x16 input: resize and patches are both possible, so a pilot of one epoch each
+    # (0.5 of 4 epochs, split in two) decides, scored at native resolution; the better goes on for 3 epochs.
+    params = params_file(project, "p_pilot", image_size=[16, 16], epochs=4, input_pilot=0.5)
+    done = run_stage(project, "train", *train_args("pilot", params))
+    assert done.returncode == 0, done.stderr
+    assert "a pilot of each decides" in done.stdout
+    assert "train: pilot of resize: 1 epoch(s)" in done.stdout and "train: pilot of patches: 1 epoch(s)" in done.stdout
+    facts = json.loads((project / "pilot/facts.json").read_text())
+    pilot = facts["input_pilot"]
+    assert set(pilot["scores"]) == {"resize", "patches"} and all(0 <= v <= 1 for v in pilot["scores"].values())
+    assert pilot["epochs_each"] == 1 and pilot["images_scored"] == len(pd.read_csv(project / "data/csv/valid.csv"))
+    scores = pilot["scores"]
+    chosen = "resize" if scores["resize"] >= scores["patches"] else "patches"
+    assert pilot["chosen"] == facts["input"] == chosen
+    assert f"-> {chosen}" in facts["input_reason"]
+    assert json.loads((project / "pilot/inference.json").read_text())["input"] == chosen
+    assert facts["epochs_run"] == 3  # the rest of the epochs, from the pilot's weights
+    assert [p.name for p in (project / "pilot/backup").iterdir()] == ["README.txt"]
+
+    # input_pilot 0: the rule on structure width decides, no pilot.
+    params = params_file(project, "p_rule", image_size=[16, 16], epochs=1, input_pilot=0.0)
+    done = run_stage(project, "train", *train_args("rule", params))
+    assert done.returncode == 0, done.stderr
+    assert "pilot" not in done.stdout and "(2 x area / boundary)" in done.stdout
+    assert json.loads((project / "rule/facts.json").read_text())["input_pilot"] is None
