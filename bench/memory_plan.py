@@ -85,7 +85,8 @@ def child(config: tuple, steps: int) -> dict:
                                 mixed_precision=precision != "float32")
     return {"config": list(config), "measured": measured, "plan": plan,
             "kept_per_image": memory_plan.kept_activation_bytes(model),
-            "largest_per_image": memory_plan.largest_layer_bytes(model), "step_seconds": float(np.median(times[2:])) if steps > 3 else None,
+            "largest_per_image": memory_plan.largest_layer_bytes(model),
+            "step_seconds": float(np.median(times[2:])) if steps > 3 else None,
             "device": "gpu" if on_gpu else "cpu"}
 
 

@@ -4,7 +4,8 @@ same wall-clock budget, one after the other, both scored at native resolution.
     .venv/bin/python bench/quality.py --data ../shared/datasets/membrane_isbi2012 --set convert.invert_mask=true
     .venv/bin/python bench/quality.py --data data/raw
     .venv/bin/python bench/quality.py --data ../shared/datasets/camvid_street --set num_classes=11 \\
-        --set convert.ignore_value=11 --set 'class_names=[sky, building, pole, road, pavement, tree, sign_symbol, fence, car, pedestrian, bicyclist]'
+        --set convert.ignore_value=11 \\
+        --set 'class_names=[sky, building, pole, road, pavement, tree, sign_symbol, fence, car, pedestrian, bicyclist]'
 
 The folder goes in as shipped (copied to a work folder's data/raw); --set gives the dataset's polarity and
 naming params (and, to explore, anything else). Our run is the real pipeline (bench/run_stages.py) with
@@ -35,6 +36,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from PIL import Image
+
 from run_stages import run, run_stages
 
 ROOT = Path(__file__).resolve().parents[1]

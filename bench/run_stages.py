@@ -25,7 +25,8 @@ TRAIN = ["stages.train", "--subsets-summary", "data/subsets.json", "--subsets-di
          "--model", "models/model.keras", "--metrics", "metrics/train.json", "--facts", "models/train_facts.json",
          "--history", "plots/train_history.csv", "--run-info", "models/run.json", "--saved-model",
          "models/saved_model", "--inference", "models/inference.json", "--backup-dir", "models/backup"]
-EVALUATE = ["stages.evaluate", "--model", "models/model.keras", "--inference", "models/inference.json", "--csv-dir", "data/csv", "--history",
+EVALUATE = ["stages.evaluate", "--model", "models/model.keras", "--inference", "models/inference.json", "--csv-dir",
+            "data/csv", "--history",
             "plots/train_history.csv", "--run-info", "models/run.json", "--metrics", "metrics/evaluate.json",
             "--threshold", "models/threshold.json", "--plots-dir", "plots/evaluate"]
 

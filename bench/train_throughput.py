@@ -126,7 +126,8 @@ def main(argv=None) -> None:
           f"{args.steps} timed steps each")
     for (policy, jit, deterministic), result in best.items():
         print(f"  {policy:>14} -> {result['policy']:<15} jit={jit!s:5} deterministic={deterministic!s:5} "
-              f"{result['images_per_second']:8.2f} images/s  ratio vs float32 {result['images_per_second'] / base:5.2f}x")
+              f"{result['images_per_second']:8.2f} images/s  "
+              f"ratio vs float32 {result['images_per_second'] / base:5.2f}x")
     auto, fast = best[("auto", False, True)], best[("auto", False, False)]
     print(f"RATIO auto ({auto['policy']}) / float32: {auto['images_per_second'] / base:.2f}x (target >= 1.3 on CPU)")
     print(f"RATIO deterministic / not, {auto['policy']}: {auto['images_per_second'] / fast['images_per_second']:.2f}x")

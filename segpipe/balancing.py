@@ -55,7 +55,8 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "unnamed"
 
 
-def assign_subsets(rows: pd.DataFrame, summary: dict, *, originals: list[pd.DataFrame] | None = None) -> list[pd.DataFrame]:
+def assign_subsets(rows: pd.DataFrame, summary: dict, *,
+                   originals: list[pd.DataFrame] | None = None) -> list[pd.DataFrame]:
     """Splits rows (original + augmented) into the subsets of data/subsets.json, in its order.
 
     Rows go to the subset of their group (key "group"), of their foreground bin (key "foreground"), or

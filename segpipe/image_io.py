@@ -76,7 +76,7 @@ class WideColourImage:
     def getexif(self) -> Image.Exif:
         return self._exif
 
-    def transpose(self, method) -> "WideColourImage":
+    def transpose(self, method) -> WideColourImage:
         return WideColourImage(np.ascontiguousarray(_TRANSPOSES[method](self.rgb)), format=self.format, exif=self._exif)
 
     def convert(self, mode: str) -> Image.Image:

@@ -19,15 +19,14 @@ to a mask.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from segpipe.image_io import (DEFAULT_MAX_IMAGE_PIXELS, apply_orientation, exif_orientation, image_to_array,
-                              open_image)
+from segpipe.image_io import DEFAULT_MAX_IMAGE_PIXELS, apply_orientation, exif_orientation, image_to_array, open_image
 from segpipe.parallel import read_ahead
 from segpipe.progress import progress
 from segpipe.schema import TTA_MODES

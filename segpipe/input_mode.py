@@ -47,6 +47,7 @@ import pandas as pd
 from segpipe.image_io import IGNORE_ID, read_png
 from segpipe.metrics import class_boundary
 from segpipe.schema import INPUTS
+
 MIN_SHRINK_FOR_PATCHES = 2 / 3
 MIN_ASPECT_CHANGE = 1.1  # keep_aspect: the median ratio must differ from 1 by this factor at least
 MIN_SCALE_CHANGE = 1.25  # resize: images with fewer pixels than the input by this factor set the input size
@@ -90,7 +91,8 @@ def choose_input(input: str, *, rows: pd.DataFrame, image_size: tuple[int, int],
     limit = min(image_size) * STRUCTURE_SHARE_OF_PATCH
     where = f"images {1 / shrink:.2f}x the input {image_size[0]}x{image_size[1]} (median)"
     if width is None or width >= limit:
-        return "resize", (f"auto: {where}, but the structures are {'unmeasurable' if width is None else f'{width:.1f} px'}"
+        measured = "unmeasurable" if width is None else f"{width:.1f} px"
+        return "resize", (f"auto: {where}, but the structures are {measured}"
                           f" wide (2 x area / boundary), not under {limit:g} px (1/8 of the input): whole images")
     return "patches", (f"auto: {where}, structures {width:.1f} px wide (2 x area / boundary), under "
                        f"{limit:g} px (1/8 of the input): native-resolution patches keep them")

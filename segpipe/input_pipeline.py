@@ -148,7 +148,8 @@ def cached_pixels(rows: pd.DataFrame, *, image_size: tuple[int, int], patches: b
 
 def _decoded(rows: pd.DataFrame, *, image_size: tuple[int, int] | None, channels: int,
              decoded: tf.Variable | None = None):
-    """Decoded rows in CSV order, always: evaluation keeps row order, and the cached training table is indexed by row."""
+    """Decoded rows in CSV order, always: evaluation keeps row order, and the cached training table is
+    indexed by row."""
     dataset = tf.data.Dataset.from_tensor_slices((rows["image_path"].to_numpy(str), rows["mask_path"].to_numpy(str)))
     return dataset.map(lambda i, m: _decode(i, m, image_size=image_size, channels=channels, decoded=decoded),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -149,7 +149,8 @@ def make_loss(*, weights: dict[str, float], focal_gamma: float = 2.0, class_weig
             raise ValueError(f"param 'train.loss.{name}' must be a non-negative number, got {weight!r}.")
     table = None if class_weights is None else ops.convert_to_tensor(np.asarray(class_weights, np.float32))
     functions = {"bce": lambda t, p: cross_entropy(t, p, class_weights=table), "dice": dice_loss,
-                 "jaccard": jaccard_loss, "focal": lambda t, p: focal_loss(t, p, gamma=focal_gamma, class_weights=table)}
+                 "jaccard": jaccard_loss, "focal": lambda t, p: focal_loss(t, p, gamma=focal_gamma,
+                                                                           class_weights=table)}
     terms = [(functions[name], float(weight)) for name, weight in sorted(weights.items()) if weight > 0]
     if not terms:
         raise ValueError("param 'train.loss' has only zero weights; give at least one loss a positive weight.")

@@ -20,9 +20,14 @@ import numpy as np
 from keras import layers, ops
 
 from segpipe.outputs import replace_dir
-from segpipe.schema import (ENCODER_WEIGHTS, ENCODERS, NORMALIZATIONS, UPSAMPLING, check_architecture,
-                            downsampling_levels)
-
+from segpipe.schema import (
+    ENCODER_WEIGHTS,
+    ENCODERS,
+    NORMALIZATIONS,
+    UPSAMPLING,
+    check_architecture,
+    downsampling_levels,
+)
 
 # Layer names of the skip features at strides 2, 4, 8, 16, and of the bottleneck at stride 32.
 _APPLICATION_LAYERS = {

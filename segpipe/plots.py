@@ -164,7 +164,8 @@ def chart_specs(*, history: pd.DataFrame | None, sweep: pd.DataFrame, histogram:
     step = float(histogram["iou"].iloc[1] - histogram["iou"].iloc[0]) if len(histogram) > 1 else 1.0
     histogram = histogram.assign(iou_end=(histogram["iou"] + step).round(6))
     if history is not None and not history.empty:
-        specs["learning_curves_loss"] = _lines(history, x="epoch", ys=[c for c in ("loss", "valid_loss") if c in history],
+        specs["learning_curves_loss"] = _lines(history, x="epoch", ys=[c for c in ("loss",
+                                                                                   "valid_loss") if c in history],
                                                title="Loss per epoch", y_title="loss")
         specs["learning_curves_iou"] = _lines(history, x="epoch", ys=[c for c in ("iou", "valid_iou") if c in history],
                                               title="IoU per epoch", y_title="IoU")

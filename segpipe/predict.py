@@ -12,10 +12,11 @@ at the image's ORIGINAL (upright) size as <output>/<relative path stem>.png (eac
 TIFF stack as <output>/<stem>/<page:04d>.png):
 binary models write 0/255 (viewable), multi-class models write class ids 0..K-1.
 The threshold (binary), test-time augmentation and window overlap default to what the evaluate stage
-measured with (threshold.json beside the model), else 0.5, flips and 0.5. --overlay adds <stem>_overlay.png (the image in gray, the
-prediction tinted in the class colours), --colour adds <stem>_colour.png (the mask in the class
-colours of evaluate's overlays: viewable class-id masks), --probabilities adds <stem>_probability.png (16-bit, 65535 = 1.0; binary) or
-<stem>_probabilities.npy (float16, H x W x K; multi-class).
+measured with (threshold.json beside the model), else 0.5, flips and 0.5. --overlay adds
+<stem>_overlay.png (the image in gray, the prediction tinted in the class colours), --colour adds
+<stem>_colour.png (the mask in the class colours of evaluate's overlays: viewable class-id masks),
+--probabilities adds <stem>_probability.png (16-bit, 65535 = 1.0; binary) or <stem>_probabilities.npy
+(float16, H x W x K; multi-class).
 Images go through segpipe/inference.py, the path the evaluate stage measures.
 """
 from __future__ import annotations

@@ -62,7 +62,8 @@ def device_check(*, placement, precision: str, precision_reason: str) -> Check:
              "strategy": type(placement.strategy).__name__, "precision": precision,
              "precision_reason": precision_reason}
     where = (", ".join(f"{g['name']} (cc {g['compute_capability']})" for g in gpus) if gpus
-             else "no GPU: CPU only" + ("" if not build.get("is_cuda_build") else " (TensorFlow has CUDA, no GPU is seen)"))
+             else "no GPU: CPU only" + (" (TensorFlow has CUDA, no GPU is seen)" if build.get("is_cuda_build")
+                                        else ""))
     return Check("devices", "pass", f"{where}; {facts['strategy']} on {placement.description}; precision "
                  f"{precision} ({precision_reason})", facts)
 
@@ -110,7 +111,7 @@ def capacity_check(*, model, receptive_field: tuple[int, bool], object_sizes: di
     names = class_names[1:] if num_classes == 1 else class_names
     sizes = {}
     warnings = []
-    for (class_id, regions), name in zip(sorted(object_sizes.items()), names):
+    for (_, regions), name in zip(sorted(object_sizes.items()), names):
         if not len(regions):
             continue
         median, p90 = typical_size(regions, 0.5), typical_size(regions, 0.9)

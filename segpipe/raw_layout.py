@@ -133,7 +133,8 @@ class Naming:
             try:
                 groups = re.compile(pattern).groups
             except re.error as err:
-                raise ValueError(f"param 'convert.{name}' is not a valid regular expression ({pattern!r}: {err}).") from None
+                raise ValueError(f"param 'convert.{name}' is not a valid regular expression ({pattern!r}: "
+                                 f"{err}).") from None
             if groups < 1:
                 raise ValueError(f"param 'convert.{name}' ({pattern!r}) needs a group in parentheses around the key, "
                                  "e.g. '(\\d+)' or '(case\\d+)_'.")

@@ -115,7 +115,8 @@ def metrics_rows(metrics_diff: dict) -> tuple[list[tuple[str, str, object, objec
 
 def table(rows: list[tuple[str, str, object, object]], base: str) -> str:
     lines = [f"| metric | {base} | this change | delta |", "|---|---:|---:|---:|"]
-    lines += [f"| `{name}` | {_number(old)} | {_number(new)} | {_delta(old, new, name)} |" for _, name, old, new in rows]
+    lines += [f"| `{name}` | {_number(old)} | {_number(new)} | {_delta(old, new, name)} |"
+              for _, name, old, new in rows]
     return "\n".join(lines)
 
 
@@ -133,7 +134,8 @@ def gate(rows, *, metric: str, tolerance: float) -> tuple[bool, str]:
         return True, f"gate: `{metric}` = {new:.4f}; the base has no value, nothing to compare."
     drop = (new - old) if direction(metric) == "lower" else (old - new)
     if drop > tolerance:
-        return False, f"gate FAILED: `{metric}` went from {old:.4f} to {new:.4f}, worse by {drop:.4f} > tolerance {tolerance}."
+        return False, (f"gate FAILED: `{metric}` went from {old:.4f} to {new:.4f}, worse by {drop:.4f} > "
+                       f"tolerance {tolerance}.")
     return True, f"gate passed: `{metric}` {old:.4f} → {new:.4f} (tolerance {tolerance})."
 
 
@@ -233,7 +235,8 @@ def main(argv=None) -> int:
                                 metrics_diff=metrics_diff, plots_dir=args.plots_dir, output=args.output,
                                 gate_metric=args.gate, tolerance=args.tolerance)
     write_text(args.output, text)
-    print(f"report: written to {args.output}" + ("" if args.gate is None else f"; gate {'passed' if passed else 'FAILED'}"))
+    gate = "" if args.gate is None else f"; gate {'passed' if passed else 'FAILED'}"
+    print(f"report: written to {args.output}{gate}")
     return 0 if passed else GATE_FAILED
 
 

@@ -45,7 +45,8 @@ def read_rows(csv_path: Path, *, made_by: str = "the earlier stages", columns: l
     missing = [c for c in columns if c not in rows.columns]
     if missing:
         raise ValueError(f"'{csv_path}' has no column '{missing[0]}' (expected {columns}); it was edited by hand or "
-                         f"written by another version: restore it with `dvc checkout` or rerun {made_by} (dvc repro -f).")
+                         f"written by another version: restore it with `dvc checkout` or rerun {made_by} "
+                         "(dvc repro -f).")
     for column in ("image_path", "mask_path"):
         for path in rows[column]:
             if ".." in Path(path).parts:

@@ -24,7 +24,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "plateau")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 PREFLIGHT_ON_FAILURE = ("fail", "warn")
-MONITORS = tuple(f"{split}{score}" for split in ("valid_", "") for score in ("iou", "dice", "precision", "recall", "loss"))
+MONITORS = tuple(f"{split}{score}" for split in ("valid_", "") for score in ("iou", "dice", "precision", "recall",
+                                                                             "loss"))
 
 
 def _image_size(value) -> bool:

@@ -131,7 +131,8 @@ class Tracker:
 
     def start(self, *, params: dict, tags: dict[str, str], run_name: str, run_id: str | None = None,
               artifact_root: Path | None = None) -> str | None:
-        """Starts a run named `run_name` (or, with run_id, resumes that run); returns its id, None if tracking is off."""
+        """Starts a run named `run_name` (or, with run_id, resumes that run); returns its id, None if tracking
+        is off."""
 
         def start():
             database = self._database()

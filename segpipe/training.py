@@ -17,22 +17,32 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from segpipe.callbacks import (TIMING_COLUMNS, EpochClock, LogLearningRate, PlanEpochs, RequireMonitor,
-                               ResumedEarlyStopping, SaveResumeState, StopTogether, TimeBudget, history_name,
-                               keras_name, monitor_mode)
+from segpipe.callbacks import (
+    TIMING_COLUMNS,
+    EpochClock,
+    LogLearningRate,
+    PlanEpochs,
+    RequireMonitor,
+    ResumedEarlyStopping,
+    SaveResumeState,
+    StopTogether,
+    TimeBudget,
+    history_name,
+    keras_name,
+    monitor_mode,
+)
 from segpipe.keras_patches import build_from_shapes, patch_fit_for_multi_worker
 from segpipe.model import encoder_layers
 from segpipe.resume import ResumeState, set_random_state
 from segpipe.schema import OPTIMIZERS, SCHEDULES
-
 
 
 @keras.saving.register_keras_serializable(package="segpipe")
@@ -210,7 +220,7 @@ def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_
         first_batch = start_epoch * steps_per_epoch
         # Several workers: each builds its own share of the stream (segpipe/input_pipeline.py).
         data = (strategy.distribute_datasets_from_function(
-            lambda context: training_data(first_batch=first_batch, input_context=context)) if multi_worker
+            lambda context, first=first_batch: training_data(first_batch=first, input_context=context)) if multi_worker
             else training_data(first_batch=first_batch))
         model.fit(data, validation_data=validation_data,
                   epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,

@@ -31,7 +31,6 @@ from segpipe.params import Params
 from segpipe.rows import ROW_COLUMNS, class_pixels, foreground_fraction, read_rows
 
 
-
 def copy_seed(seed: int, row_id: str, copy: int) -> int:
     """A stable 32-bit seed per (seed, image, copy); Python's hash() is salted per process, crc32 is not."""
     return zlib.crc32(f"{seed}/{row_id}/{copy}".encode()) & 0x7FFFFFFF
@@ -71,7 +70,8 @@ def check_multipliers(group_multipliers: dict, groups: set[str]) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train-csv", type=Path, required=True, help="train.csv from build-csv")
-    parser.add_argument("--output-dir", type=Path, required=True, help="folder for the augmented PNGs and augmented.csv")
+    parser.add_argument("--output-dir", type=Path, required=True,
+                        help="folder for the augmented PNGs and augmented.csv")
     parser.add_argument("--params", type=Path, required=True, help="params.yaml")
     args = parser.parse_args(argv)
     all_params = Params(args.params)

@@ -31,7 +31,6 @@ from segpipe.params import Params
 from segpipe.rows import MANIFEST_COLUMNS, ROW_COLUMNS, class_pixel_table, read_rows
 
 
-
 def _largest_remainder(sizes: np.ndarray, total: int) -> np.ndarray:
     """Integer shares of `total` proportional to `sizes` that add up to `total`, each <= its size."""
     exact = sizes * total / sizes.sum()

@@ -37,9 +37,21 @@ import numpy as np
 import pandas as pd
 
 from segpipe.cli import run_stage
-from segpipe.image_io import (DEFAULT_MAX_IMAGE_PIXELS, LOSSY_FORMATS, apply_orientation, exif_orientation,
-                              image_pages, image_to_array, is_high_bit_depth, mask_layer, mask_to_class_ids,
-                              open_image, open_lazily, white_level_of, write_png)
+from segpipe.image_io import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    LOSSY_FORMATS,
+    apply_orientation,
+    exif_orientation,
+    image_pages,
+    image_to_array,
+    is_high_bit_depth,
+    mask_layer,
+    mask_to_class_ids,
+    open_image,
+    open_lazily,
+    white_level_of,
+    write_png,
+)
 from segpipe.mask_merge import merge_class_ids
 from segpipe.outputs import replace_dir, write_csv, write_text
 from segpipe.palette import Palette, colour_mask_to_class_ids, load_palette
@@ -47,7 +59,6 @@ from segpipe.parallel import map_in_order
 from segpipe.params import Params
 from segpipe.raw_layout import NO_GROUP, Naming, Pair, Problem, find_pairs, unwrap
 from segpipe.rows import MANIFEST_COLUMNS, class_pixels, foreground_fraction
-
 
 MIN_SIDE = 8  # pixels: anything smaller holds nothing to segment
 
@@ -236,7 +247,8 @@ def format_problems(problems: list[Problem], raw_dir: Path) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--raw-dir", type=Path, required=True, help="your images and masks (README: Using your own data)")
+    parser.add_argument("--raw-dir", type=Path, required=True,
+                        help="your images and masks (README: Using your own data)")
     parser.add_argument("--output-dir", type=Path, required=True, help="folder for the PNGs and manifest.csv")
     parser.add_argument("--skipped", type=Path, required=True, help="CSV of files skipped with convert.on_error: skip")
     parser.add_argument("--params", type=Path, required=True, help="params.yaml")

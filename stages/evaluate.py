@@ -1,7 +1,8 @@
 """evaluate: measure the trained model on the validation split (and test, if the raw data has one).
 
-Reads:   --model (from train), --inference (train's record of resize or patches), --csv-dir/{valid,test}.csv and their PNGs, --history (train's per-epoch
-         CSV, for the learning-curve picture), --run-info (the MLflow id of the run that trained the model).
+Reads:   --model (from train), --inference (train's record of resize or patches), --csv-dir/{valid,test}.csv
+         and their PNGs, --history (train's per-epoch CSV, for the learning-curve picture), --run-info (the
+         MLflow id of the run that trained the model).
 Writes:  --metrics JSON (flat keys: <split>_<score> at threshold 0.5 and <split>_<score>_at_best_threshold),
          --threshold JSON (the best validation threshold by IoU, and the tta and tile_overlap measured with:
          segpipe-predict uses them by default),
@@ -10,14 +11,17 @@ Writes:  --metrics JSON (flat keys: <split>_<score> at threshold 0.5 and <split>
          --plots-dir/overlays/*.png (binary: TP green / FP red / FN blue; multi-class: truth | prediction in
          class colours with a legend; void gray), --plots-dir/png/*.png rendered offline.
 Params:  num_classes, class_names, mlflow; evaluate.boundary_tolerance, num_samples, worst_k,
-         batch_size (windows per model call), tta, tile_overlap. MLflow: a new record of this experiment per run (all params, these metrics, a link
-         to the training run), never a write into the training run (segpipe/tracking.py).
+         batch_size (windows per model call), tta, tile_overlap. MLflow: a new record of this experiment per run
+         (all params, these metrics, a link to the training run), never a write into the training run
+         (segpipe/tracking.py).
 
 Predictions go through segpipe/inference.py (as segpipe-predict's and the SavedModel's do): resized to the
 model's input and back, or blended sliding windows at native resolution for patch-trained models, with
 optional test-time augmentation, so every score is measured on the original masks. One pass over the
-images keeps running totals (segpipe/evaluation.py): memory does not grow with the number of images. Void pixels (255) count nowhere. <split>_class_iou and <split>_class_dice are {class name: score}
-(class_names; binary: background and foreground). Metric conventions: segpipe/metrics.py and segpipe/evaluation.py.
+images keeps running totals (segpipe/evaluation.py): memory does not grow with the number of images.
+Void pixels (255) count nowhere. <split>_class_iou and <split>_class_dice are {class name: score}
+(class_names; binary: background and foreground). Metric conventions: segpipe/metrics.py and
+segpipe/evaluation.py.
 """
 from __future__ import annotations
 

@@ -90,7 +90,8 @@ def write_dataset(output: Path, *, seed: int, scale: float = 1.0) -> int:
             image, mask = make_example(rng, width, height, large=(group == "closeups") or rng.random() < 0.5)
             ext, pil_format = IMAGE_FORMATS[index % len(IMAGE_FORMATS)]
             stem = f"{group}_{index:03d}"
-            options = {"quality": 92} if pil_format == "JPEG" else {"compression": "tiff_lzw"} if pil_format == "TIFF" else {}
+            options = ({"quality": 92} if pil_format == "JPEG" else {"compression": "tiff_lzw"} if pil_format == "TIFF"
+                       else {})
             Image.fromarray(image).save(output / "images" / group / f"{stem}.{ext}", pil_format, **options)
             _save_mask(mask, output / "masks" / group / stem, index)
             count += 1

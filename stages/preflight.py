@@ -67,12 +67,12 @@ def main(argv=None) -> None:
     training_rows_count = sum(len(s) for s in subsets)
 
     start_tensorflow()
-    import keras
     import numpy as np
     import pandas as pd
 
     from segpipe import input_pipeline as pipeline
-    from segpipe import memory_plan, preflight as checks
+    from segpipe import memory_plan
+    from segpipe import preflight as checks
     from segpipe.capacity import object_sizes, receptive_field
     from segpipe.devices import configure_runtime
     from segpipe.input_mode import input_candidates, network_input_size

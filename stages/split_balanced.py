@@ -89,7 +89,8 @@ def main(argv=None) -> None:
     if params["key"] == "group" and train["group"].nunique() < 2:
         print("split-balanced: warning: key 'group' but train.csv has a single group; one subset")
     if params["key"] == "rarest_class" and num_classes == 1:
-        raise ValueError("param 'split_balanced.key' is rarest_class, which needs a multi-class task (num_classes > 1); "
+        raise ValueError("param 'split_balanced.key' is rarest_class, which needs a multi-class task "
+                         "(num_classes > 1); "
                          "use foreground (or auto) for binary masks.")
     summary, frames = split_into_subsets(train, key=params["key"], num_bins=params["num_bins"], num_classes=num_classes)
     with replace_dir(args.output_dir) as tmp_dir:

@@ -14,12 +14,12 @@ Writes:  --model (best epoch by train.monitor, .keras), --saved-model (TF SavedM
 Params:  seed, num_classes, mlflow, convert.image_mode (channels), train.* (see params.yaml).
 
 train.batch_size is per replica (global batch = batch_size x replicas; auto: segpipe/memory_plan.py picks
-it); train.remat trains with recomputed blocks and writes the plain model (same weights); the training loop (phases, resume,
-callbacks, the time-budget plan) is segpipe/training.py. `train.input: auto` (segpipe/input_mode.py): resize for
-images under 1.5x the input; for larger ones, with train.input_pilot > 0, a pilot of each input (that share of
-the budget or the epochs, split evenly) scored at native resolution (segpipe/input_pilot.py) picks the input,
-and the better pilot's weights go on for the rest; the outcome is in --facts (`input_pilot`) and a resumed
-run keeps it.
+it); train.remat trains with recomputed blocks and writes the plain model (same weights); the training loop
+(phases, resume, callbacks, the time-budget plan) is segpipe/training.py. `train.input: auto`
+(segpipe/input_mode.py): resize for images under 1.5x the input; for larger ones, with
+train.input_pilot > 0, a pilot of each input (that share of the budget or the epochs, split evenly) scored at
+native resolution (segpipe/input_pilot.py) picks the input, and the better pilot's weights go on for the rest;
+the outcome is in --facts (`input_pilot`) and a resumed run keeps it.
 """
 from __future__ import annotations
 
@@ -110,7 +110,8 @@ def main(argv=None) -> None:
                         depth=train["depth"], base_filters=train["base_filters"], dropout=train["dropout"],
                         upsampling=train["upsampling"], normalization=train["normalization"])
     class_weights = resolve_class_weights(train["class_weights"], num_classes=num_classes,
-                                          pixels_per_class=class_pixel_table(train_rows, num_classes=num_classes).sum(0))
+                                          pixels_per_class=class_pixel_table(
+                                              train_rows, num_classes=num_classes).sum(0))
     loss = make_loss(weights=train["loss"], focal_gamma=train["focal_gamma"], class_weights=class_weights)
     cache_dir = args.decoded_cache if args.decoded_cache.is_absolute() else project_root() / args.decoded_cache
     decoded = tf.Variable(0, dtype=tf.int64, trainable=False)  # training pairs this process decodes

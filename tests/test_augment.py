@@ -71,8 +71,11 @@ def test_masks_stay_aligned_and_keep_class_ids(tmp_path):
 
 def test_deterministic_and_independent_of_workers(tmp_path):
     csv = make_train_csv(tmp_path / "train", count=8)
-    digest = lambda folder: {p.relative_to(folder).as_posix(): hashlib.sha256(
-        p.read_bytes().replace(str(folder).encode(), b"OUT")).hexdigest() for p in sorted(folder.rglob("*.*"))}
+
+    def digest(folder):
+        return {p.relative_to(folder).as_posix(): hashlib.sha256(
+            p.read_bytes().replace(str(folder).encode(), b"OUT")).hexdigest() for p in sorted(folder.rglob("*.*"))}
+
     first, _ = run(tmp_path, csv, out=tmp_path / "a", num_workers=1)
     second, _ = run(tmp_path, csv, out=tmp_path / "b", num_workers=2)
     assert digest(first) == digest(second)
@@ -91,7 +94,8 @@ def test_zero_copies_and_group_multipliers(tmp_path):
 
 @pytest.mark.parametrize("transforms, message", [
     ([{"__class_fullname__": "HorizFlip", "p": 0.5}],
-     r"augment.transforms\[0\]': unknown transform 'HorizFlip' \(did you mean 'HorizontalFlip'\?\); valid choices: .*HorizontalFlip"),
+     r"augment.transforms\[0\]': unknown transform 'HorizFlip' \(did you mean 'HorizontalFlip'\?\); "
+     r"valid choices: .*HorizontalFlip"),
     ([{"__class_fullname__": "HorizontalFlip", "p": 0.5}, {"__class_fullname__": "GaussianBlur", "blur_lmit": 3}],
      r"augment.transforms\[1\]': invalid arguments for transform 'GaussianBlur'.*blur_lmit"),
     ([{"name": "HorizontalFlip"}], r"must be a mapping with '__class_fullname__'"),
@@ -108,6 +112,7 @@ def test_unknown_group_multiplier(tmp_path):
 
 def test_default_params_transforms_build():
     import yaml
+
     from conftest import REPO
     from segpipe.augmentations import build_compose
     transforms = yaml.safe_load((REPO / "params.yaml").read_text())["augment"]["transforms"]

@@ -18,10 +18,10 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -305,7 +305,8 @@ CASES = [
     Case("missing masks folder", "convert-to-png", lambda p: shutil.rmtree(raw(p, "masks")),
          "no masks folder", "convert.mask_folder"),
     Case("a photo given as a binary mask", "convert-to-png",
-         lambda p: save_mask(raw(p, "masks/cell7.png"), pattern_image(32, 40)), "data/raw/masks/cell7.png: not a binary mask",
+         lambda p: save_mask(raw(p, "masks/cell7.png"), pattern_image(32, 40)),
+         "data/raw/masks/cell7.png: not a binary mask",
          "set num_classes"),
     Case("class ids beyond num_classes", "convert-to-png", class_id_beyond_num_classes,
          "found 1 problem(s)", "data/raw/masks/cell8.png: class ids 5 (1280 pixels) out of range for num_classes=3"),

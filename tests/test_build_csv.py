@@ -17,7 +17,8 @@ def write_manifest(png_dir: Path, rows: list[tuple[str, str, str, float]]) -> No
     png_dir.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame([{
         "id": i, "split": split, "group": group, "image_path": f"images/{i}.png", "mask_path": f"masks/{i}.png",
-        "height": 16, "width": 20, "foreground_fraction": fg, "class_pixels": f"{round(320 * (1 - fg))} {round(320 * fg)}", "source_image": f"images/{i}.png",
+        "height": 16, "width": 20, "foreground_fraction": fg,
+        "class_pixels": f"{round(320 * (1 - fg))} {round(320 * fg)}", "source_image": f"images/{i}.png",
         "source_mask": f"masks/{i}.png"} for i, split, group, fg in rows])
     frame.to_csv(png_dir / "manifest.csv", index=False)
 
@@ -26,7 +27,10 @@ def run(tmp_path: Path, png_dir: Path, seed: int = 42, **section):
     out = tmp_path / "csv"
     params = write_params(tmp_path, seed=seed, build_csv=section)
     build_csv.main(["--png-dir", str(png_dir), "--output-dir", str(out), "--params", str(params)])
-    read = lambda name: pd.read_csv(out / f"{name}.csv", dtype={"id": str, "group": str}, keep_default_na=False)
+
+    def read(name):
+        return pd.read_csv(out / f"{name}.csv", dtype={"id": str, "group": str}, keep_default_na=False)
+
     return read("train"), read("valid"), read("test"), out
 
 
@@ -51,7 +55,8 @@ def test_relative_png_dir_gives_repo_relative_posix_paths(tmp_path, monkeypatch)
 
 def test_stratified_by_group_seeded_sorted_and_disjoint(tmp_path):
     png = tmp_path / "png"
-    rows = [(f"big/b{i:02d}", "", "big", 0.1) for i in range(40)] + [(f"small/s{i}", "", "small", 0.1) for i in range(10)]
+    rows = [(f"big/b{i:02d}", "", "big", 0.1) for i in range(40)] + [(f"small/s{i}", "", "small",
+                                                                      0.1) for i in range(10)]
     write_manifest(png, rows)
     train, valid, test, out = run(tmp_path, png, valid_fraction=0.2)
     assert len(valid) == 10 and len(train) == 40 and test.empty
@@ -90,7 +95,8 @@ def test_split_by_group_keeps_every_group_on_one_side(tmp_path):
         assert set(run(tmp_path, png, seed=seed, valid_fraction=0.2, split_by="group")[1]["group"]) == {"small"}
 
     write_manifest(png, [(f"s{i}", "", "all", 0.1) for i in range(10)])
-    with pytest.raises(ValueError, match=r"'build_csv.split_by' is group, but all 10 images are in one group \('all'\)"):
+    with pytest.raises(ValueError,
+                       match=r"'build_csv.split_by' is group, but all 10 images are in one group \('all'\)"):
         run(tmp_path, png, split_by="group")
 
 

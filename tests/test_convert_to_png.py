@@ -73,7 +73,8 @@ def test_mask_naming_rule(tmp_path, image_name, mask_name, pattern):
     (raw / "images").mkdir(parents=True)
     (raw / "masks").mkdir()
     image = pattern_image(12, 10)
-    Image.fromarray(image).save(raw / "images" / image_name, format=Image.registered_extensions()[Path(image_name).suffix.lower()])
+    Image.fromarray(image).save(raw / "images" / image_name,
+                                format=Image.registered_extensions()[Path(image_name).suffix.lower()])
     mask = box_mask(12, 10)
     Image.fromarray(mask.astype(np.uint8) * 255).save(raw / "masks" / mask_name,
                                                       format=Image.registered_extensions()[Path(mask_name).suffix.lower()])
@@ -110,7 +111,8 @@ GRAY16 = (np.arange(16 * 20, dtype=np.uint16).reshape(16, 20) * 200)
 
 @pytest.mark.parametrize("name, make, expected, exact", [
     ("jpeg.jpg", lambda p: _save(Image.fromarray(RGB), p, quality=100, subsampling=0), RGB, False),
-    ("progressive.jpg", lambda p: _save(Image.fromarray(RGB), p, quality=100, subsampling=0, progressive=True), RGB, False),
+    ("progressive.jpg", lambda p: _save(Image.fromarray(RGB), p, quality=100, subsampling=0, progressive=True), RGB,
+     False),
     ("rgb.png", lambda p: _save(Image.fromarray(RGB), p), RGB, True),
     ("gray16.png", lambda p: _save(Image.fromarray(GRAY16), p),
      np.repeat(np.rint(GRAY16 / 65535 * 255).astype(np.uint8)[..., None], 3, axis=2), True),
@@ -259,7 +261,7 @@ def test_bad_input_fails_with_one_message_listing_every_problem(tmp_path):
     message = str(error.value)
     assert "found 7 problem(s)" in message and "nothing was written" in message
     for path, reason in EXPECTED_PROBLEMS.items():
-        line = next((l for l in message.splitlines() if l.strip().startswith(f"- {raw / path}:")), None)
+        line = next((text for text in message.splitlines() if text.strip().startswith(f"- {raw / path}:")), None)
         assert line is not None, f"{path} missing from:\n{message}"
         assert reason in line, line
     assert "convert.on_error: skip" in message

@@ -30,5 +30,6 @@ def test_raw_data_pushed_from_one_clone_is_pulled_and_reproduced_in_another(repo
     sh(["dvc", "pull", "data/raw.dvc"], clone)
     assert files_under(clone / "data/raw") == files_under(repo / "data/raw")
     log = sh(["dvc", "repro"], clone)
-    assert ran_stages(log) == ["convert-to-png", "build-csv", "split-balanced", "augment", "preflight", "train", "evaluate"]
+    assert ran_stages(log) == ["convert-to-png", "build-csv", "split-balanced", "augment", "preflight", "train",
+                               "evaluate"]
     assert (clone / "metrics/evaluate.json").is_file()

@@ -139,7 +139,8 @@ def test_images_and_masks_side_by_side_in_one_folder(tmp_path):
     raw = tmp_path / "raw"
     for patient in ("TCGA_CS_4941", "TCGA_DU_5851"):
         for index in (1, 2):
-            save_pair(raw, f"kaggle_3m/{patient}/{patient}_{index}.tif", f"kaggle_3m/{patient}/{patient}_{index}_mask.tif",
+            save_pair(raw, f"kaggle_3m/{patient}/{patient}_{index}.tif",
+                      f"kaggle_3m/{patient}/{patient}_{index}_mask.tif",
                       seed=index)
     with pytest.raises(ValueError, match=r"'kaggle_3m/' holds images and masks side by side \('TCGA_\w+_mask.tif'\): "
                                          r"set convert.image_folder and convert.mask_folder to 'kaggle_3m' and "
@@ -417,14 +418,16 @@ def test_multiclass_street_scenes_through_every_stage(tmp_path):
     write_params(project, num_classes=3, class_names=["sky", "road", "car"],
                  convert={"num_workers": 1, "image_folder": "{split}", "mask_folder": "{split}_labels",
                           "image_key": r"(\d+)", "palette": "class_dict.csv", "ignore_value": [0, 0, 0]},
-                 augment={"copies": 1, "num_workers": 1}, split_balanced={"key": "rarest_class"}, train=TINY_MULTICLASS_TRAIN)
+                 augment={"copies": 1, "num_workers": 1}, split_balanced={"key": "rarest_class"},
+                 train=TINY_MULTICLASS_TRAIN)
     run_data_stages(project)
     summary = json.loads((project / "data/subsets.json").read_text())
     assert summary["key"] == "rarest_class" and [s["name"] for s in summary["subsets"]] == ["rarest_class_2"]
     done = run_stage(project, "train", *train_args("out"))
     assert done.returncode == 0, done.stderr
     assert "class weights [" in done.stdout
-    done = run_stage(project, "evaluate", "--model", "out/model.keras", "--inference", "out/inference.json", "--csv-dir", "data/csv", "--history",
+    done = run_stage(project, "evaluate", "--model", "out/model.keras", "--inference", "out/inference.json",
+                     "--csv-dir", "data/csv", "--history",
                      "out/history.csv", "--run-info", "out/run.json", "--metrics", "out/evaluate.json",
                      "--threshold", "out/threshold.json", "--plots-dir", "out/plots", "--params", "params.yaml")
     assert done.returncode == 0, done.stderr
@@ -514,7 +517,8 @@ def test_a_folder_per_sample_with_one_mask_per_object(tmp_path, capsys):
 
     save(pattern_image(16, 20, seed=3), raw / "9c9c9c/images/9c9c9c.png")  # a test sample: no masks folder
     with pytest.raises(ValueError, match=r"holds a folder per sample \('0a7d30/' with 'images/' and 'masks/'\), but "
-                                         r"not every folder has both: '9c9c9c/' \(no masks folder\)\. .* move the others out"):
+                                         r"not every folder has both: '9c9c9c/' \(no masks folder\)\. "
+                                         r".* move the others out"):
         run_convert(raw, tmp_path)
 
 

@@ -22,7 +22,8 @@ def test_auto_on_gpu_uses_float16_from_compute_capability_7(capabilities, expect
 
 def test_explicit_precision_and_float16_on_cpu_is_refused():
     assert resolve_precision("float32", on_gpu=False, gpu_capabilities=[], flags={"avx512_bf16"})[0] == "float32"
-    with pytest.raises(ValueError, match="mixed_float16 but training runs on the CPU.*use auto, float32 or mixed_bfloat16"):
+    with pytest.raises(ValueError,
+                       match="mixed_float16 but training runs on the CPU.*use auto, float32 or mixed_bfloat16"):
         resolve_precision("mixed_float16", on_gpu=False, gpu_capabilities=[], flags=set())
     with pytest.raises(ValueError, match="train.precision' must be one of"):
         resolve_precision("fp16", on_gpu=True, gpu_capabilities=[(8, 0)], flags=set())

@@ -12,8 +12,7 @@ tf = pytest.importorskip("tensorflow")
 
 from segpipe import inference  # noqa: E402
 from segpipe import input_pipeline as ip  # noqa: E402
-from segpipe.input_mode import (area_and_boundary, choose_input, input_candidates, network_input_size,  # noqa: E402
-                                structure_width)
+from segpipe.input_mode import area_and_boundary, choose_input, input_candidates, network_input_size, structure_width  # noqa: E402
 from segpipe.input_pilot import pick, pilot_length  # noqa: E402
 
 RADIUS = 2  # two 3x3 convolutions: an output pixel sees 2 pixels to each side
@@ -296,10 +295,13 @@ def test_keep_aspect_takes_a_shared_orientation_at_the_same_pixel_count(shapes, 
     assert abs(size[0] * size[1] - 256 * 256) <= 0.15 * 256 * 256
     assert reason.startswith("keep_aspect" if size != (256, 256) else "train.image_size")
     # patches stay square crops, and keep_aspect: false keeps image_size as given
-    assert network_input_size((256, 256), input_mode="patches", keep_aspect=True, rows=rows, multiple=16)[0] == (256, 256)
-    assert network_input_size((256, 256), input_mode="resize", keep_aspect=False, rows=rows, multiple=16)[0] == (256, 256)
+    assert network_input_size((256, 256), input_mode="patches", keep_aspect=True, rows=rows, multiple=16)[0] == (256,
+                                                                                                                 256)
+    assert network_input_size((256, 256), input_mode="resize", keep_aspect=False, rows=rows, multiple=16)[0] == (256,
+                                                                                                                 256)
     # a non-square image_size is the shape the user chose
-    assert network_input_size((128, 512), input_mode="resize", keep_aspect=True, rows=rows, multiple=16)[0] == (128, 512)
+    assert network_input_size((128, 512), input_mode="resize", keep_aspect=True, rows=rows, multiple=16)[0] == (128,
+                                                                                                                512)
 
 
 @pytest.mark.parametrize("shapes, keep_aspect, expected", [

@@ -131,7 +131,8 @@ def test_the_disk_cache_is_written_once_per_data_version(tmp_path):
     decoded = tf.Variable(0, dtype=tf.int64)
     again = batches(make_training([rows], batch_size=3, decoded=decoded, **kept("disk", tmp_path)), 4)
     assert int(decoded.numpy()) == 1 and len(list((tmp_path / "decoded").glob("*/*"))) == 7
-    assert any(np.any(np.isclose(b, 99 / 255)) for b in again) and not any(np.any(np.isclose(b, 99 / 255)) for b in first)
+    assert any(np.any(np.isclose(b, 99 / 255)) for b in again) and not any(np.any(np.isclose(b,
+                                                                                             99 / 255)) for b in first)
 
 
 def test_a_copy_of_the_data_elsewhere_finds_the_disk_cache(tmp_path):

@@ -17,7 +17,8 @@ LOCK = {"schema": "2.0", "stages": {
                 "params": {"params.yaml": {"seed": 1}}, "outs": [{"path": "data/png", "md5": "png.dir"}]},
     "train": {"cmd": "python -m stages.train", "deps": [{"path": "data/png", "md5": "png.dir"},
                                                       {"path": "stages/train.py", "md5": "t1"}],
-              "params": {"params.yaml": {"train": {"epochs": 3}}}, "outs": [{"path": "models/model.keras", "md5": "m1"}]},
+              "params": {"params.yaml": {"train": {"epochs": 3}}}, "outs": [{"path": "models/model.keras",
+                                                                             "md5": "m1"}]},
 }}
 
 

@@ -4,8 +4,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segpipe.metrics import (best_threshold, boundary, boundary_f_score, class_confusion, class_scores,
-                             confusion_counts, scores_from_counts, threshold_sweep)
+from segpipe.metrics import (
+    best_threshold,
+    boundary,
+    boundary_f_score,
+    class_confusion,
+    class_scores,
+    confusion_counts,
+    scores_from_counts,
+    threshold_sweep,
+)
 
 
 def masks(*rows):

@@ -4,11 +4,11 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from conftest import REPO
 
@@ -54,7 +54,8 @@ def test_every_imported_package_is_pinned():
     distributions = packages_distributions()
     for module in sorted(third_party_imports()):
         names = {d.lower().replace("_", "-") for d in distributions.get(module, [])}
-        assert names & declared, f"'{module}' is imported (distribution {sorted(names)}) but not pinned in pyproject.toml"
+        assert names & declared, (f"'{module}' is imported (distribution {sorted(names)}) but not pinned in "
+                                  "pyproject.toml")
     assert "scipy" in third_party_imports()  # the import walk sees imports inside functions too
 
 

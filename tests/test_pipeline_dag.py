@@ -68,7 +68,8 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
     repo = repo_copy
     without_mlflow(repo)  # eight trainings below
     log = sh(["dvc", "repro"], repo)
-    assert ran_stages(log) == ["convert-to-png", "build-csv", "split-balanced", "augment", "preflight", "train", "evaluate"]
+    assert ran_stages(log) == ["convert-to-png", "build-csv", "split-balanced", "augment", "preflight", "train",
+                               "evaluate"]
     train = pd.read_csv(repo / "data/csv/train.csv")
     valid = pd.read_csv(repo / "data/csv/valid.csv")
     assert len(train) + len(valid) == len(list((repo / "data/raw/images").rglob("*.*")))
@@ -83,7 +84,8 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
     assert all((repo / p).is_file() for p in augmented["mask_path"])
 
     metrics = yaml.safe_load(sh(["dvc", "metrics", "show", "--json"], repo))
-    assert set(metrics[""]["data"]["metrics/train.json"]["data"]) >= {"best_valid_iou", "best_train_loss"}  # "" = workspace
+    assert set(metrics[""]["data"]["metrics/train.json"]["data"]) >= {"best_valid_iou",
+                                                                      "best_train_loss"}  # "" = workspace
     assert json.loads((repo / "models/train_facts.json").read_text())["epochs_run"] == 2
     assert pd.read_csv(repo / "plots/train_history.csv")["epoch"].tolist() == [1, 2]
     assert (repo / "models/model.keras").is_file() and not (repo / "mlflow.db").exists()
@@ -104,7 +106,8 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
     confusion = json.dumps(shown["Confusion matrix (validation, every pixel)"])
     assert '\\"sum\\"' in confusion or '"sum"' in confusion, confusion[:2000]
     assert "plots/preflight/contact_sheet.png" in images
-    assert all(name.startswith("plots/evaluate/overlays/") for name in images - {"plots/preflight/contact_sheet.png"}), \
+    overlays = images - {"plots/preflight/contact_sheet.png"}
+    assert all(name.startswith("plots/evaluate/overlays/") for name in overlays), \
         sorted(images)
     assert set(shown) == charts | images
 
@@ -124,7 +127,8 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
     assert ran_stages(sh(["dvc", "repro"], repo)) == ["split-balanced", "preflight", "train", "evaluate"]
 
     set_param(repo, "build_csv", "valid_fraction", 0.3)
-    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"build-csv", "split-balanced", "augment", "preflight", "train",
+    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"build-csv", "split-balanced", "augment", "preflight",
+                                                           "train",
                                                            "evaluate"}
 
     # A param that does not change the converted bytes reruns convert only: its outputs are identical.
@@ -133,7 +137,8 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
 
         # Gray images change data/png and the channels train reads from convert.image_mode.
     set_param(repo, "convert", "image_mode", "L")
-    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"convert-to-png", "build-csv", "augment", "preflight", "train",
+    assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"convert-to-png", "build-csv", "augment", "preflight",
+                                                           "train",
                                                            "evaluate"}
 
     set_param(repo, "convert", "invert_mask", True)  # changes every foreground_fraction

@@ -21,8 +21,14 @@ from PIL import Image
 
 from conftest import REPO, TINY_TRAIN, write_params
 from segpipe import preflight
-from segpipe.capacity import (flops_per_image, object_sizes, output_stride, parameter_counts, receptive_field,
-                              typical_size)
+from segpipe.capacity import (
+    flops_per_image,
+    object_sizes,
+    output_stride,
+    parameter_counts,
+    receptive_field,
+    typical_size,
+)
 from segpipe.losses import make_loss
 from segpipe.model import build_unet
 

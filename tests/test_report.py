@@ -52,7 +52,8 @@ def test_two_commits_show_both_values_the_delta_and_the_param_change(repo):
     assert done.returncode == 0, done.stderr
     assert "| `valid_iou` | 0.8000 | 0.7500 | -0.0500 🔴 |" in text
     assert "| `learning_rate` | 0.0010 | 0.0030 |" in text or "| `train.learning_rate` | 0.0010 | 0.0030 |" in text
-    assert "![threshold_curve](images/threshold_curve.png)" in text and (repo / "report/images/threshold_curve.png").is_file()
+    assert "![threshold_curve](images/threshold_curve.png)" in text
+    assert (repo / "report/images/threshold_curve.png").is_file()
 
 
 def test_same_commit_still_shows_the_values(repo):
@@ -80,7 +81,8 @@ def test_unknown_base_is_a_clear_error(repo):
 
 def write_train_metrics(repo: Path, metrics: dict) -> None:
     (repo / "metrics/train.json").write_text(json.dumps(metrics))
-    (repo / "dvc.yaml").write_text("metrics:\n  - metrics/evaluate.json\n  - metrics/train.json\nparams:\n  - params.yaml\n")
+    (repo / "dvc.yaml").write_text("metrics:\n  - metrics/evaluate.json\n  - metrics/train.json\n"
+                                   "params:\n  - params.yaml\n")
 
 
 def test_only_metrics_with_a_direction_are_coloured_and_renamed_keys_still_compare(repo):

@@ -40,7 +40,8 @@ def test_subsets_by_group(tmp_path):
 
 
 def test_subsets_by_foreground_bins_when_single_group(tmp_path):
-    rows = [(f"x{i:02d}", "all", fg) for i, fg in enumerate([0.0] * 4 + [0.01, 0.02, 0.03, 0.04] + [0.5, 0.6, 0.7, 0.8])]
+    rows = [(f"x{i:02d}", "all", fg) for i, fg in enumerate([0.0] * 4 + [0.01, 0.02, 0.03, 0.04] + [0.5, 0.6, 0.7,
+                                                                                                    0.8])]
     out, summary = run(tmp_path, write_train(tmp_path / "train.csv", rows), key="auto", num_bins=3)
     assert summary["key"] == "foreground"
     assert [s["rows"] for s in summary["subsets"]] == [4, 4, 4]

@@ -75,8 +75,10 @@ def test_code_deps_are_exactly_the_imported_project_files(stage):
     module = re.search(r"python -m ([\w.]+)", definition["cmd"]).group(1)
     imported = project_files_imported(module)
     code_deps = {dep for dep in definition["deps"] if dep.endswith(".py")}
-    assert not imported - code_deps, f"stage '{stage}' imports {sorted(imported - code_deps)} but dvc.yaml does not list them as deps"
-    assert not code_deps - imported, f"stage '{stage}' lists {sorted(code_deps - imported)} as deps but never imports them"
+    assert not imported - code_deps, \
+        f"stage '{stage}' imports {sorted(imported - code_deps)} but dvc.yaml does not list them as deps"
+    assert not code_deps - imported, \
+        f"stage '{stage}' lists {sorted(code_deps - imported)} as deps but never imports them"
 
 
 def test_the_import_reader_follows_imports_inside_functions_and_package_files():

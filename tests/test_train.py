@@ -31,15 +31,18 @@ def test_train_writes_model_metrics_history_and_tracks_in_mlflow(project):
     history = pd.read_csv(project / "basic/history.csv")
     assert list(history["epoch"]) == [1, 2, 3] and facts["epochs_run"] == 3
     best = history.loc[history["valid_iou"].idxmax()]
-    assert facts["best_epoch"] == best["epoch"] and metrics["best_valid_iou"] == pytest.approx(best["valid_iou"], abs=1e-6)
-    assert {"loss", "valid_loss", "iou", "valid_dice", "valid_precision", "valid_recall", "learning_rate"} <= set(history)
+    assert facts["best_epoch"] == best["epoch"] and metrics["best_valid_iou"] == pytest.approx(best["valid_iou"],
+                                                                                               abs=1e-6)
+    assert {"loss", "valid_loss", "iou", "valid_dice", "valid_precision", "valid_recall",
+            "learning_rate"} <= set(history)
     assert not any(column.startswith("val_") or column.endswith("seconds") for column in history)
     # quality numbers only in the DVC metrics; how the run went in the facts
     assert all(isinstance(v, float) and k.startswith(("best_valid_", "best_train_")) for k, v in metrics.items())
     assert facts["precision_policy"] == "float32" and facts["devices"] == "/cpu:0" and facts["num_replicas"] == 1
     assert facts["images_per_second"] > 0 and facts["stop_reason"] == "all epochs run"
     assert json.loads((project / "basic/run.json").read_text()).keys() == {"run_id"}  # no machine-specific URI
-    assert [p.name for p in (project / "basic/backup").iterdir()] == ["README.txt"]  # a finished run leaves no resume state
+    # a finished run leaves no resume state
+    assert [p.name for p in (project / "basic/backup").iterdir()] == ["README.txt"]
 
     import keras
     import tensorflow as tf
@@ -101,7 +104,8 @@ def test_bad_params_fail_with_a_named_error(project, train, message):
 def test_evaluate_measures_the_trained_model_and_logs_into_its_run(project):
     params = params_file(project, "p_eval", epochs=1)
     assert run_stage(project, "train", *train_args("eval", params)).returncode == 0
-    done = run_stage(project, "evaluate", "--model", "eval/model.keras", "--inference", "eval/inference.json", "--csv-dir", "data/csv", "--history",
+    done = run_stage(project, "evaluate", "--model", "eval/model.keras", "--inference", "eval/inference.json",
+                     "--csv-dir", "data/csv", "--history",
                      "eval/history.csv", "--run-info", "eval/run.json", "--metrics", "eval/evaluate.json",
                      "--threshold", "eval/threshold.json", "--plots-dir", "eval/plots", "--params", params)
     assert done.returncode == 0, done.stderr
@@ -237,7 +241,8 @@ def test_predict_scales_16_bit_images_by_the_training_data_white_level_and_reads
     assert done.returncode == 0, done.stderr
     from_stack = [np.asarray(Image.open(tmp_path / f"out/stack/{k:04d}_probability.png")) for k in range(2)]
     for k in range(2):
-        np.testing.assert_array_equal(from_stack[k], np.asarray(Image.open(tmp_path / f"out/converted{k}_probability.png")))
+        np.testing.assert_array_equal(from_stack[k],
+                                      np.asarray(Image.open(tmp_path / f"out/converted{k}_probability.png")))
     assert not np.array_equal(*from_stack)  # page 1 is not page 0 again
 
 

@@ -74,7 +74,8 @@ def test_pretrained_style_encoder_is_frozen_first_then_fine_tuned(project):
     params = params_file(project, "p_freeze", encoder="mobilenetv2", freeze_encoder_epochs=1, epochs=2)
     done = run_stage(project, "train", *train_args("freeze", params), env=env_for(project, MLFLOW_TRACKING_URI=""))
     assert done.returncode == 0, done.stderr
-    phases = re.findall(r"train: epochs (\d+)-(\d+) with (the encoder frozen|all layers trainable) \(([\d,]+) trainable",
+    phases = re.findall(r"train: epochs (\d+)-(\d+) with (the encoder frozen|all layers trainable) "
+                        r"\(([\d,]+) trainable",
                         done.stdout)
     assert [(a, b, what) for a, b, what, _ in phases] == [("1", "1", "the encoder frozen"),
                                                           ("2", "2", "all layers trainable")]

@@ -85,7 +85,8 @@ def test_killed_run_resumes_from_its_last_epoch(project):
     assert f"Epoch {saved_epoch + 1}/6" in done.stdout and "Epoch 1/6" not in done.stdout
     assert [p.name for p in (project / "resume/backup").iterdir()] == ["README.txt"]
     # The resumed run continues the same batch stream from the saved weights: it equals an uninterrupted run.
-    done = run_stage(project, "train", *train_args("uninterrupted", params), env=env_for(project, MLFLOW_TRACKING_URI=""))
+    done = run_stage(project, "train", *train_args("uninterrupted", params), env=env_for(project,
+                                                                                         MLFLOW_TRACKING_URI=""))
     assert done.returncode == 0, done.stderr
     columns = ["loss", "valid_loss", "iou", "valid_iou", "valid_dice"]
     pd.testing.assert_frame_equal(history[columns], pd.read_csv(project / "uninterrupted/history.csv")[columns])
