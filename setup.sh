@@ -11,11 +11,11 @@ command -v "$python" >/dev/null || python=python3
 # segpipe itself, editable and without dependencies (requirements.txt has them): segpipe-predict and friends.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 if [ ! -e data/raw ] && [ -f data/raw.dvc ]; then
-  # Your data, versioned with DVC (README: "Versioning your data"): fetched from the project's DVC remote.
+  # Your data, versioned with DVC (docs/how-to/data-versioning.md): fetched from the project's DVC remote.
   echo "setup: data/raw is tracked by DVC (data/raw.dvc); fetching it: dvc pull data/raw.dvc"
   .venv/bin/dvc pull data/raw.dvc || {
     echo "setup: error: could not pull data/raw from the DVC remote (dvc remote list: $(.venv/bin/dvc remote list | tr '\n' ' '));" \
-         "configure the remote and its credentials (README: \"Versioning your data\"), then rerun setup.sh." >&2
+         "configure the remote and its credentials (docs/how-to/data-versioning.md), then rerun setup.sh." >&2
     exit 1
   }
 elif [ ! -e data/raw ]; then

@@ -5,7 +5,7 @@ of its `foreground_fraction` (so that images with tiny objects are not drowned b
 or, for multi-class data, its rarest class: the class present in the image (any pixel) that has the
 fewest pixels in the whole training split. Every street scene holds sky, road and buildings; what sets
 one apart is the bicyclist or the sign it also holds; sampling by that is meant to keep rare classes in
-sight (opt-in: on CamVid it did not beat foreground bins, see README's Status).
+sight (opt-in: on CamVid it did not beat foreground bins, see docs/results.md).
 """
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ model's down-sampling factor, so whole images are not squeezed along one axis. "
 third quartiles of the ratio lie on the same side of 1 and the median is at least 10% away from 1; mixed
 orientations (portrait beside landscape) keep image_size as given, and so does a non-square image_size: a
 user who wrote one chose the shape. On CamVid (480x360, all landscape), 224x288 instead of 256x256 scored
-0.397 against 0.333 mean IoU in 8 CPU-minutes (README Status).
+0.397 against 0.333 mean IoU in 8 CPU-minutes (docs/results.md).
 """
 from __future__ import annotations
 

@@ -374,7 +374,7 @@ def find_folders(raw_dir: Path, naming: Naming) -> dict[str, tuple[Path, Path]]:
     raw_dir = Path(raw_dir)
     layout_help = (f"expected '{raw_dir}/images' + '{raw_dir}/masks', or "
                    f"'{raw_dir}/train/{{images,masks}}' + '{raw_dir}/valid/{{images,masks}}' "
-                   "(other folder names: convert.image_folder, convert.mask_folder; README: Using your own data)")
+                   "(other folder names: convert.image_folder, convert.mask_folder; docs/how-to/your-data.md)")
     if not raw_dir.is_dir():
         raise ValueError(f"raw data folder '{raw_dir}' does not exist; {layout_help}.")
     if "{split}" in naming.image_folder:

@@ -107,7 +107,7 @@ SECTIONS = {
         "image_size": dict(kind=list, check=_image_size, hint="expected [height, width]."),
         "batch_size": dict(kind=(int, str), check=lambda v: v == "auto" if isinstance(v, str) else v >= 1,
                            hint="Expected a positive number of images per replica, or auto (the memory plan "
-                                "picks it: README)."),
+                                "picks it: docs/explanations/training.md)."),
         "input": dict(kind=str, choices=INPUTS),
         "input_pilot": dict(kind=float, minimum=0.0, maximum=0.5,
                             hint="The share of the training spent piloting both inputs; the rest trains the better."),

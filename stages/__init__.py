@@ -1,1 +1,1 @@
-"""The pipeline's stages, one module per dvc.yaml stage: `python -m stages.<name>` (README: The pipeline)."""
+"""The pipeline's stages, one module per dvc.yaml stage: `python -m stages.<name>` (docs/reference/stages.md)."""

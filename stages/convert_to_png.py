@@ -248,7 +248,7 @@ def format_problems(problems: list[Problem], raw_dir: Path) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--raw-dir", type=Path, required=True,
-                        help="your images and masks (README: Using your own data)")
+                        help="your images and masks (docs/how-to/your-data.md)")
     parser.add_argument("--output-dir", type=Path, required=True, help="folder for the PNGs and manifest.csv")
     parser.add_argument("--skipped", type=Path, required=True, help="CSV of files skipped with convert.on_error: skip")
     parser.add_argument("--params", type=Path, required=True, help="params.yaml")

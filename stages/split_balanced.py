@@ -14,7 +14,7 @@ train params, equal by default), so a small group is seen as often as a large on
 assigned to subsets by the same key: their group, or their foreground_fraction binned with
 `bin_edges` (segpipe.balancing.foreground_bins); with rarest_class they go with their source image.
 `key: auto` means group when train.csv has more than one group, otherwise foreground-fraction quantile
-bins (also for multi-class data: measured on CamVid, rarest_class did not do better; README, Status).
+bins (also for multi-class data: measured on CamVid, rarest_class did not do better; docs/results.md).
 More groups than segpipe.balancing.MAX_GROUP_SUBSETS (auto or group) are binned by foreground instead,
 with a line in the log: one tf.data stream per group does not scale to thousands of patients.
 """

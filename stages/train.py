@@ -125,7 +125,7 @@ def main(argv=None) -> None:
         with placement.strategy.scope():
             model = build_unet(input_shape=(*image_size, channels), remat=train["remat"], **architecture)
         batch_size, batch_plan = train["batch_size"], None
-        if batch_size == "auto":  # the largest the memory plan fits: depends on the machine (README)
+        if batch_size == "auto":  # the largest the memory plan fits: depends on the machine (docs: training)
             budget, source = replica_budget(placement)
             batch_size, batch_plan = pick_batch_size(
                 model, optimizer=train["optimizer"], mixed_precision=policy != "float32", budget=budget,

@@ -4,7 +4,7 @@ and checks what the user sees: the exit code, ONE error line naming the culprit 
 of the project changed (no partial outputs, no temp files). A few inputs that look odd but are valid (16-bit
 and palette masks, non-ASCII names, a README beside the masks) must go through instead.
 
-docs/bad_inputs.md is the table of these cases and the messages they give, generated from this module:
+docs/reference/bad-inputs.md is the table of these cases and the messages they give, generated from this module:
     SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/test_bad_inputs.py
 test_the_docs_table_is_current fails when the table and the cases drift apart.
 """
@@ -30,7 +30,7 @@ from PIL import Image
 
 from conftest import REPO, TINY_PREFLIGHT, TINY_TRAIN, box_mask, pattern_image, save_pair
 
-DOCS_TABLE = REPO / "docs" / "bad_inputs.md"
+DOCS_TABLE = REPO / "docs" / "reference" / "bad-inputs.md"
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 OUTPUT_FOLDERS = ("data", "models", "metrics", "plots")
 
@@ -470,4 +470,4 @@ def test_the_docs_table_is_current():
         DOCS_TABLE.parent.mkdir(exist_ok=True)
         DOCS_TABLE.write_text(table)
     assert DOCS_TABLE.is_file() and DOCS_TABLE.read_text() == table, (
-        "docs/bad_inputs.md is out of date: SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/test_bad_inputs.py")
+        "docs/reference/bad-inputs.md is out of date: SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/test_bad_inputs.py")

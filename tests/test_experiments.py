@@ -24,7 +24,7 @@ from test_pipeline_dag import dvc_env, ran_stages, repo_copy, sh  # noqa: F401  
 def baseline(repo_copy) -> Path:
     repo = repo_copy
     # Queued and --temp experiments run in a copy that holds only what git and DVC track: the raw data must
-    # be DVC-tracked (README: "Experiments"), or the copy has no data/raw.
+    # be DVC-tracked (docs/how-to/experiments.md), or the copy has no data/raw.
     # Data a tiny model learns in a few steps (bright boxes on dark noise), so the evaluate-only experiment
     # below moves a boundary score: the tiny demo copy gives a model that predicts no edges at all.
     shutil.rmtree(repo / "data/raw")

@@ -1,4 +1,4 @@
-"""Every `dvc exp run -S` line of the README works exactly as written: DVC parses it, the values are the ones
+"""Every `dvc exp run -S` line of the README and the docs works exactly as written: DVC parses it, the values are the ones
 meant (braces, regex backslashes, lists), and the resulting params.yaml passes segpipe's own checks."""
 from __future__ import annotations
 
@@ -21,9 +21,11 @@ from segpipe.schema import SECTIONS
 
 
 def readme_exp_lines() -> list[str]:
-    """The `dvc exp run` lines with -S in the README's bash blocks, except queued grids (Hydra sweeps)."""
+    """The `dvc exp run` lines with -S in the bash blocks of the README and docs/, except queued grids (Hydra
+    sweeps)."""
     lines, in_bash = [], False
-    for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines():
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    for line in (line for page in pages for line in page.read_text(encoding="utf-8").splitlines()):
         if line.startswith("```"):
             in_bash = line.strip() == "```bash"
             continue

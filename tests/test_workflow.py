@@ -1,5 +1,5 @@
 """The pull-request workflow, as far as it can be checked off GitHub: a workflow linter (zizmor: schema and
-security audits) and the promises the README makes about it."""
+security audits) and the promises docs/how-to/reports-and-ci.md makes about it."""
 from __future__ import annotations
 
 import shutil
