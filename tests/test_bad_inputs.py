@@ -470,4 +470,5 @@ def test_the_docs_table_is_current():
         DOCS_TABLE.parent.mkdir(exist_ok=True)
         DOCS_TABLE.write_text(table)
     assert DOCS_TABLE.is_file() and DOCS_TABLE.read_text() == table, (
-        "docs/reference/bad-inputs.md is out of date: SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/test_bad_inputs.py")
+        "docs/reference/bad-inputs.md is out of date: "
+        "SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/test_bad_inputs.py")
