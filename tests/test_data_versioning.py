@@ -1,5 +1,5 @@
-"""Raw data versioned with DVC, as docs/how-to/data-versioning.md shows it: `dvc add` and `dvc push` to a remote (here a local
-folder, as a shared drive would be) in one clone; `dvc pull` and `dvc repro` in another."""
+"""Raw data versioned with DVC, as docs/how-to/data-versioning.md shows it: `dvc add` and `dvc push` to a
+remote (here a local folder, as a shared drive would be) in one clone; `dvc pull` and `dvc repro` in another."""
 from __future__ import annotations
 
 import subprocess
