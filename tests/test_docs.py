@@ -12,8 +12,8 @@ import subprocess
 import sys
 
 import yaml
-from conftest import REPO
 
+from conftest import REPO
 from segpipe.schema import SECTIONS, SHARED
 
 PARAMS_PAGE = REPO / "docs" / "reference" / "params.md"
@@ -68,10 +68,12 @@ def shown(value) -> str:
 
 def render_params_page() -> str:
     values, comments = yaml.safe_load((REPO / "params.yaml").read_text()), params_comments()
-    lines = ["# Params", "", "Every key of `params.yaml`: its default, what it accepts and what it does. Generated from",
+    lines = ["# Params", "",
+             "Every key of `params.yaml`: its default, what it accepts and what it does. Generated from",
              "`segpipe/schema.py` and the comments in `params.yaml` by `tests/test_docs.py` (`SEGPIPE_WRITE_DOCS=1",
              ".venv/bin/python -m pytest tests/test_docs.py`); do not edit by hand. Each stage declares in `dvc.yaml`",
-             "the sections it reads, so `dvc exp run -S section.key=value` reruns only the stages that use the key.", ""]
+             "the sections it reads, so `dvc exp run -S section.key=value` reruns only the stages that use the key.",
+             ""]
     groups = [("Shared", "", SHARED, values)] + [(f"`{name}`", f"{name}.", rules, values[name])
                                                  for name, rules in SECTIONS.items()]
     for title, prefix, rules, defaults in groups:

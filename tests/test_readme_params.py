@@ -1,5 +1,6 @@
-"""Every `dvc exp run -S` line of the README and the docs works exactly as written: DVC parses it, the values are the ones
-meant (braces, regex backslashes, lists), and the resulting params.yaml passes segpipe's own checks."""
+"""Every `dvc exp run -S` line of the README and the docs works exactly as written: DVC parses it, the values
+are the ones meant (braces, regex backslashes, lists), and the resulting params.yaml passes segpipe's own
+checks."""
 from __future__ import annotations
 
 import json
