@@ -40,9 +40,10 @@ import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from segpipe import input_pipeline as ip  # noqa: E402
-from segpipe.devices import configure_runtime  # noqa: E402
-from segpipe.model import build_unet  # noqa: E402
+from segpipe.data import input_pipeline as ip  # noqa: E402
+from segpipe.data.crops import Patches  # noqa: E402
+from segpipe.training.devices import configure_runtime  # noqa: E402
+from segpipe.training.model import build_unet  # noqa: E402
 from stages import convert_to_png, make_demo_data  # noqa: E402
 
 MEMBRANE = ROOT.parent / "shared" / "datasets" / "membrane_isbi2012"
@@ -153,7 +154,7 @@ def main() -> None:
                                    seed=0, cache=False, online_augment=False, deterministic=False)
         ours_speed = images_per_second(ours, count)
         kept = {}
-        for mode, patches in (("resized", None), ("patches", ip.Patches(foreground_share=0.5, scale_range=(0.7, 1.4),
+        for mode, patches in (("resized", None), ("patches", Patches(foreground_share=0.5, scale_range=(0.7, 1.4),
                                                                           num_classes=1))):
             for where in ("png", "disk"):
                 stream = ip.training_dataset([rows], weights=None, image_size=size, channels=channels,

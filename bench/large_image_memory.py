@@ -78,7 +78,8 @@ def main(argv=None) -> None:
     for command in DATA_STAGES:
         rows.append((command[0], *peak_of([sys.executable, "-m", *command, "--params", "params.yaml"], project, log)))
     rows.append(("stages.train", *peak_of([sys.executable, "-m", *TRAIN, "--params", "params.yaml"], project, log)))
-    rows.append(("segpipe.predict", *peak_of([sys.executable, "-m", "segpipe.predict", "--model", "models/model.keras",
+    rows.append(("segpipe.inference.predict", *peak_of([sys.executable, "-m", "segpipe.inference.predict",
+                                                       "--model", "models/model.keras",
                                               "--input", "data/raw/valid/images", "--output", "predicted"],
                                              project, log)))
     facts = json.loads((project / "models/train_facts.json").read_text())

@@ -1,4 +1,4 @@
-"""Training memory: the plan's estimate (segpipe/memory_plan.py) against measurement, and what `train.remat`
+"""Training memory: the plan's estimate (segpipe/training/memory_plan.py) against measurement, and what `train.remat`
 saves and costs. Every configuration runs in its own process.
 
 Measured: on a GPU, the step's peak from tf.config.experimental.get_memory_info; on a CPU, the peak resident
@@ -50,10 +50,10 @@ def child(config: tuple, steps: int) -> dict:
     import keras
     import tensorflow as tf
 
-    from segpipe import memory_plan
-    from segpipe.keras_metrics import training_metrics
-    from segpipe.losses import make_loss
-    from segpipe.model import build_unet
+    from segpipe.training import memory_plan
+    from segpipe.training.keras_metrics import training_metrics
+    from segpipe.training.losses import make_loss
+    from segpipe.training.model import build_unet
 
     side, batch, base_filters, depth, precision, remat = config
     keras.mixed_precision.set_global_policy(precision)
@@ -115,7 +115,7 @@ def calibrate(steps: int) -> None:
         print(f"calibration {config}: measured {result['measured'] / 2 ** 20:7.1f} MiB", flush=True)
     (a, w, c), *_ = np.linalg.lstsq(np.array(rows), np.array(targets), rcond=None)
     print(f"FIT ACTIVATION_FACTOR = {a:.3f}, WORKSPACE_FACTOR = {w:.3f}, WORKSPACE_BYTES = {int(c)} "
-          f"({c / 2 ** 20:.0f} MiB); put them in segpipe/memory_plan.py and rerun without --calibrate")
+          f"({c / 2 ** 20:.0f} MiB); put them in segpipe/training/memory_plan.py and rerun without --calibrate")
 
 
 def check(steps: int) -> None:

@@ -38,10 +38,10 @@ def measure(policy: str, jit_compile: bool, steps: int, warmup: int, determinist
     import numpy as np
     import yaml
 
-    from segpipe import devices
-    from segpipe.keras_metrics import training_metrics
-    from segpipe.losses import make_loss
-    from segpipe.model import build_unet
+    from segpipe.training import devices
+    from segpipe.training.keras_metrics import training_metrics
+    from segpipe.training.losses import make_loss
+    from segpipe.training.model import build_unet
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     train = {**params["train"], **json.loads(os.environ.get("BENCH_TRAIN_OVERRIDES", "{}"))}

@@ -23,12 +23,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from segpipe.cli import run_stage
-from segpipe.image_io import IGNORE_ID, write_png
-from segpipe.outputs import replace_dir, write_csv
-from segpipe.parallel import map_in_order
-from segpipe.params import Params
-from segpipe.rows import ROW_COLUMNS, class_pixels, foreground_fraction, read_rows
+from segpipe.core.cli import run_stage
+from segpipe.core.outputs import replace_dir, write_csv
+from segpipe.core.parallel import map_in_order
+from segpipe.core.params import Params
+from segpipe.data.balancing import augmented_id
+from segpipe.data.image_io import IGNORE_ID, write_png
+from segpipe.data.rows import ROW_COLUMNS, class_pixels, foreground_fraction, read_rows
 
 
 def copy_seed(seed: int, row_id: str, copy: int) -> int:
@@ -48,7 +49,7 @@ def augment_row(task: tuple[dict, int], *, compose, seed: int, output_dir: Path,
         result = compose(image=image, mask=mask)
         new_image, new_mask = result["image"], result["mask"]
         assert set(np.unique(new_mask).tolist()) <= class_ids | {0, IGNORE_ID}, "a transform created new mask values"
-        new_id = f"{row['id']}__aug{copy:02d}"
+        new_id = augmented_id(row["id"], copy)
         write_png(output_dir / "images" / f"{new_id}.png", np.ascontiguousarray(new_image))
         write_png(output_dir / "masks" / f"{new_id}.png", np.ascontiguousarray(new_mask))
         rows.append({"id": new_id, "image_path": f"{output_prefix}/images/{new_id}.png",
@@ -78,7 +79,7 @@ def main(argv=None) -> None:
     params = all_params.section("augment")
     seed = all_params.shared("seed")
     # Imported after run_stage set the environment: albumentations goes to the network at import otherwise.
-    from segpipe.augmentations import build_compose
+    from segpipe.data.augmentations import build_compose
 
     compose = build_compose(params["transforms"])  # built once: fails on bad transforms before any work
 

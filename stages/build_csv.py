@@ -10,7 +10,7 @@ Params:  seed, num_classes; build_csv.valid_fraction, build_csv.stratify_bins, b
 A split given by the raw data (train/ + valid/) is kept. Without one, a seeded split takes
 `valid_fraction` of the images (`split_by: image`), stratified by group; with a single group, by
 foreground-fraction quantile bins (`stratify_bins`) for binary tasks and by each image's rarest class for
-multi-class ones (segpipe.balancing.rarest_classes), so a class that only a few images hold lands in both
+multi-class ones (segpipe.data.balancing.rarest_classes), so a class that only a few images hold lands in both
 splits in proportion. `split_by: group` sends whole groups (patients, volumes) to valid instead, about
 `valid_fraction` of the images, so that no group has images in both splits: neighbouring slices of one
 patient or one stack look alike, and splitting them inflates the validation score. A given train/
@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segpipe.balancing import foreground_bin_edges, foreground_bins, rarest_classes
-from segpipe.cli import run_stage
-from segpipe.outputs import write_csv
-from segpipe.params import Params
-from segpipe.rows import MANIFEST_COLUMNS, ROW_COLUMNS, class_pixel_table, read_rows
+from segpipe.core.cli import run_stage
+from segpipe.core.outputs import write_csv
+from segpipe.core.params import Params
+from segpipe.data.balancing import foreground_bin_edges, foreground_bins, rarest_classes
+from segpipe.data.rows import MANIFEST_COLUMNS, ROW_COLUMNS, class_pixel_table, read_rows
 
 
 def _largest_remainder(sizes: np.ndarray, total: int) -> np.ndarray:

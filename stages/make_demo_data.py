@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segpipe.cli import run_stage
+from segpipe.core.cli import run_stage
 
 GROUPS = {"hands": 36, "closeups": 12}  # unequal on purpose
 SIZES = [(128, 128), (160, 120), (120, 160), (144, 112), (112, 144)]  # (width, height)

@@ -12,10 +12,10 @@ Contract with train: the input pipeline builds one repeated, shuffled dataset pe
 in the summary and draws from them with `tf.data.Dataset.sample_from_datasets` (weights from the
 train params, equal by default), so a small group is seen as often as a large one. Augmented rows are
 assigned to subsets by the same key: their group, or their foreground_fraction binned with
-`bin_edges` (segpipe.balancing.foreground_bins); with rarest_class they go with their source image.
+`bin_edges` (segpipe.data.balancing.foreground_bins); with rarest_class they go with their source image.
 `key: auto` means group when train.csv has more than one group, otherwise foreground-fraction quantile
 bins (also for multi-class data: measured on CamVid, rarest_class did not do better; docs/results.md).
-More groups than segpipe.balancing.MAX_GROUP_SUBSETS (auto or group) are binned by foreground instead,
+More groups than segpipe.data.balancing.MAX_GROUP_SUBSETS (auto or group) are binned by foreground instead,
 with a line in the log: one tf.data stream per group does not scale to thousands of patients.
 """
 from __future__ import annotations
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from segpipe.balancing import MAX_GROUP_SUBSETS, foreground_bin_edges, foreground_bins, rarest_classes, safe_name
-from segpipe.cli import run_stage
-from segpipe.outputs import replace_dir, write_csv, write_json
-from segpipe.params import Params
-from segpipe.rows import class_pixel_table, read_rows
+from segpipe.core.cli import run_stage
+from segpipe.core.outputs import replace_dir, write_csv, write_json
+from segpipe.core.params import Params
+from segpipe.data.balancing import MAX_GROUP_SUBSETS, foreground_bin_edges, foreground_bins, rarest_classes, safe_name
+from segpipe.data.rows import class_pixel_table, read_rows
 
 
 def split_into_subsets(train: pd.DataFrame, *, key: str, num_bins: int,

@@ -23,7 +23,7 @@ SHARED = REPO.parent / "shared"
 TINY_TRAIN = dict(image_size=[32, 32], batch_size=4, depth=2, base_filters=4, epochs=2, patience=0,
                   warmup_epochs=0, cache="memory", precision="float32")
 # Preflight in the tests of other things: no overfit check (a 4-filter U-Net on noise images needs far more
-# than 150 steps to fit a batch; tests/test_preflight.py tests that check on data it can fit).
+# than 150 steps to fit a batch; tests/preflight/test_preflight.py tests that check on data it can fit).
 TINY_PREFLIGHT = dict(overfit_steps=0, contact_sheet_pairs=2)
 
 

@@ -1,0 +1,1 @@
+"""Params, their schema, entry points, atomic outputs, progress lines, processes."""

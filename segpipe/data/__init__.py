@@ -1,0 +1,1 @@
+"""From data/raw to tf.data batches: layouts, decoding, rows, balancing, augmentation, the input stream."""

@@ -1,0 +1,1 @@
+"""Scores: metric definitions, evaluate's running totals, charts."""

@@ -1,0 +1,1 @@
+"""The checks before a long training: capacity, memory, overfitting one batch."""

@@ -1,0 +1,114 @@
+"""The documentation: the site builds strictly (no broken link, anchor or missing page), the README's links
+resolve, and docs/reference/params.md, generated from segpipe/core/schema.py (what each key accepts) and
+params.yaml (defaults and their comments), is current:
+
+    SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/project/test_docs.py
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+from conftest import REPO
+from segpipe.core.schema import SECTIONS, SHARED
+
+PARAMS_PAGE = REPO / "docs" / "reference" / "params.md"
+KINDS = {bool: "true/false", int: "integer", float: "number", str: "text", list: "list", dict: "mapping",
+         type(None): "null"}
+
+
+def params_comments() -> dict[str, str]:
+    """{'train.input': 'its comment', 'seed': ...}: each key's comment in params.yaml, continuation lines joined;
+    a key without one takes the comment lines right above it."""
+    comments, section, last, above = {}, None, None, []
+    for line in (REPO / "params.yaml").read_text().splitlines():
+        key = re.match(r"^( *)(\w+):(.*)$", line)
+        if key and len(key.group(1)) in (0, 2):
+            indent, name, rest = len(key.group(1)), key.group(2), key.group(3)
+            if indent == 0:
+                section = name if not rest.split("#")[0].strip() else None
+            full = name if indent == 0 else f"{section}.{name}"
+            inline = re.split(r"\s#\s?", rest, maxsplit=1)
+            comments[full] = inline[1].strip() if len(inline) == 2 else " ".join(above)
+            last, above = full, []
+        elif line.strip().startswith("#"):
+            text = line.strip()[1:].strip()
+            if line.index("#") > 2 and last is not None:  # a continuation of the last key's comment
+                comments[last] = f"{comments[last]} {text}".strip()
+            elif line.index("#") == 2:
+                above.append(text)
+        elif not line.strip():
+            above = []
+    return comments
+
+
+def allowed(rule: dict) -> str:
+    kinds = rule["kind"] if isinstance(rule["kind"], tuple) else (rule["kind"],)
+    if rule.get("choices") is not None:
+        words = " \\| ".join("null" if c is None else f"`{c}`" for c in rule["choices"])
+    else:
+        words = " or ".join(KINDS[k] for k in kinds)
+    low, high = rule.get("minimum"), rule.get("maximum")
+    if low is not None or high is not None:
+        words += ", " + (f"{low} to {high}" if low is not None and high is not None else
+                         f">= {low}" if low is not None else f"<= {high}")
+    return words
+
+
+def shown(value) -> str:
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return f"{len(value)} entries (params.yaml)"
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    return f"`{text.removesuffix(chr(10) + '...').removesuffix('...').strip()}`"
+
+
+def render_params_page() -> str:
+    values, comments = yaml.safe_load((REPO / "params.yaml").read_text()), params_comments()
+    lines = ["# Params", "",
+             "Every key of `params.yaml`: its default, what it accepts and what it does. Generated from",
+             "`segpipe/core/schema.py` and the comments in `params.yaml` by `tests/project/test_docs.py`",
+             "(`SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/project/test_docs.py`); do not edit by hand.",
+             "Each stage declares in `dvc.yaml` the sections it reads, so `dvc exp run -S section.key=value` reruns",
+             "only the stages that use the key.",
+             ""]
+    groups = [("Shared", "", SHARED, values)] + [(f"`{name}`", f"{name}.", rules, values[name])
+                                                 for name, rules in SECTIONS.items()]
+    for title, prefix, rules, defaults in groups:
+        lines += [f"## {title}", "", "| key | default | accepts | what it does |", "|---|---|---|---|"]
+        for key, rule in rules.items():
+            text = comments.get(f"{prefix}{key}", "").replace("|", "\\|")
+            lines.append(f"| `{prefix}{key}` | {shown(defaults[key]).replace('|', chr(92) + '|')} | {allowed(rule)} "
+                         f"| {text} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def test_the_params_page_is_current():
+    page = render_params_page()
+    if os.environ.get("SEGPIPE_WRITE_DOCS"):
+        PARAMS_PAGE.write_text(page)
+    assert PARAMS_PAGE.is_file() and PARAMS_PAGE.read_text() == page, (
+        "docs/reference/params.md is out of date: "
+        "SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/project/test_docs.py")
+
+
+def test_every_params_key_has_a_comment():
+    comments = params_comments()
+    keys = list(SHARED) + [f"{section}.{key}" for section, rules in SECTIONS.items() for key in rules]
+    assert not [key for key in keys if not comments.get(key)], "params.yaml keys without a comment"
+
+
+def test_the_readme_links_resolve():
+    readme = (REPO / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+    assert targets and not [t for t in targets if not (REPO / t).exists()]
+
+
+def test_the_docs_site_builds_strictly(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
