@@ -9,7 +9,7 @@ the same names as params.yaml, and ignores the others.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 import keras
@@ -38,11 +38,11 @@ class TrainingRows:
     valid: pd.DataFrame
     names: list[str]  # of the subsets, in data/subsets.json order
 
-    @property
+    @cached_property
     def rows(self) -> pd.DataFrame:
         return pd.concat(self.subsets, ignore_index=True)
 
-    @property
+    @cached_property
     def originals(self) -> pd.DataFrame:
         """Training rows without augment's copies (what the data's fingerprint is measured on)."""
         rows = self.rows
