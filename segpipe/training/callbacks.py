@@ -149,16 +149,32 @@ class RequireMonitor(keras.callbacks.Callback):
 
 
 class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
-    """Keras' EarlyStopping that starts from the best value and the epochs waited so far (a resumed run);
-    Keras' own resets both when training begins."""
+    """Keras' EarlyStopping that waits while the validation loss still falls, and starts from the best
+    values and the epochs waited so far (a resumed run; Keras' own resets them when training begins).
 
-    def __init__(self, *, best: float | None, wait: int, **kwargs):
+    The monitor (`valid_iou`) picks the best epoch, but a run whose validation loss still falls is still
+    learning, and its score can sit behind an early value for many epochs: on a sparse class the first
+    epoch's predict-everything scores the class share and the next epochs predict nothing, and on a small
+    validation set one noisy epoch sets a bar the next ones miss. So patience counts the epochs in which
+    neither the monitor nor `loss` improved.
+    """
+
+    def __init__(self, *, best: float | None, wait: int, loss: str, best_loss: float | None, **kwargs):
         super().__init__(**kwargs)
-        self.resumed_best, self.resumed_wait = best, wait
+        self.loss = loss
+        self.resumed_best, self.resumed_wait, self.resumed_best_loss = best, wait, best_loss
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self.best, self.wait = self.resumed_best, self.resumed_wait
+        self.best, self.wait, self.best_loss = self.resumed_best, self.resumed_wait, self.resumed_best_loss
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get(self.loss)
+        if loss is not None and math.isfinite(loss) and (self.best_loss is None or loss < self.best_loss):
+            self.best_loss = loss
+            # Keras' own adds this epoch to the wait before it compares the monitor: the wait ends at 0.
+            self.wait = -1
+        super().on_epoch_end(epoch, logs)
 
 
 class SaveResumeState(keras.callbacks.Callback):

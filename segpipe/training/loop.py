@@ -6,11 +6,12 @@ compiles the model afresh (a new optimizer whose schedule spans the phase) and c
 batches continue the seeded stream where the last phase (or the killed run it resumes) left it.
 
 The callbacks are Keras' own where Keras has them: ModelCheckpoint keeps the best epoch by
-`train.monitor`, EarlyStopping stops after `train.patience` epochs without improvement, CSVLogger writes
-the history, BackupAndRestore the weights and optimizer, TerminateOnNaN stops a diverged run.
+`train.monitor`, EarlyStopping stops after `train.patience` epochs in which neither the monitor nor the
+validation loss improved, CSVLogger writes the history, BackupAndRestore the weights and optimizer,
+TerminateOnNaN stops a diverged run.
 segpipe/training/callbacks.py adds what Keras lacks (time budget, learning rate and timings in the history,
 dropout random state, MLflow). Resume (segpipe/training/resume.py) restores what those callbacks keep in memory:
-the best value (ModelCheckpoint's `initial_value_threshold`) and the epochs waited (EarlyStopping).
+the best value (ModelCheckpoint's `initial_value_threshold`), the best loss and the epochs waited (EarlyStopping).
 Early stopping in the frozen phase ends that phase only; patience counts within a phase.
 """
 from __future__ import annotations
@@ -125,12 +126,16 @@ def _best_row(history: pd.DataFrame, *, monitor: str) -> int | None:
     return int(finite[np.argmax(values[finite]) if monitor_mode(monitor) == "max" else np.argmin(values[finite])])
 
 
-def _best_and_wait(history: pd.DataFrame, *, monitor: str, phase_start: int) -> tuple[float | None, int]:
-    """(best finite `monitor` value in the logged epochs, epochs since it within this phase)."""
-    best = _best_row(history, monitor=monitor)
+def _best_and_wait(history: pd.DataFrame, *, monitor: str, loss: str,
+                   phase_start: int) -> tuple[float | None, float | None, int]:
+    """(best finite `monitor` value in the logged epochs, best finite `loss`, epochs since the later of the
+    two within this phase): what ResumedEarlyStopping held when the run was interrupted."""
+    best, best_loss = _best_row(history, monitor=monitor), _best_row(history, monitor=loss)
     if best is None:
-        return None, 0
-    return float(history[monitor].iloc[best]), len(history) - 1 - max(best, phase_start - 1)
+        return None, None, 0
+    last = max(best, -1 if best_loss is None else best_loss, phase_start - 1)
+    return (float(history[monitor].iloc[best]),
+            None if best_loss is None else float(history[loss].iloc[best_loss]), len(history) - 1 - last)
 
 
 @dataclass
@@ -201,8 +206,10 @@ def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_
         if str(start_epoch) in state.get("random_states", {}):
             set_random_state(model, state["random_states"][str(start_epoch)])
         history = resume.history(before_epoch=start_epoch)
-        best, wait = _best_and_wait(history, monitor=keras_name(monitor), phase_start=first_epoch)
-        early_stopping = ResumedEarlyStopping(best=best, wait=wait, monitor=keras_name(monitor), mode=mode,
+        best, best_loss, wait = _best_and_wait(history, monitor=keras_name(monitor), loss="val_loss",
+                                               phase_start=first_epoch)
+        early_stopping = ResumedEarlyStopping(best=best, wait=wait, loss="val_loss", best_loss=best_loss,
+                                              monitor=keras_name(monitor), mode=mode,
                                               patience=patience) if patience else None
         budget = TimeBudget(max_minutes=max_minutes)
         plan = PlanEpochs(max_minutes=max_minutes, first_epoch=first_epoch, total_epochs=phase_epochs, state=state,
@@ -241,7 +248,8 @@ def fit_in_phases(model: keras.Model, *, phases: list[tuple[str, int]], compile_
         elif together is not None and together.stopped_by_another:
             state["stop_reason"] = "another worker stopped"
         elif early_stopping is not None and early_stopping.stopped_epoch and phase == "all_layers":
-            state["stop_reason"] = f"early stopping: no {monitor} improvement in {early_stopping.patience} epochs"
+            state["stop_reason"] = (f"early stopping: neither {monitor} nor valid_loss improved in "
+                                    f"{early_stopping.patience} epochs")
         if phase != phases[-1][0]:
             model.save_weights(weights_file)
         done.append(phase)
