@@ -20,6 +20,7 @@ from segpipe.core import faults
 from segpipe.core.schema import downsampling_levels
 from segpipe.data import decoded_cache, input_plan
 from segpipe.data import input_pipeline as pipeline
+from segpipe.data.bad_files import naming_bad_files
 from segpipe.data.balancing import AUGMENTED_ID
 from segpipe.data.crops import Patches
 from segpipe.training.devices import Placement
@@ -147,7 +148,7 @@ def fit_setup(setup: InputSetup, *, data: TrainingRows, placement: Placement, lo
     if train["schedule"] == "plateau":
         callbacks = [*callbacks, plateau_callback(monitor=train["monitor"], patience=train["plateau_patience"])]
     memory = setup.cache == "memory"
-    with pipeline.naming_bad_files(pd.concat([data.rows, data.valid], ignore_index=True)):
+    with naming_bad_files(pd.concat([data.rows, data.valid], ignore_index=True)):
         return fit_in_phases(
             setup.model, phases=training_phases(setup.model, freeze_encoder_epochs=train["freeze_encoder_epochs"],
                                                 epochs=epochs, max_minutes=max_minutes),

@@ -12,6 +12,7 @@ from PIL import Image
 
 from segpipe.data import input_pipeline as ip
 from segpipe.data import input_plan
+from segpipe.data.bad_files import naming_bad_files
 from segpipe.data.rows import check_files
 
 
@@ -216,7 +217,7 @@ def test_truncated_png_error_names_the_file(three_groups, tmp_path):
     rows.loc[0, "image_path"] = str(tmp_path / "cut.png")
     check_files(rows, source="x")  # the signature is fine: only decoding finds it
     with pytest.raises(ValueError, match=f"cannot decode 1 PNG file.*{tmp_path / 'cut.png'}"):
-        with ip.naming_bad_files(rows):
+        with naming_bad_files(rows):
             list(ip.evaluation_dataset(rows, image_size=(8, 8), channels=3, batch_size=2, cache=False))
 
 
