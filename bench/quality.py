@@ -120,11 +120,11 @@ def main(argv=None) -> None:
     seconds = run_stages(project, log, evaluate=True)
     ours, metrics, facts = our_score(project, num_classes=num_classes)
     print(f"ours done in {time.perf_counter() - started:.0f}s: {describe(facts)}", flush=True)
+    result = {"data": str(args.data), "minutes": args.minutes, "overrides": args.set, "ours": ours, "train": facts,
+              "evaluate": metrics}
     if args.no_reference:
         print(f"\n{args.data.name}: segpipe {ours:.4f} ({describe(facts)}); params {args.set or 'defaults'}")
-        (work / "result.json").write_text(json.dumps({"data": str(args.data), "minutes": args.minutes,
-                                                      "overrides": args.set, "ours": ours, "train": facts,
-                                                      "evaluate": metrics}, indent=2))
+        (work / "result.json").write_text(json.dumps(result, indent=2))
         return
     if num_classes == 1:
         if not REFERENCE.is_file():
@@ -169,11 +169,8 @@ def main(argv=None) -> None:
         print("  segpipe IoU per class: " + ", ".join(
             f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in metrics["valid_class_iou"].items()))
     print(f"DIFFERENCE {ours - theirs:+.4f} (target: >= +0.05)")
-    (work / "result.json").write_text(json.dumps({"data": str(args.data), "minutes": args.minutes,
-                                                  "overrides": args.set, "ours": ours, "reference": theirs,
-                                                  "reference_words": their_words, "train": facts,
-                                                  "evaluate": metrics},
-                                                 indent=2))
+    result.update(reference=theirs, reference_words=their_words)
+    (work / "result.json").write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -88,14 +88,14 @@ def choose_input(input: str, *, rows: pd.DataFrame, image_size: tuple[int, int],
         raise ValueError(f"param 'train.input' must be one of {list(INPUTS)}, got {input!r}.")
     if input != "auto":
         return input, "set by train.input"
-    shrink = _shrink(rows, image_size=image_size)
-    if shrink > MIN_SHRINK_FOR_PATCHES:
-        return "resize", (f"auto: images are at most {1 / shrink:.2f}x the input {image_size[0]}x{image_size[1]} "
-                          f"(median); patches need >= {1 / MIN_SHRINK_FOR_PATCHES:.1f}x")
-    picked = rows.sample(n=min(sample, len(rows)), random_state=seed) if len(rows) > sample else rows
+    large, where = _large_enough_for_patches(rows, image_size=image_size)
+    if not large:
+        return "resize", f"auto: {where}"
+    # Sorted first: preflight passes train.csv's rows, train the subsets' originals, in another order.
+    ordered = rows.sort_values("id", kind="stable")
+    picked = ordered.sample(n=sample, random_state=seed) if len(rows) > sample else ordered
     width = structure_width(list(picked["mask_path"]), num_classes=num_classes)
     limit = min(image_size) * STRUCTURE_SHARE_OF_PATCH
-    where = f"images {1 / shrink:.2f}x the input {image_size[0]}x{image_size[1]} (median)"
     if width is None or width >= limit:
         measured = "unmeasurable" if width is None else f"{width:.1f} px"
         return "resize", (f"auto: {where}, but the structures are {measured}"
@@ -125,11 +125,19 @@ def input_candidates(input: str, *, rows: pd.DataFrame, image_size: tuple[int, i
     if input != "auto" or not pilot:
         mode, reason = choose_input(input, rows=rows, image_size=image_size, num_classes=num_classes, seed=seed)
         return [mode], reason
+    large, where = _large_enough_for_patches(rows, image_size=image_size)
+    if not large:
+        return ["resize"], f"auto: {where}"
+    return ["resize", "patches"], f"auto: {where}, so either input may do better: a pilot of each decides"
+
+
+def _large_enough_for_patches(rows: pd.DataFrame, *, image_size: tuple[int, int]) -> tuple[bool, str]:
+    """(whether resizing would shrink the images by 1.5x or more, so that patches differ from it, the words)."""
     shrink = _shrink(rows, image_size=image_size)
     where = f"images {1 / shrink:.2f}x the input {image_size[0]}x{image_size[1]} (median)"
     if shrink > MIN_SHRINK_FOR_PATCHES:
-        return ["resize"], f"auto: {where}; patches need >= {1 / MIN_SHRINK_FOR_PATCHES:.1f}x"
-    return ["resize", "patches"], f"auto: {where}, so either input may do better: a pilot of each decides"
+        return False, f"{where}; patches need >= {1 / MIN_SHRINK_FOR_PATCHES:.1f}x"
+    return True, where
 
 
 def _shrink(rows: pd.DataFrame, *, image_size: tuple[int, int]) -> float:

@@ -257,6 +257,20 @@ def test_auto_picks_patches_for_thin_dense_structures_in_large_images(tmp_path, 
         choose_input("tiles", rows=rows, image_size=(256, 256), num_classes=1, seed=0)
 
 
+def test_auto_decides_the_same_on_the_same_rows_in_another_order(tmp_path):
+    """preflight passes train.csv's rows, train the subsets' originals in another order: one decision."""
+    masks = []
+    for width in range(2, 10):  # strips 2-9 px wide: which masks the sample takes moves the width
+        mask = np.zeros((512, 512), np.uint8)
+        for left in range(20, 500, 24):
+            mask[:, left:left + width] = 1
+        masks.append(mask)
+    rows = write_rows(tmp_path, masks)
+    reasons = {choose_input("auto", rows=rows.sample(frac=1.0, random_state=order), image_size=(256, 256),
+                            num_classes=1, seed=0, sample=3)[1] for order in range(4)}
+    assert len(reasons) == 1
+
+
 @pytest.mark.parametrize("side, input, pilot, expected", [
     (512, "auto", 0.3, ["resize", "patches"]),   # 2x the input: a pilot of each decides
     (300, "auto", 0.3, ["resize"]),              # 1.17x: patches would be the image resized, nearly
