@@ -1,5 +1,5 @@
-"""preflight: the checklist before a long training (segpipe/preflight/checks.py): devices, data, capacity, memory, mask
-values, overfitting one batch, run time. Stops `dvc repro` before train when a check fails.
+"""preflight: the checklist before a long training (segpipe/preflight/checks.py): devices, data, capacity,
+resolution, memory, mask values, overfitting one batch, run time. Stops `dvc repro` before train when a check fails.
 
 Reads:   --csv-dir/{train,valid,test}.csv and their PNGs, --subsets-summary and --subsets-dir (the training
          subsets, to draw the overfit batch the way train draws), --augmented-csv (rows per epoch).

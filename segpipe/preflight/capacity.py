@@ -156,3 +156,48 @@ def typical_size(regions: np.ndarray, quantile: float = 0.5) -> float:
     extents, areas = regions[order, 0], regions[order, 1]
     cumulative = np.cumsum(areas) / areas.sum()
     return float(extents[min(len(extents) - 1, np.searchsorted(cumulative, quantile))])
+
+
+def resize_ceiling(masks, *, size: tuple[int, int], num_classes: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """What the resized network input costs before any learning: the score of a perfect network.
+
+    Each mask is resized to the network input `size` as training resizes it (nearest), its one-hot
+    resized back to the mask's size as evaluate resizes the probabilities (bilinear) and decided (binary:
+    > 0.5; else the most probable class), then scored against the mask, void excluded.
+
+    Args:
+        masks: iterable of uint8 class-id arrays (H, W) (255 = void).
+        size: (height, width) of the network input.
+        num_classes: 1 = binary.
+
+    Returns:
+        (intersections, unions) per class, pooled over the masks (binary: background, foreground), and each
+        mask's own IoU (binary: of the foreground, images without any skipped; else the mean over the
+        classes the mask holds).
+    """
+    import tensorflow as tf
+
+    classes = max(2, num_classes)
+    intersections, unions, per_image = np.zeros(classes), np.zeros(classes), []
+    for mask in masks:
+        small = tf.image.resize(mask[..., None], size, method="nearest")[..., 0]
+        one_hot = tf.one_hot(tf.cast(small, tf.int32), classes)  # void (255) is all zeros: no vote
+        back = tf.image.resize(one_hot, mask.shape, method="bilinear").numpy()
+        decided = (back[..., 1] > 0.5).astype(np.uint8) if num_classes == 1 else back.argmax(-1)
+        labelled = mask != 255
+        truth, guess = mask[labelled], decided[labelled]
+        inter, in_truth = _count(truth[truth == guess], classes), _count(truth, classes)
+        union = in_truth + _count(guess, classes) - inter
+        intersections += inter
+        unions += union
+        present = np.flatnonzero(in_truth)
+        if num_classes == 1:
+            if 1 in present:
+                per_image.append(float(inter[1] / union[1]))
+        elif len(present):
+            per_image.append(float(np.mean(inter[present] / union[present])))
+    return intersections, unions, per_image
+
+
+def _count(values: np.ndarray, classes: int) -> np.ndarray:
+    return np.bincount(values.astype(np.int64), minlength=classes)[:classes]

@@ -4,6 +4,8 @@ its status (pass, warn or fail), one line for the terminal, and its numbers for 
 - devices: what TensorFlow sees, its CUDA/cuDNN build, the precision and strategy train will use, and why;
 - data: rows per split, group and class, foreground or class frequencies, imbalance and polarity warnings;
 - capacity: parameters, FLOPs, output stride and receptive field against the size of the objects;
+- resolution: resized input only: what a perfect network would score after the masks go to the network input
+  and back, the input size's cost before any learning;
 - memory: the memory plan of the configured batch against the device;
 - mask values: the class ids of a training batch, as the input pipeline yields them;
 - overfit one batch: the model, loss and optimizer of train must fit one batch (IoU >= a target); a falling
@@ -29,6 +31,7 @@ from segpipe.data.rows import class_pixel_table
 IMBALANCE_RATIO = 100     # most frequent / least frequent class pixels above this: a warning
 POLARITY_SHARE = 0.5      # binary: foreground above this share of the pixels in most images: a warning
 CPU_HOURS_WARNING = 1.0   # a CPU-only run estimated longer than this: a warning
+RESIZE_CEILING = 0.9      # resized input: a class whose perfect-network IoU is below this: a warning
 LEARNING_RISE = 0.2       # overfit check: an IoU below the target that rose this much is a warning, not a fail
 
 
@@ -133,6 +136,32 @@ def capacity_check(*, model, receptive_field: tuple[int, bool], object_sizes: di
                + (", ".join(f"{n} {s['median_px']:.0f} px" for n, s in sizes.items()) or "none"))
     return Check("capacity", "warn" if warnings else "pass",
                  summary + "".join(f"\n    warning: {w}" for w in warnings), facts)
+
+
+def resolution_check(*, ceiling: tuple[np.ndarray, np.ndarray, list[float]] | None, size: tuple[int, int],
+                     class_names: list[str], num_classes: int) -> Check:
+    """The IoU a perfect network would score at the network input `size` (capacity.resize_ceiling's
+    `ceiling`; None with patches, which train at native resolution), per class and image-mean."""
+    if ceiling is None:
+        return Check("resolution", "pass", "patches: trained and predicted at native resolution",
+                     {"input": "patches"})
+    intersections, unions, per_image = ceiling
+    names = class_names if num_classes > 1 else ["background", class_names[-1]]
+    per_class = {name: round(float(i / u), 4) for name, i, u in zip(names, intersections, unions) if u}
+    scored = per_class if num_classes > 1 else {names[1]: per_class[names[1]]} if names[1] in per_class else {}
+    image_mean = round(float(np.mean(per_image)), 4) if per_image else None
+    low = {name: iou for name, iou in scored.items() if iou < RESIZE_CEILING}
+    facts = {"input": f"{size[0]}x{size[1]}", "class_iou": per_class, "image_mean_iou": image_mean,
+             "warnings": [f"'{name}' keeps IoU {iou:.3f} at most" for name, iou in low.items()]}
+    summary = (f"masks resized to the network input {size[0]}x{size[1]} and back: a perfect network scores "
+               + (", ".join(f"{name} {iou:.3f}" for name, iou in scored.items()) or "nothing (no labelled pixels)")
+               + (f"; image-mean IoU {image_mean:.3f}" if image_mean is not None else ""))
+    if low:
+        summary += (f"\n    warning: at {size[0]}x{size[1]} {', '.join(repr(n) for n in low)} cannot score above "
+                    f"{max(low.values()):.3f} IoU at native resolution, however well it learns: a larger "
+                    "train.image_size (the memory plan shrinks the batch to fit) or train.input: patches keeps "
+                    "more of it")
+    return Check("resolution", "warn" if low else "pass", summary, facts)
 
 
 def mask_value_check(masks: np.ndarray, *, num_classes: int) -> Check:

@@ -1,6 +1,7 @@
 """The preflight checks that need the model train will build (segpipe/training/setup.py's InputSetup): its
-capacity against the objects, its memory plan, the mask values of a batch drawn as train draws, overfitting
-that batch, and the run time it implies. The checks themselves are segpipe/preflight/checks.py's."""
+capacity against the objects, what its input size costs, its memory plan, the mask values of a batch drawn as
+train draws, overfitting that batch, and the run time it implies. The checks themselves are
+segpipe/preflight/checks.py's."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,7 @@ from segpipe.data.crops import Patches
 from segpipe.data.image_io import read_png
 from segpipe.data.rows import class_pixel_table
 from segpipe.preflight import checks
-from segpipe.preflight.capacity import object_sizes, receptive_field
+from segpipe.preflight.capacity import object_sizes, receptive_field, resize_ceiling
 from segpipe.training import memory_plan
 from segpipe.training.devices import Placement
 from segpipe.training.loop import make_optimizer
@@ -41,9 +42,12 @@ def model_checks(setup: InputSetup, *, originals: pd.DataFrame, placement: Place
     scales = ([1.0] * len(sample) if setup.patches else
               np.minimum(size[0] / sample["height"].astype(float), size[1] / sample["width"].astype(float)))
     sizes = object_sizes((read_png(p) for p in sample["mask_path"]), num_classes=num_classes, scales=scales)
+    ceiling = None if setup.patches else resize_ceiling((read_png(p) for p in sample["mask_path"]), size=size,
+                                                         num_classes=num_classes)
     budget, budget_source = memory_plan.replica_budget(placement)
     report = [checks.capacity_check(model=model, receptive_field=field, object_sizes=sizes, class_names=class_names,
                                     num_classes=num_classes),
+              checks.resolution_check(ceiling=ceiling, size=size, class_names=class_names, num_classes=num_classes),
               checks.memory_check(plan=memory_plan.estimate(model, batch_size=setup.batch_size,
                                                             optimizer=train["optimizer"],
                                                             mixed_precision=mixed_precision),

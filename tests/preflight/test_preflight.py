@@ -229,7 +229,8 @@ def test_the_console_script_runs_the_stage_and_it_passes_on_a_sound_project(proj
     assert facts["memory"]["estimate_gib"]["total"] > 0
     picture = np.asarray(Image.open(sheet))
     assert picture.ndim == 3 and (picture == (255, 230, 0)).all(axis=-1).any()  # outlines drawn
-    for name in ("devices", "data", "capacity", "memory", "mask_values", "overfit_one_batch", "run_time"):
+    for name in ("devices", "data", "capacity", "resolution", "memory", "mask_values", "overfit_one_batch",
+                 "run_time"):
         assert f"] {name}: " in done.stdout
 
 
