@@ -3,7 +3,8 @@
 An image goes in as uint8 (H, W, C) at its own size and comes out as probabilities (H, W, K) at that size,
 in one of two ways, the way the model was trained (`train.input`, recorded in models/inference.json):
 - `resize`: the image is resized to the model's input size exactly as training resized it (`resize_image`),
-  and the probabilities are resized (bilinear) back.
+  and the probabilities are resized (bilinear) back; `predict_files` sends `batch_size` images per model
+  call.
 - `patches`: sliding windows of the model's input size at native resolution. Windows overlap by
   `tile_overlap` (a share of the window), images smaller than a window are zero-padded (as training pads
   its crops), and each window's probabilities are blended with a Gaussian weight (sigma = 1/8 of the
@@ -18,6 +19,7 @@ to a mask.
 """
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -187,16 +189,44 @@ def predict_files(model: keras.Model, paths: list[Path], *, input_mode: str, til
                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(image, probabilities at its own size) per file, in order, with progress named `desc`. The next files
     are decoded in threads while the model predicts (`read_ahead`): a few images in memory, whatever their
-    number. `batch_size`: windows per model call (patches); `white_level`: see load_image; `pages`: the page
-    of each file (multi-page TIFF stacks), else the first; `max_pixels`: larger images are an error."""
+    number. `batch_size`: windows (patches) or resized images (resize) per model call; `white_level`: see
+    load_image; `pages`: the page of each file (multi-page TIFF stacks), else the first; `max_pixels`: larger
+    images are an error."""
     predict = prediction_function(model, input_mode=input_mode, tile_overlap=tile_overlap, tta=tta,
                                   batch_size=batch_size)
     channels = model.input_shape[-1]
     files = list(zip(paths, pages or [0] * len(paths), strict=True))
-    images = read_ahead(lambda file: load_image(file[0], channels=channels, white_level=white_level, page=file[1],
-                                                max_pixels=max_pixels), files)
-    for image in progress(images, desc=desc, unit="image", total=len(files)):
+    images = progress(read_ahead(lambda file: load_image(file[0], channels=channels, white_level=white_level,
+                                                         page=file[1], max_pixels=max_pixels), files),
+                      desc=desc, unit="image", total=len(files))
+    if input_mode == "resize" and batch_size > 1:
+        yield from _resized_in_batches(model, images, tta=tta, batch_size=batch_size)
+        return
+    for image in images:
         yield image, predict(tf.constant(image)).numpy()
+
+
+def _resized_in_batches(model: keras.Model, images: Iterator[np.ndarray], *, tta: str,
+                        batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`resized_prediction`'s result for each image, `batch_size` resized images per model call: one image
+    per call leaves a GPU idle between calls. Holds `batch_size` images at their own size."""
+    height, width, channels = model.input_shape[1:]
+    shrink = tf.function(lambda image: resize_image(image, (height, width)),
+                         input_signature=[tf.TensorSpec([None, None, channels], tf.uint8)])
+    predict = tf.function(lambda batch: _averaged(model, to_unit_range(batch), tta=tta),
+                          input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8)])
+    grow = tf.function(lambda probabilities, size: tf.image.resize(probabilities, size, method="bilinear"),
+                       input_signature=[tf.TensorSpec([height, width, None], tf.float32),
+                                        tf.TensorSpec([2], tf.int32)])
+    chunk: list[np.ndarray] = []
+    for image in itertools.chain(images, [None]):  # None: the end, predict what is left
+        if image is not None:
+            chunk.append(image)
+        if chunk and (len(chunk) == batch_size or image is None):
+            outputs = predict(tf.stack([shrink(tf.constant(i)) for i in chunk]))
+            for index, kept in enumerate(chunk):
+                yield kept, grow(outputs[index], tf.constant(kept.shape[:2], tf.int32)).numpy()
+            chunk = []
 
 
 def to_class_ids(probabilities: np.ndarray, *, threshold: float) -> np.ndarray:

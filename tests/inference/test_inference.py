@@ -105,6 +105,25 @@ def test_tta_averages_the_undone_transforms(model):
     assert resized(tf.constant(random_image(50, 40))).shape == (50, 40, 1)
 
 
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 8])
+def test_resized_images_in_batches_predict_as_one_at_a_time(tmp_path, batch_size):
+    """Five images of different sizes, several per model call: each comes back in order, at its own size,
+    with the one-image path's probabilities (the last call holds what is left)."""
+    model = conv_net((24, 24, 3), outputs=3)
+    shapes = [(50, 40), (24, 24), (31, 77), (12, 20), (64, 64)]
+    paths = []
+    for index, shape in enumerate(shapes):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(random_image(*shape, channels=3, seed=index)).save(paths[-1])
+    one = inference.prediction_function(model, input_mode="resize", tile_overlap=0.5, tta="flips", batch_size=1)
+    results = list(inference.predict_files(model, paths, input_mode="resize", tile_overlap=0.5, tta="flips",
+                                           batch_size=batch_size, desc="test"))
+    assert len(results) == len(shapes)
+    for (image, probabilities), shape in zip(results, shapes, strict=True):
+        assert image.shape == (*shape, 3) and probabilities.shape == (*shape, 3)
+        np.testing.assert_allclose(probabilities, one(tf.constant(image)).numpy(), atol=1e-5)
+
+
 def test_bad_inference_settings_name_the_param():
     with pytest.raises(ValueError, match="'evaluate.tta' must be one of"):
         inference.check_tta("mirror", input_size=(32, 32))
