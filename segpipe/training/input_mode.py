@@ -14,13 +14,16 @@ won (thin membranes, vessels), patches lost 0.11-0.155 where resize won (polyps 
 photo; small, sparse objects in 600x1080 photos; street scenes) in 8 CPU-minutes (docs/results.md). So
 `auto` takes patches only where they clearly pay (the rule below) and resizes otherwise.
 
-The rule: `patches` when the images shrink by 1.5x or more AND the structures are narrower than 1/8 of
-the patch's shorter side (a patch holds whole structures with context around them) AND, binary, the
+The rule: `patches` when the images shrink by 1.5x or more AND the structures are narrower than 1/16 of
+the patch's shorter side (a patch holds whole structures with wide context around them) AND, binary, the
 foreground covers at least 5% of the pixels (dense structures: every patch holds some; sparse objects
 are mostly missed by patches, while a resized image shows every one at every step). Thin membranes (7.6
 px, 22% of the pixels) and vessels get patches; a lesion that fills a third of a photo, a few small
 objects in a large photo and street scenes (CamVid: 38.6 px over all classes, although its poles are 3.7
-px; patches scored 0.250 mean IoU against 0.33 resized) get resize.
+px; patches scored 0.250 mean IoU against 0.33 resized) get resize. The width bound is 1/16, not the 1/8
+first used, because CamVid's cars (34 px, 5.7% of the pixels) sat just above 1/8 and just above 5%, and
+patches lost 0.38-0.41 IoU there: structures that narrow, yet objects rather than a network of lines,
+must stay well inside the resize side; the membranes (7.6 px) and vessels are far below either bound.
 
 `train.input_pilot` > 0 replaces the rule by a pilot (`input_candidates`, segpipe/training/input_pilot.py):
 a short run of each input, the better at native resolution goes on. Off by default: at 8 CPU-minutes
@@ -55,7 +58,7 @@ from segpipe.evaluation.metrics import class_boundary
 MIN_SHRINK_FOR_PATCHES = 2 / 3
 MIN_ASPECT_CHANGE = 1.1  # keep_aspect: the median ratio must differ from 1 by this factor at least
 MIN_SCALE_CHANGE = 1.25  # resize: images with fewer pixels than the input by this factor set the input size
-STRUCTURE_SHARE_OF_PATCH = 1 / 8
+STRUCTURE_SHARE_OF_PATCH = 1 / 16
 # Binary: patches only when the foreground covers at least this share of the pixels (module docstring).
 MIN_FOREGROUND_FOR_PATCHES = 0.05
 
@@ -99,16 +102,16 @@ def choose_input(input: str, *, rows: pd.DataFrame, image_size: tuple[int, int],
     if width is None or width >= limit:
         measured = "unmeasurable" if width is None else f"{width:.1f} px"
         return "resize", (f"auto: {where}, but the structures are {measured}"
-                          f" wide (2 x area / boundary), not under {limit:g} px (1/8 of the input): whole images")
+                          f" wide (2 x area / boundary), not under {limit:g} px (1/16 of the input): whole images")
     share = foreground_share(rows)
     if num_classes == 1 and share < MIN_FOREGROUND_FOR_PATCHES:
         return "resize", (f"auto: {where}, structures {width:.1f} px wide (2 x area / boundary), but sparse "
                           f"({share:.1%} of the pixels "
                           f"are foreground, under {MIN_FOREGROUND_FOR_PATCHES:.0%}): most patches would miss them, "
                           "whole images show every object at every step")
+    dense = f", {share:.0%} of the pixels" if num_classes == 1 else ""
     return "patches", (f"auto: {where}, structures {width:.1f} px wide (2 x area / boundary), under "
-                       f"{limit:g} px (1/8 of the input)" + (f", {share:.0%} of the pixels" if num_classes == 1 else "")
-                       + ": native-resolution patches keep them")
+                       f"{limit:g} px (1/16 of the input){dense}: native-resolution patches keep them")
 
 
 def foreground_share(rows: pd.DataFrame) -> float:

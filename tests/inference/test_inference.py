@@ -257,6 +257,7 @@ def test_structure_width_is_two_area_over_boundary(tmp_path):
     (512, 4, 16, "patches"),   # thin, dense structures (25% of the pixels) in images 2x the input
     (512, 4, 0, "resize"),     # the same strip alone: 0.8% of the pixels, most patches would miss it
     (512, 100, 0, "resize"),   # large objects: a 256 patch would cut them
+    (512, 24, 48, "resize"),   # dense but 24 px wide, over 1/16 of the input (CamVid's cars: 34 px)
     (300, 4, 16, "resize"),    # images about the input's size
 ])
 def test_auto_picks_patches_for_thin_dense_structures_in_large_images(tmp_path, size, width, period, expected):
