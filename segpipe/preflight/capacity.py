@@ -163,7 +163,7 @@ def resize_ceiling(masks, *, size: tuple[int, int], num_classes: int) -> tuple[n
 
     Each mask is resized to the network input `size` as training resizes it (nearest), its one-hot
     resized back to the mask's size as evaluate resizes the probabilities (bilinear) and decided (binary:
-    > 0.5; else the most probable class), then scored against the mask, void excluded.
+    >= 0.5; else the most probable class: `to_class_ids`), then scored against the mask, void excluded.
 
     Args:
         masks: iterable of uint8 class-id arrays (H, W) (255 = void).
@@ -177,27 +177,27 @@ def resize_ceiling(masks, *, size: tuple[int, int], num_classes: int) -> tuple[n
     """
     import tensorflow as tf
 
+    from segpipe.evaluation.metrics import class_confusion
+    from segpipe.inference.prediction import to_class_ids
+
     classes = max(2, num_classes)
     intersections, unions, per_image = np.zeros(classes), np.zeros(classes), []
     for mask in masks:
         small = tf.image.resize(mask[..., None], size, method="nearest")[..., 0]
         one_hot = tf.one_hot(tf.cast(small, tf.int32), classes)  # void (255) is all zeros: no vote
         back = tf.image.resize(one_hot, mask.shape, method="bilinear").numpy()
-        decided = (back[..., 1] > 0.5).astype(np.uint8) if num_classes == 1 else back.argmax(-1)
+        # Decided as evaluate decides: binary, the foreground's probability at threshold 0.5.
+        decided = to_class_ids(back[..., 1:] if num_classes == 1 else back, threshold=0.5)
         labelled = mask != 255
-        truth, guess = mask[labelled], decided[labelled]
-        inter, in_truth = _count(truth[truth == guess], classes), _count(truth, classes)
-        union = in_truth + _count(guess, classes) - inter
+        matrix = class_confusion(decided[labelled], mask[labelled], num_classes=classes)
+        inter = np.diag(matrix)
+        union = matrix.sum(0) + matrix.sum(1) - inter
         intersections += inter
         unions += union
-        present = np.flatnonzero(in_truth)
+        present = np.flatnonzero(matrix.sum(1))
         if num_classes == 1:
             if 1 in present:
                 per_image.append(float(inter[1] / union[1]))
         elif len(present):
             per_image.append(float(np.mean(inter[present] / union[present])))
     return intersections, unions, per_image
-
-
-def _count(values: np.ndarray, classes: int) -> np.ndarray:
-    return np.bincount(values.astype(np.int64), minlength=classes)[:classes]

@@ -148,7 +148,8 @@ def resolution_check(*, ceiling: tuple[np.ndarray, np.ndarray, list[float]] | No
     intersections, unions, per_image = ceiling
     names = class_names if num_classes > 1 else ["background", class_names[-1]]
     per_class = {name: round(float(i / u), 4) for name, i, u in zip(names, intersections, unions) if u}
-    scored = per_class if num_classes > 1 else {names[1]: per_class[names[1]]} if names[1] in per_class else {}
+    # Binary: the foreground alone is scored (the background's IoU is near 1 on any data).
+    scored = per_class if num_classes > 1 else {k: v for k, v in per_class.items() if k == names[1]}
     image_mean = round(float(np.mean(per_image)), 4) if per_image else None
     low = {name: iou for name, iou in scored.items() if iou < RESIZE_CEILING}
     facts = {"input": f"{size[0]}x{size[1]}", "class_iou": per_class, "image_mean_iou": image_mean,
