@@ -14,8 +14,9 @@ in one of two ways, the way the model was trained (`train.input`, recorded in mo
 Test-time augmentation (`tta`) averages the probabilities over flips (and 90-degree turns) of each window.
 
 Everything is TensorFlow ops in one `tf.function` per model (`prediction_function`), so the SavedModel's
-serving signature (segpipe/training/model.py) is this very code. `to_class_ids` is the one rule from probabilities
-to a mask.
+serving signature (segpipe/training/model.py) is this very code; `predict_files` batches the same ops
+(`resize_image`, `_averaged`, the bilinear resize back) for resized images. `to_class_ids` is the one rule
+from probabilities to a mask.
 """
 from __future__ import annotations
 
@@ -192,6 +193,7 @@ def predict_files(model: keras.Model, paths: list[Path], *, input_mode: str, til
     number. `batch_size`: windows (patches) or resized images (resize) per model call; `white_level`: see
     load_image; `pages`: the page of each file (multi-page TIFF stacks), else the first; `max_pixels`: larger
     images are an error."""
+    # Checks the settings too; resized images go through `_resized_in_batches` instead.
     predict = prediction_function(model, input_mode=input_mode, tile_overlap=tile_overlap, tta=tta,
                                   batch_size=batch_size)
     channels = model.input_shape[-1]
@@ -199,7 +201,7 @@ def predict_files(model: keras.Model, paths: list[Path], *, input_mode: str, til
     images = progress(read_ahead(lambda file: load_image(file[0], channels=channels, white_level=white_level,
                                                          page=file[1], max_pixels=max_pixels), files),
                       desc=desc, unit="image", total=len(files))
-    if input_mode == "resize" and batch_size > 1:
+    if input_mode == "resize":
         yield from _resized_in_batches(model, images, tta=tta, batch_size=batch_size)
         return
     for image in images:
@@ -218,15 +220,11 @@ def _resized_in_batches(model: keras.Model, images: Iterator[np.ndarray], *, tta
     grow = tf.function(lambda probabilities, size: tf.image.resize(probabilities, size, method="bilinear"),
                        input_signature=[tf.TensorSpec([height, width, None], tf.float32),
                                         tf.TensorSpec([2], tf.int32)])
-    chunk: list[np.ndarray] = []
-    for image in itertools.chain(images, [None]):  # None: the end, predict what is left
-        if image is not None:
-            chunk.append(image)
-        if chunk and (len(chunk) == batch_size or image is None):
-            outputs = predict(tf.stack([shrink(tf.constant(i)) for i in chunk]))
-            for index, kept in enumerate(chunk):
-                yield kept, grow(outputs[index], tf.constant(kept.shape[:2], tf.int32)).numpy()
-            chunk = []
+    images = iter(images)
+    while chunk := list(itertools.islice(images, batch_size)):
+        outputs = predict(tf.stack([shrink(tf.constant(image)) for image in chunk]))
+        for image, probabilities in zip(chunk, outputs, strict=True):
+            yield image, grow(probabilities, tf.constant(image.shape[:2], tf.int32)).numpy()
 
 
 def to_class_ids(probabilities: np.ndarray, *, threshold: float) -> np.ndarray:
