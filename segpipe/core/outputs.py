@@ -38,11 +38,14 @@ def write_text(path: Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Writes `data` to `path` through a temp file in the same folder and an atomic rename."""
+def write_bytes(path: Path, data: bytes, *, clean: bool = True) -> None:
+    """Writes `data` to `path` through a temp file in the same folder and an atomic rename. `clean=False`
+    skips looking for a killed write's leftovers (a scan of the folder): for a caller that writes many files
+    into one folder and removes leftovers once itself (segpipe-predict's output record)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(path)
+    if clean:
+        _remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -11,6 +11,7 @@ Conventions (the rest of the pipeline relies on them):
 """
 from __future__ import annotations
 
+import io
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -157,11 +158,7 @@ def open_image(path: Path, *, page: int = 0, max_pixels: int = DEFAULT_MAX_IMAGE
     width, height = im.size
     if width * height > max_pixels:
         im.close()
-        raise ValueError(
-            f"{width}x{height} = {width * height:,} pixels, more than {max_pixels_name} = {max_pixels:,} "
-            "(the guard against decompression bombs: small files that decode to gigabytes); if your dataset has "
-            f"images this large (whole-slide, satellite), raise {max_pixels_name} (and train with "
-            "train.input: patches)")
+        raise ValueError(too_many_pixels(width, height, max_pixels=max_pixels, max_pixels_name=max_pixels_name))
     if _is_wide_colour(im):
         if width * height > OPENCV_MAX_IMAGE_PIXELS:
             im.close()
@@ -176,6 +173,23 @@ def open_image(path: Path, *, page: int = 0, max_pixels: int = DEFAULT_MAX_IMAGE
     with _decoder_errors():
         im.load()
     return im
+
+
+def too_many_pixels(width: int, height: int, *, max_pixels: int, max_pixels_name: str) -> str:
+    """The reason an image of width x height pixels is refused under `max_pixels` (see open_image)."""
+    return (f"{width}x{height} = {width * height:,} pixels, more than {max_pixels_name} = {max_pixels:,} "
+            "(the guard against decompression bombs: small files that decode to gigabytes); if your dataset has "
+            f"images this large (whole-slide, satellite), raise {max_pixels_name} (and train with "
+            "train.input: patches)")
+
+
+def read_header(path: Path) -> tuple[int, int, bool]:
+    """(width, height, more than 8 bits per channel) of the first page of `path`, from its header alone; a
+    ValueError with the reason (as open_image gives it) when it is empty or not an image."""
+    if Path(path).stat().st_size == 0:
+        raise ValueError("empty file (0 bytes)")
+    with _decoder_errors(), open_lazily(path) as im:
+        return (*im.size, is_high_bit_depth(im))
 
 
 @contextmanager
@@ -272,12 +286,20 @@ def image_to_array(im: Image.Image, *, image_mode: str, white_level: float | Non
     return np.asarray(im.convert(image_mode), dtype=np.uint8)
 
 
+def encode_png(array: np.ndarray) -> bytes:
+    """A uint8 (H, W) or (H, W, 3) array (or uint16 (H, W)) as PNG bytes with no metadata (byte-identical reruns)."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
 def write_png(path: Path, array: np.ndarray) -> None:
-    """Writes a uint8 (H, W) or (H, W, 3) array as PNG with no metadata (byte-identical reruns)."""
+    """Writes `array` (see encode_png) as a PNG file, in place: the stages write into a temp folder that
+    replaces the output folder whole (segpipe.core.outputs.replace_dir)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        Image.fromarray(array).save(path, format="PNG", optimize=False, compress_level=6)
+        path.write_bytes(encode_png(array))
     except OSError as err:
         raise naming(err, path) from None
 

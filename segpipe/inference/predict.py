@@ -18,28 +18,46 @@ measured with (threshold.json beside the model), else 0.5, flips and 0.5. --over
 --probabilities adds <stem>_probability.png (16-bit, 65535 = 1.0; binary) or <stem>_probabilities.npy
 (float16, H x W x K; multi-class).
 Images go through segpipe/inference/prediction.py, the path the evaluate stage measures.
+
+Nothing the user owns is replaced: an output folder that is the input folder, lies inside it or holds an
+input is refused, and so is a run that would replace a file predict did not write there (its record,
+<output>/predict-files.jsonl, lists what it wrote). Every file is written atomically; a rerun skips the
+images whose masks are already there for the same input file, model and settings, so a killed run resumes.
+Bad arguments, models and inputs are refused with one error (exit 2) before anything is written.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from segpipe.core import faults
 from segpipe.core.cli import run_stage, start_tensorflow
-from segpipe.core.outputs import write_text
+from segpipe.core.outputs import write_bytes, write_text
 from segpipe.core.schema import TTA_MODES
 from segpipe.data.image_io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     SUPPORTED_EXTENSIONS,
+    encode_png,
     image_pages,
+    read_header,
     read_white_level,
-    write_png,
+    too_many_pixels,
 )
 from segpipe.data.palette import colour_mask
 from segpipe.evaluation.overlays import class_overlay
+from segpipe.inference.model_file import check_model_file
+from segpipe.inference.output_record import (
+    RECORD_NAME,
+    SUMMARY_NAME,
+    OutputRecord,
+    check_output_folder,
+    settings_digest,
+    source_of,
+)
 
 
 def find_inputs(path: Path) -> list[tuple[Path, int, Path]]:
@@ -55,13 +73,37 @@ def find_inputs(path: Path) -> list[tuple[Path, int, Path]]:
     else:
         raise ValueError(f"--input '{path}' does not exist; give an image file or a folder of images.")
     if not files:
-        raise ValueError(f"no images under '{path}'; expected files ending in {', '.join(SUPPORTED_EXTENSIONS)}.")
+        raise ValueError(f"--input '{path}' holds no images (searched recursively); expected files ending in "
+                         f"{', '.join(SUPPORTED_EXTENSIONS)}.")
     inputs = []
     for file in files:
         stem, pages = file.relative_to(root).with_suffix(""), image_pages(file)
         inputs += [(file, 0, stem)] if len(pages) == 1 else [(file, page, stem / f"{index:04d}")
                                                              for index, page in enumerate(pages)]
     return inputs
+
+
+def check_headers(files: list[Path], *, max_pixels: int, eight_bit_model: bool) -> None:
+    """One ValueError listing every input that cannot be predicted, from the headers alone, before any
+    prediction: not an image, more than `max_pixels`, or more than 8 bits for a model trained on 8-bit
+    images (`eight_bit_model`: its intensities would have no known scale)."""
+    problems = []
+    for file in dict.fromkeys(files):
+        try:
+            width, height, high_bit_depth = read_header(file)
+        except ValueError as err:
+            problems.append(f"'{file}': {err}; remove or replace the file")
+            continue
+        if width * height > max_pixels:
+            problems.append(f"'{file}': " + too_many_pixels(width, height, max_pixels=max_pixels,
+                                                             max_pixels_name="--max-image-pixels"))
+        elif high_bit_depth and eight_bit_model:
+            problems.append(f"'{file}': more than 8 bits per channel, but the model was trained on 8-bit images "
+                            "(inference.json: white_level null), so its intensities have no known scale; convert "
+                            "it to 8 bits the way the training images were made, or train on images like it")
+    if problems:
+        raise ValueError(f"{len(problems)} of the {len(dict.fromkeys(files))} input file(s) cannot be predicted; "
+                         "nothing was written:\n" + "\n".join(f"  - {line}" for line in problems))
 
 
 def evaluated_settings(model_path: Path) -> tuple[dict, str]:
@@ -74,23 +116,39 @@ def evaluated_settings(model_path: Path) -> tuple[dict, str]:
     return defaults, "default (no threshold.json beside the model; run the evaluate stage)"
 
 
-def write_outputs(target: Path, image: np.ndarray, ids: np.ndarray, probability: np.ndarray, *, overlay: bool,
-                  colour: bool, probabilities: bool) -> None:
-    """<target>.png (binary: 0/255, so it is viewable; multi-class: class ids), and the optional extras."""
-    num_classes = probability.shape[-1]
-    write_png(target.with_suffix(".png"), ids * 255 if num_classes == 1 else ids)
+def output_names(stem: Path, *, num_classes: int, overlay: bool, colour: bool, probabilities: bool) -> dict:
+    """{kind: path relative to the output folder} of what predict writes for the image `stem`."""
+    names = {"mask": stem.with_suffix(".png")}
     if overlay:
-        gray_or_color = image[..., 0] if image.shape[-1] == 1 else image
-        write_png(target.with_name(f"{target.name}_overlay.png"),
-                  class_overlay(gray_or_color, ids, num_classes=num_classes))
+        names["overlay"] = stem.with_name(f"{stem.name}_overlay.png")
     if colour:
-        write_png(target.with_name(f"{target.name}_colour.png"), colour_mask(ids, num_classes=num_classes))
+        names["colour"] = stem.with_name(f"{stem.name}_colour.png")
     if probabilities:
-        if probability.shape[-1] == 1:
-            scaled = np.round(np.clip(probability[..., 0], 0, 1) * 65535).astype(np.uint16)
-            Image.fromarray(scaled).save(target.with_name(f"{target.name}_probability.png"))
-        else:
-            np.save(target.with_name(f"{target.name}_probabilities.npy"), probability.astype(np.float16))
+        names["probabilities"] = stem.with_name(f"{stem.name}_probability.png" if num_classes == 1
+                                                else f"{stem.name}_probabilities.npy")
+    return {kind: name.as_posix() for kind, name in names.items()}
+
+
+def write_outputs(folder: Path, names: dict, image: np.ndarray, ids: np.ndarray, probability: np.ndarray) -> None:
+    """Each of `names` (output_names) into `folder`, atomically: the mask (binary: 0/255, so it is viewable;
+    multi-class: class ids) and the extras asked for."""
+    num_classes = probability.shape[-1]
+    contents = {"mask": lambda: encode_png(ids * 255 if num_classes == 1 else ids),
+                "overlay": lambda: encode_png(class_overlay(image[..., 0] if image.shape[-1] == 1 else image, ids,
+                                                            num_classes=num_classes)),
+                "colour": lambda: encode_png(colour_mask(ids, num_classes=num_classes)),
+                "probabilities": lambda: _probability_bytes(probability)}
+    for kind, name in names.items():
+        write_bytes(folder / name, contents[kind](), clean=False)  # the record removed leftovers once
+
+
+def _probability_bytes(probability: np.ndarray) -> bytes:
+    """Binary: a 16-bit PNG (65535 = 1.0); multi-class: a float16 (H, W, K) .npy."""
+    if probability.shape[-1] == 1:
+        return encode_png(np.round(np.clip(probability[..., 0], 0, 1) * 65535).astype(np.uint16))
+    buffer = io.BytesIO()
+    np.save(buffer, probability.astype(np.float16))
+    return buffer.getvalue()
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -117,8 +175,7 @@ def parse_args(argv) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if not args.model.is_file():
-        raise ValueError(f"--model '{args.model}' not found; train one first (dvc repro).")
+    check_model_file(args.model)
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}.")
     if args.batch_size < 1:
@@ -128,38 +185,70 @@ def main(argv=None) -> None:
     if args.tile_overlap is not None and not 0 <= args.tile_overlap < 1:
         raise ValueError(f"--tile-overlap must be in [0, 1), got {args.tile_overlap}.")
     inputs = find_inputs(args.input)
+    check_output_folder(args.output, input=args.input, input_files=[file for file, _, _ in inputs])
+    record = json.loads(args.model.with_name("inference.json").read_text())
+    check_headers([file for file, _, _ in inputs], max_pixels=args.max_image_pixels,
+                  eight_bit_model="white_level" in record and record["white_level"] is None)
     settings, source = evaluated_settings(args.model)
     given = {"threshold": args.threshold, "tta": args.tta, "tile_overlap": args.tile_overlap}
     settings.update({key: value for key, value in given.items() if value is not None})
     threshold = settings.pop("threshold")
     start_tensorflow()  # after the cheap checks: see its docstring
-    import keras
 
-    from segpipe.inference.prediction import predict_files, read_input_mode, to_class_ids
+    from segpipe.inference.prediction import check_tta, predict_files, read_input_mode, to_class_ids
 
     input_mode = read_input_mode(args.model.with_name("inference.json"))
     white_level = read_white_level(args.model.with_name("inference.json"))
-    model = keras.models.load_model(args.model, compile=False)
-    print(f"predict: {len(inputs)} image(s), model input {model.input_shape[1:]} ({input_mode}), threshold "
-          f"{threshold:g}, tta {settings['tta']}, tile overlap {settings['tile_overlap']:g} (unless given: {source})")
-    predictions = predict_files(model, [path for path, _, _ in inputs], pages=[page for _, page, _ in inputs],
+    model = load_model(args.model)
+    check_tta(settings["tta"], input_size=tuple(model.input_shape[1:3]), param="--tta")
+    num_classes = int(model.output_shape[-1])
+    written = OutputRecord(args.output)
+    digest = settings_digest(args.model, threshold=threshold, **settings)
+    plan = [(file, page, stem.as_posix(), source_of(file, page),
+             output_names(stem, num_classes=num_classes, overlay=args.overlay, colour=args.colour,
+                          probabilities=args.probabilities)) for file, page, stem in inputs]
+    todo = [item for item in plan if not written.is_done(item[2], source=item[3], settings=digest,
+                                                         files=list(item[4].values()))]
+    written.refuse_foreign([name for *_, names in todo for name in names.values()] + [SUMMARY_NAME])
+    written.remove_leftovers()
+    done_before = f"; {len(plan) - len(todo)} already written by an earlier run, skipped" if len(todo) < len(plan) \
+        else ""
+    print(f"predict: {len(plan)} image(s){done_before}, model input {model.input_shape[1:]} ({input_mode}), "
+          f"threshold {threshold:g}, tta {settings['tta']}, tile overlap {settings['tile_overlap']:g} (unless "
+          f"given: {source})")
+    predictions = predict_files(model, [file for file, *_ in todo], pages=[page for _, page, *_ in todo],
                                 batch_size=args.batch_size, desc="predict", input_mode=input_mode,
                                 white_level=white_level, max_pixels=args.max_image_pixels, **settings)
     # strict: zip then runs the generator to its end, so its progress prints the closing line.
-    for (_, _, stem), (image, probability) in zip(inputs, predictions, strict=True):
-        (args.output / stem).parent.mkdir(parents=True, exist_ok=True)
-        write_outputs(args.output / stem, image, to_class_ids(probability, threshold=threshold), probability,
-                      overlay=args.overlay, colour=args.colour, probabilities=args.probabilities)
-    write_text(args.output / "predict.json", json.dumps({"model": str(args.model), "threshold": threshold,
-                                                          "input": input_mode, **settings,
-                                                          "defaults_source": source, "images": len(inputs)},
-                                                         indent=2) + "\n")
-    print(f"predict: masks written to {args.output}")
+    for count, ((_, _, stem, identity, names), (image, probability)) in enumerate(
+            zip(todo, predictions, strict=True), 1):
+        written.claim(stem, source=identity, settings=digest, files=list(names.values()))
+        write_outputs(args.output, names, image, to_class_ids(probability, threshold=threshold), probability)
+        faults.reached(f"image-{count}")
+    written.close()
+    write_text(args.output / SUMMARY_NAME, json.dumps({"model": str(args.model), "threshold": threshold,
+                                                        "input": input_mode, **settings,
+                                                        "defaults_source": source, "images": len(inputs),
+                                                        "predicted": len(todo)}, indent=2) + "\n")
+    print(f"predict: masks written to {args.output} (what predict wrote there: {args.output / RECORD_NAME})")
+
+
+def load_model(path: Path):
+    """The Keras model at `path` (checked by check_model_file), or a ValueError saying why Keras could not
+    load it (an archive whose parts are whole but do not make a model: another Keras version, a hand edit)."""
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as err:  # Keras raises many kinds here (ValueError, TypeError, OSError from h5py, ...)
+        raise ValueError(f"--model '{path}' is a .keras archive that Keras cannot load ({err.__class__.__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); it may come from another Keras "
+                         "version: retrain (dvc repro) or load it with the Keras version that wrote it.") from None
 
 
 def cli() -> None:
     """The `segpipe-predict` command."""
-    run_stage("predict", main)
+    run_stage("segpipe-predict", main)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The bad-input corpus: each case breaks one thing in a finished tiny project (a file, a layout, a param,
-the environment), runs the stage that meets it as `dvc repro` would (its dvc.yaml command, a subprocess),
+the environment), runs the stage that meets it as `dvc repro` would (its dvc.yaml command, a subprocess)
+or segpipe-predict as a user would,
 and checks what the user sees: the exit code, ONE error line naming the culprit and the fix, and not a byte
 of the project changed (no partial outputs, no temp files). A few inputs that look odd but are valid (16-bit
 and palette masks, non-ASCII names, a README beside the masks) must go through instead.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import resource
 import shlex
@@ -35,18 +37,26 @@ STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 OUTPUT_FOLDERS = ("data", "models", "metrics", "plots")
 
 
-def stage_command(stage: str) -> list[str]:
-    """The stage's dvc.yaml command with this interpreter as `python`."""
+PREDICT = "segpipe-predict"
+# segpipe-predict's arguments in a finished project, unless a case gives its own: the images of shots/.
+PREDICT_ARGS = ("--model", "models/model.keras", "--input", "shots", "--output", "shots_masks")
+
+
+def stage_command(stage: str, args: tuple[str, ...] = ()) -> list[str]:
+    """The stage's dvc.yaml command with this interpreter as `python` (segpipe-predict: as its module)."""
+    if stage == PREDICT:
+        return [sys.executable, "-m", "segpipe.inference.predict", *(args or PREDICT_ARGS)]
     command = shlex.split(STAGES[stage]["cmd"])
     assert command[0] == "python"
     return [sys.executable, *command[1:]]
 
 
-def run(project: Path, stage: str, **popen) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+def run(project: Path, stage: str, args: tuple[str, ...] = (), extra_env: dict | None = None,
+        **popen) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", **(extra_env or {}))
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(stage_command(stage), cwd=project, env=env, capture_output=True, text=True, timeout=300,
-                          **popen)
+    return subprocess.run(stage_command(stage, args), cwd=project, env=env, capture_output=True, text=True,
+                          timeout=300, **popen)
 
 
 @pytest.fixture(scope="module")
@@ -256,6 +266,56 @@ def unwritable_outputs(project):
     edit_params(project, "convert.image_mode", "L")  # so the stage has something new to write
 
 
+def shots(project, *, count: int = 2, folder: str = "shots"):
+    """`count` new 8-bit RGB photos to predict, in `folder` of the project."""
+    for index in range(count):
+        path = project / folder / f"shot{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pattern_image(30, 44, seed=20 + index)).save(path)
+
+
+def predict_args(**given) -> tuple[str, ...]:
+    """PREDICT_ARGS with `--name value` replaced or added (name with _ for -); a value of True is a flag."""
+    args = dict(zip(PREDICT_ARGS[::2], PREDICT_ARGS[1::2], strict=True))
+    for name, value in given.items():
+        args["--" + name.replace("_", "-")] = value
+    return tuple(item for flag, value in args.items() for item in ((flag,) if value is True else (flag, str(value))))
+
+
+def locked_output(project):
+    shots(project)
+    (project / "locked").mkdir()
+    (project / "locked").chmod(0o555)
+
+
+def truncated_model(project):
+    shots(project)
+    path = project / "models/model.keras"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def hdf5_model(project):
+    shots(project)
+    (project / "models/model.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(2000))
+
+
+def sixteen_bit_shot(project):
+    shots(project)
+    Image.fromarray(np.full((30, 44), 3000, np.uint16)).save(project / "shots/deep.png")
+
+
+def a_file_predict_did_not_write(project):
+    shots(project)
+    (project / "shots_masks").mkdir()
+    (project / "shots_masks/shot1.png").write_bytes(b"the user's own file")
+
+
+def predicted_once(project):
+    shots(project)
+    done = run(project, PREDICT)
+    assert done.returncode == 0, done.stderr
+
+
 # (section, the stage that reads it, a key, a typo of it)
 TYPOS = [("convert", "convert-to-png", "mask_threshold", "mask_treshold"),
          ("build_csv", "build-csv", "valid_fraction", "valid_fraciton"),
@@ -274,6 +334,7 @@ class Case:
     expect: str           # a fragment of the error line that names the culprit (or, for valid input, the output)
     fix: str = ""         # a fragment of the error line that says what to do
     code: int = 2         # exit code; 0 = the input is valid and must go through
+    args: tuple[str, ...] = ()  # segpipe-predict's arguments (default PREDICT_ARGS)
     drop_capabilities: bool = False  # run without root's power to write anywhere
     file_size_limit: int = 0         # bytes (RLIMIT_FSIZE, `ulimit -f`): a disk that fills up mid-write
 
@@ -397,6 +458,50 @@ CASES = [
          file_size_limit=1000),
     Case("a full disk while writing the plots", "evaluate", lambda p: edit_params(p, "evaluate.worst_k", 2),
          "File too large writing 'plots/evaluate/", "raise it (ulimit -f unlimited)", code=1, file_size_limit=2000),
+    # ------------------------------------------------------------------------------- segpipe-predict
+    Case("predict: --output is the input folder", PREDICT, shots,
+         "--output 'shots' is the input folder --input 'shots'", "choose an output folder outside 'shots'",
+         args=predict_args(output="shots")),
+    Case("predict: --output inside the input folder", PREDICT, shots,
+         "--output 'shots/masks' lies inside the input folder --input 'shots'", "choose an output folder outside",
+         args=predict_args(output="shots/masks")),
+    Case("predict: --output holds the input folder", PREDICT, partial(shots, folder="work/shots"),
+         "--output 'work' holds 2 of the input image(s) ('work/shots/shot0.png')", "holds no input",
+         args=predict_args(input="work/shots", output="work")),
+    Case("predict: --output an existing file", PREDICT, lambda p: (shots(p), (p / "notes.txt").write_text("x")),
+         "--output 'notes.txt' is an existing file", "choose another path", args=predict_args(output="notes.txt")),
+    Case("predict: --output not writable", PREDICT, locked_output, "--output 'locked/masks' cannot be written",
+         "chmod u+w", args=predict_args(output="locked/masks"), drop_capabilities=True),
+    Case("predict: a file in --output that predict did not write", PREDICT, a_file_predict_did_not_write,
+         "already holds 1 file(s) that segpipe-predict did not write", "move those files away"),
+    Case("predict: rerun into its own output", PREDICT, predicted_once,
+         "2 image(s); 2 already written by an earlier run, skipped", code=0),
+    Case("predict: a truncated model", PREDICT, truncated_model, "--model 'models/model.keras' is truncated",
+         "dvc checkout models/model.keras"),
+    Case("predict: an HDF5 (.h5) model", PREDICT, hdf5_model, "is an HDF5 file (the Keras 2 .h5 format)",
+         "expected a Keras 3 .keras file", args=predict_args(model="models/model.h5")),
+    Case("predict: a text file as the model", PREDICT, lambda p: (shots(p), (p / "notes.keras").write_text("x")),
+         "--model 'notes.keras' is not a Keras model file", "models/model.keras",
+         args=predict_args(model="notes.keras")),
+    Case("predict: the SavedModel folder as the model", PREDICT, shots,
+         "--model 'models/saved_model' is a TensorFlow SavedModel folder", "models/model.keras",
+         args=predict_args(model="models/saved_model")),
+    Case("predict: a model without its inference.json", PREDICT,
+         lambda p: (shots(p), (p / "models/inference.json").unlink()), "models/inference.json' is missing",
+         "copy models/inference.json"),
+    Case("predict: --threshold 1.5", PREDICT, shots, "--threshold must be in [0, 1], got 1.5",
+         args=predict_args(threshold=1.5)),
+    Case("predict: an input folder with no images", PREDICT,
+         lambda p: ((p / "shots").mkdir(), (p / "shots/README.txt").write_text("x")),
+         "--input 'shots' holds no images", "expected files ending in"),
+    Case("predict: a 16-bit image for a model trained on 8-bit images", PREDICT, sixteen_bit_shot,
+         "'shots/deep.png': more than 8 bits per channel", "convert it to 8 bits"),
+    Case("predict: an image over --max-image-pixels", PREDICT, shots,
+         "'shots/shot0.png': 44x30 = 1,320 pixels, more than --max-image-pixels = 1,000", "raise --max-image-pixels",
+         args=predict_args(max_image_pixels=1000)),
+    Case("predict: a gray image for a colour model", PREDICT,
+         lambda p: (shots(p), Image.fromarray(np.zeros((30, 44), np.uint8)).save(p / "shots/gray.png")),
+         "predict: masks written to shots_masks", code=0),
 ]
 SEEN: dict[str, tuple[int, str]] = {}
 
@@ -428,7 +533,7 @@ def test_bad_input_gives_one_clear_error_and_changes_nothing(case, finished, tmp
     if case.file_size_limit:
         popen["preexec_fn"] = limit_file_size(case.file_size_limit)
     try:
-        done = run(project, case.stage, **popen)
+        done = run(project, case.stage, case.args, **popen)
     finally:
         for folder in (project / "data", project / "data/png"):
             folder.chmod(0o755)
@@ -447,11 +552,58 @@ def test_bad_input_gives_one_clear_error_and_changes_nothing(case, finished, tmp
     SEEN[case.name] = (done.returncode, message.replace(str(project), "<project>"))
 
 
+def mask_bytes(folder: Path) -> dict[str, bytes]:
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name not in ("predict.json", "predict-files.jsonl")}
+
+
+def test_predict_killed_mid_run_leaves_whole_files_and_a_rerun_resumes(finished, tmp_path):
+    """kill -9 after two images, then kill -9 again halfway through a file's write: whole files only, and the
+    third run predicts only what is missing and ends byte-identical to a run that was never killed."""
+    project = tmp_path / "project"
+    shutil.copytree(finished, project, symlinks=True)
+    shots(project, count=4)
+    args = predict_args(overlay=True)
+    assert run(project, PREDICT, predict_args(output="reference", overlay=True)).returncode == 0
+    for kill_at in ("image-2", "write"):
+        done = run(project, PREDICT, args, {"SEGPIPE_KILL_AT": f"{PREDICT}:{kill_at}"}, start_new_session=True)
+        assert done.returncode == -9, done.stderr
+        for name, data in mask_bytes(project / "shots_masks").items():  # what is there is whole
+            assert name.startswith(".") or data == mask_bytes(project / "reference")[name], name
+    written = {name for name in mask_bytes(project / "shots_masks") if not name.startswith(".")}
+    assert written == {"shot0.png", "shot0_overlay.png", "shot1.png", "shot1_overlay.png"}
+    assert any(name.startswith(".shot2.png.") for name in mask_bytes(project / "shots_masks"))  # killed mid-write
+    done = run(project, PREDICT, args)
+    assert done.returncode == 0, done.stderr
+    assert "4 image(s); 2 already written by an earlier run, skipped" in done.stdout
+    assert mask_bytes(project / "shots_masks") == mask_bytes(project / "reference")  # and no temp file left
+
+
+def test_predict_reruns_what_changed_and_never_touches_other_files(finished, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(finished, project, symlinks=True)
+    shots(project, count=3)
+    assert run(project, PREDICT).returncode == 0
+    (project / "shots_masks/notes.txt").write_text("the user's notes")  # a file predict never writes
+    Image.fromarray(pattern_image(30, 44, seed=99)).save(project / "shots/shot1.png")  # a new version of one
+    done = run(project, PREDICT)
+    assert done.returncode == 0, done.stderr
+    assert "3 image(s); 2 already written by an earlier run, skipped" in done.stdout
+    done = run(project, PREDICT, predict_args(threshold=0.2, colour=True))  # other settings: all again
+    assert done.returncode == 0, done.stderr
+    assert "3 image(s), model input" in done.stdout
+    assert (project / "shots_masks/notes.txt").read_text() == "the user's notes"
+    records = [json.loads(line) for line in (project / "shots_masks/predict-files.jsonl").read_text().splitlines()]
+    assert [record["stem"] for record in records] == ["shot0", "shot1", "shot2"]  # one line per image
+    assert records[0]["files"] == ["shot0.png", "shot0_colour.png"]
+
+
 def render_table() -> str:
     lines = ["# Bad input: what each stage says", "",
              "Generated by tests/project/test_bad_inputs.py from the cases it runs (`SEGPIPE_WRITE_DOCS=1 "
              ".venv/bin/python -m pytest tests/project/test_bad_inputs.py`); do not edit by hand. Each case breaks "
-             "one thing in a finished project and runs the stage that meets it. A failing stage exits with the "
+             "one thing in a finished project and runs the stage (or `segpipe-predict`) that meets it. A failing "
+             "stage exits with the "
              "code shown, prints one error (below, its first line and the lines it lists), and leaves every file "
              "as it was.", "",
              "| # | input | stage | exit | what the user sees |", "|---|---|---|---|---|"]
