@@ -3,17 +3,18 @@
 Reads:   --model (from train), --inference (train's record of resize or patches), --csv-dir/{valid,test}.csv
          and their PNGs, --history (train's per-epoch CSV, for the learning-curve picture), --run-info (the
          MLflow id of the run that trained the model).
-Writes:  --metrics JSON (flat keys: <split>_<score> at threshold 0.5 and <split>_<score>_at_best_threshold),
+Writes:  --metrics JSON (flat keys: <split>_<score> at threshold 0.5 and <split>_<score>_at_best_threshold;
+         the headline scores' 95% bootstrap intervals over images as <key>_ci_low and <key>_ci_high),
          --threshold JSON (the best validation threshold by IoU, and the tta and tile_overlap measured with:
          segpipe-predict uses them by default),
          --plots-dir/{threshold_curve,class_scores,iou_histogram,confusion}.csv (declared as DVC plots), per_image.csv
-         and worst.csv (tables),
+         (scores and pixel counts per image, which segpipe-report pairs by id) and worst.csv (tables),
          --plots-dir/overlays/*.png (binary: TP green / FP red / FN blue; multi-class: truth | prediction in
          class colours with a legend; void gray), --plots-dir/png/*.png rendered offline.
-Params:  num_classes, class_names, mlflow; evaluate.boundary_tolerance, num_samples, worst_k,
-         batch_size (windows per model call), tta, tile_overlap. MLflow: a new record of this experiment per run
-         (all params, these metrics, a link to the training run), never a write into the training run
-         (segpipe/tracking/runs.py).
+Params:  seed (the bootstrap's), num_classes, class_names, mlflow; evaluate.boundary_tolerance, num_samples,
+         worst_k, batch_size (windows per model call), tta, tile_overlap, bootstrap_resamples. MLflow: a new
+         record of this experiment per run (all params, these metrics, a link to the training run), never a
+         write into the training run (segpipe/tracking/runs.py).
 
 Predictions go through segpipe/inference/prediction.py (as segpipe-predict's and the SavedModel's do): resized to the
 model's input and back, or blended sliding windows at native resolution for patch-trained models, with
@@ -77,9 +78,11 @@ def main(argv=None) -> None:
                     tta=params["tta"], batch_size=params["batch_size"])
     totals, seconds_per_image = score_splits(model, splits, num_classes=num_classes, csv_dir=args.csv_dir,
                                              boundary_tolerance=params["boundary_tolerance"], **settings)
-    flat, per_image, threshold, sweep = flat_scores(totals, num_classes=num_classes, class_names=class_names)
-    worst = draw_plots(model, args.plots_dir, valid=splits["valid"], flat=flat, per_image=per_image,
-                       threshold=threshold, sweep=sweep, totals=totals["valid"], num_classes=num_classes,
+    flat, threshold, sweep = flat_scores(totals, num_classes=num_classes, class_names=class_names,
+                                         bootstrap_resamples=params["bootstrap_resamples"],
+                                         seed=all_params.shared("seed"))
+    worst = draw_plots(model, args.plots_dir, valid=splits["valid"], flat=flat, threshold=threshold, sweep=sweep,
+                       totals=totals["valid"], num_classes=num_classes,
                        class_names=class_names, history=pd.read_csv(args.history) if args.history.is_file() else None,
                        num_samples=params["num_samples"], worst_k=params["worst_k"], **settings)
     write_json(args.threshold, {"threshold": threshold, "chosen_by": "highest pooled IoU on the validation split"

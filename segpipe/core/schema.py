@@ -170,6 +170,7 @@ SECTIONS = {
         "batch_size": dict(kind=int, minimum=1),
         "tta": dict(kind=str, choices=TTA_MODES),
         "tile_overlap": dict(kind=float, minimum=0.0, maximum=0.9),
+        "bootstrap_resamples": dict(kind=int, minimum=0),
     },
 }
 

@@ -17,7 +17,7 @@ import pandas as pd
 from segpipe.core.parallel import read_ahead
 from segpipe.data.image_io import read_png
 from segpipe.data.rows import check_files
-from segpipe.evaluation import metrics
+from segpipe.evaluation import intervals, metrics
 from segpipe.evaluation.charts import confusion_cells, iou_histogram, write_evaluation_plots
 from segpipe.evaluation.totals import SplitTotals, per_image_table
 from segpipe.inference import prediction
@@ -44,22 +44,27 @@ def rounded(value):
     return None if value is None else round(float(value), 6)
 
 
-def flat_scores(totals: dict[str, SplitTotals], *, num_classes: int, class_names: list[str]
-                ) -> tuple[dict, list[dict], float, pd.DataFrame]:
-    """(the metrics file's flat scores, per-image scores of the validation split at the best threshold, that
-    threshold, the validation threshold sweep); binary: the best threshold by pooled validation IoU."""
+def flat_scores(totals: dict[str, SplitTotals], *, num_classes: int, class_names: list[str],
+                bootstrap_resamples: int, seed: int) -> tuple[dict, float, pd.DataFrame]:
+    """(the metrics file's flat scores, the best threshold, the validation threshold sweep); binary: the best
+    threshold by pooled validation IoU. The headline scores (intervals.HEADLINE_SCORES) get their 95% bootstrap interval
+    over the split's images (segpipe/evaluation/intervals.py) unless `bootstrap_resamples` is 0."""
     threshold, sweep = 0.5, pd.DataFrame()
     if num_classes == 1:
         sweep = pd.DataFrame(totals["valid"].sweep())
         threshold = metrics.best_threshold(sweep.to_dict("records"))
-    flat, per_image = {"best_threshold": threshold}, None
+    flat = {"best_threshold": threshold}
     for name in totals:
         for value, suffix in ((0.5, ""), (threshold, "_at_best_threshold")) if num_classes == 1 else ((0.5, ""),):
-            scores, rows = totals[name].scores(name, class_names=class_names, threshold=value, suffix=suffix)
-            flat.update(scores)
-            if name == "valid" and value == threshold:
-                per_image = rows
-    return {k: rounded(v) for k, v in sorted(flat.items())}, per_image, threshold, sweep
+            flat.update(totals[name].scores(name, class_names=class_names, threshold=value, suffix=suffix)[0])
+            if bootstrap_resamples:
+                table = totals[name].per_image(class_names=class_names, threshold=value)
+                scores = intervals.HEADLINE_SCORES["binary" if num_classes == 1 else "multi_class"]
+                found = intervals.bootstrap_intervals({score: intervals.metric_parts(table, score) for score in scores},
+                                                      resamples=bootstrap_resamples, seed=seed)
+                for score, (_, low, high) in found.items():
+                    flat[f"{name}_{score}{suffix}_ci_low"], flat[f"{name}_{score}{suffix}_ci_high"] = low, high
+    return {k: rounded(v) for k, v in sorted(flat.items())}, threshold, sweep
 
 
 def flatten_scores(flat: dict) -> dict[str, float]:
@@ -73,12 +78,12 @@ def flatten_scores(flat: dict) -> dict[str, float]:
     return out
 
 
-def draw_plots(model: keras.Model, folder: Path, *, valid: pd.DataFrame, flat: dict, per_image: list[dict],
-               threshold: float, sweep: pd.DataFrame, totals: SplitTotals, num_classes: int, class_names: list[str],
+def draw_plots(model: keras.Model, folder: Path, *, valid: pd.DataFrame, flat: dict, threshold: float,
+               sweep: pd.DataFrame, totals: SplitTotals, num_classes: int, class_names: list[str],
                history: pd.DataFrame | None, num_samples: int, worst_k: int, **settings) -> pd.DataFrame:
     """Writes the plot folder; returns the worst images. The few images drawn (the first `num_samples` by id,
     the `worst_k` lowest IoU) are predicted again rather than every prediction kept."""
-    table = per_image_table(valid, per_image, threshold=threshold)
+    table = per_image_table(valid, totals, class_names=class_names, threshold=threshold)
     worst = table.sort_values(["iou", "id"]).head(worst_k)
     shown = valid[valid["id"].isin(set(valid.sort_values("id")["id"][:num_samples]) | set(worst["id"]))]
     at = "_at_best_threshold" if num_classes == 1 else ""  # the threshold the per-image table uses

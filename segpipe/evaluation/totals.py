@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from segpipe.data.image_io import IGNORE_ID
 from segpipe.evaluation import metrics as m
+from segpipe.evaluation.intervals import count_columns
 
 
 def threshold_levels(probabilities: np.ndarray, thresholds=m.THRESHOLDS) -> np.ndarray:
@@ -99,6 +100,7 @@ class SplitTotals:
         self.counts = np.zeros((steps, 4), np.int64)            # binary: pooled [tp, fp, fn, tn] per threshold
         self.matrix = np.zeros((max(2, num_classes),) * 2, np.int64)  # multi-class: rows = true class
         self.image_scores = []  # per image: (3, steps) binary [iou, dice, boundary_f]; (3,) multi-class
+        self.image_counts = []  # per image: (steps, 4) binary [tp, fp, fn, tn]; (C, 3) multi-class [tp, fp, fn]
 
     def add(self, probabilities: np.ndarray, truth: np.ndarray) -> None:
         """One image: probabilities (H, W, K) float32, truth (H, W) uint8 class ids (255 = void)."""
@@ -110,6 +112,7 @@ class SplitTotals:
             levels = threshold_levels(probabilities[..., 0], self.thresholds)
             counts = _counts_by_threshold(levels, truth == 1, labelled, steps)
             self.counts += counts
+            self.image_counts.append(counts)
             tp, fp, fn = (counts[:, i].astype(np.float64) for i in range(3))
             wrong = fp + fn  # IoU and Dice are 1 where there is nothing to find and nothing found (metrics.py)
             self.image_scores.append(np.array([
@@ -120,6 +123,8 @@ class SplitTotals:
             predicted = np.argmax(probabilities, axis=-1).astype(np.uint8)
             matrix = m.class_confusion(predicted[labelled], truth[labelled], num_classes=self.num_classes)
             self.matrix += matrix
+            hits = np.diag(matrix)
+            self.image_counts.append(np.stack([hits, matrix.sum(axis=0) - hits, matrix.sum(axis=1) - hits], axis=1))
             classes = m.class_scores(matrix)
             self.image_scores.append(np.array([
                 classes["mean_iou"], classes["mean_dice"],
@@ -166,6 +171,17 @@ class SplitTotals:
             flat[f"{name}_image_mean_{key}{suffix}"] = float(np.mean([row[key] for row in rows]))
         return flat, rows
 
+    def per_image(self, *, class_names: list[str], threshold: float = 0.5) -> pd.DataFrame:
+        """iou, dice, boundary_f and the counts behind the pooled scores (intervals.count_columns) per image,
+        binary at `threshold`: what bootstrap intervals and paired comparisons resample."""
+        binary = self.num_classes == 1
+        index = self._index(threshold) if binary else None
+        scores = np.array([s[:, index] if binary else s for s in self.image_scores]).reshape(-1, 3)
+        counts = np.array([c[index] if binary else c.ravel() for c in self.image_counts], np.int64)
+        columns = count_columns(class_names, binary=binary)
+        frame = pd.DataFrame(scores, columns=["iou", "dice", "boundary_f"])
+        return pd.concat([frame, pd.DataFrame(counts.reshape(len(frame), len(columns)), columns=columns)], axis=1)
+
     def _index(self, threshold: float) -> int:
         for index, value in enumerate(self.thresholds):
             if abs(value - threshold) < 1e-9:
@@ -173,10 +189,19 @@ class SplitTotals:
         raise ValueError(f"threshold {threshold} is not one of the sweep's {list(self.thresholds)}.")
 
 
-def per_image_table(rows: pd.DataFrame, per_image: list[dict[str, float]], *, threshold: float) -> pd.DataFrame:
-    """id, group, foreground_fraction, threshold, iou, dice, boundary_f per image (plots/evaluate/per_image.csv)."""
-    table = rows[["id", "group", "foreground_fraction"]].copy()
-    table["threshold"] = threshold
-    for key in ("iou", "dice", "boundary_f"):
-        table[key] = [round(row[key], 6) for row in per_image]
+def per_image_table(rows: pd.DataFrame, totals: SplitTotals, *, class_names: list[str],
+                    threshold: float) -> pd.DataFrame:
+    """plots/evaluate/per_image.csv: id, group, foreground_fraction, threshold, then iou, dice, boundary_f and
+    the counts (SplitTotals.per_image) at `threshold`, and for binary models the same again at 0.5 as
+    `<column>_at_0.5`: the per-image parts of both the plain and the _at_best_threshold metrics, which the
+    report pairs image by image (by id) with another run's."""
+    table = rows[["id", "group", "foreground_fraction"]].reset_index(drop=True)
+    table.insert(3, "threshold", threshold)
+    scored = [totals.per_image(class_names=class_names, threshold=threshold)]
+    if totals.num_classes == 1:
+        scored.append(totals.per_image(class_names=class_names, threshold=0.5).add_suffix("_at_0.5"))
+    table = pd.concat([table, *scored], axis=1)
+    for column in table:
+        if column.split("_at_")[0] in ("iou", "dice", "boundary_f"):
+            table[column] = table[column].round(6)
     return table

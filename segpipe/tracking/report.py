@@ -2,6 +2,7 @@
 plots as PNG (rendered offline by the evaluate stage), and an optional regression gate.
 
     python -m segpipe.tracking.report --base main [--output report/report.md] [--gate valid_iou --tolerance 0.01]
+        [--gate-rule paired|absolute]
     python -m segpipe.tracking.report --base-dir ../base --base-label origin/main [--gate ...]
 
 Two kinds of base, and the report says which one it used (numbers from different machines or
@@ -11,25 +12,36 @@ precisions differ without any change in the code, so only the second compares li
 - `--base-dir DIR`: another checkout in which `dvc repro` just ran (CI reproduces the base branch on
   the same runner); its params.yaml and metrics files are read from there.
 Run it from the project root after `dvc repro`. Deltas are coloured only for metrics with a better
-direction (IoU up, loss down); the gate exits 3 when the chosen metric got worse by more than the
-tolerance (or is missing). Metrics renamed since the base (`best_val_iou` -> `best_valid_iou`) are
-matched by their new names; run facts that left the metrics files (timings, devices) are listed.
+direction (IoU up, loss down). The headline scores are also compared image by image on the validation
+images both sides scored (plots/evaluate/per_image.csv, matched by id): the difference, its 95% paired
+bootstrap interval and a verdict, better, worse or "within noise" (segpipe/evaluation/intervals.py). The
+gate exits 3 when the chosen metric got worse beyond the noise: the whole interval of its paired difference
+below -tolerance (`--gate-rule absolute`: the point value fell by more than the tolerance), or is missing.
+Metrics renamed since the base (`best_val_iou` -> `best_valid_iou`) are matched by their new names; run
+facts that left the metrics files (timings, devices) are listed.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from segpipe.core.cli import run_stage
 from segpipe.core.outputs import write_text
 from segpipe.core.params import flatten
+from segpipe.evaluation import intervals
 
+# The scores compared image by image (paired bootstrap; per_image.csv holds their parts), in this order.
+PAIRED = ("valid_iou", "valid_dice", "valid_iou_at_best_threshold", "valid_mean_iou", "valid_mean_dice",
+          "valid_image_mean_iou", "valid_image_mean_boundary_f")
+PAIRED_RESAMPLES = 2000
 HEADLINE = ("valid_iou", "valid_dice", "valid_iou_at_best_threshold", "valid_image_mean_boundary_f", "valid_mean_iou",
             "best_threshold", "test_iou", "best_valid_iou", "best_valid_dice", "best_valid_loss")
 HIGHER_IS_BETTER = ("iou", "dice", "precision", "recall", "accuracy", "specificity", "boundary", "f1")  # name words
@@ -39,6 +51,7 @@ RENAMED_PREFIXES = {"best_val_": "best_valid_"}
 PLOTS = ("learning_curves_loss", "learning_curves_iou", "threshold_curve", "precision_recall", "confusion_matrix",
          "class_scores", "per_image_iou")
 GATE_FAILED = 3
+PER_IMAGE = "plots/evaluate/per_image.csv"
 
 
 def dvc_json(*args: str, cwd: Path | None = None) -> dict:
@@ -139,16 +152,76 @@ def gate(rows, *, metric: str, tolerance: float) -> tuple[bool, str]:
     return True, f"gate passed: `{metric}` {old:.4f} → {new:.4f} (tolerance {tolerance})."
 
 
+def paired_rows(new: pd.DataFrame | None, old: pd.DataFrame | None, *, resamples: int = PAIRED_RESAMPLES,
+                seed: int = 0) -> tuple[list[tuple[str, float, float, float, str]], str]:
+    """([(metric, this - base, low, high, verdict)] for the PAIRED metrics both per-image tables hold, a note on
+    the images compared); no rows, and the note says why, when a side has no table or they share no image."""
+    if new is None or old is None:
+        missing = "this change" if new is None else "the base"
+        return [], (f"No paired comparison: {missing} has no per-image scores (plots/evaluate/per_image.csv with "
+                    "pixel counts, written by evaluate since the intervals release); rerun `dvc repro` there.")
+    common = set(new["id"]) & set(old["id"])
+    if not common:
+        return [], "No paired comparison: the two sides scored no validation image in common (another split)."
+    rows = []
+    for metric in PAIRED:
+        score = metric.removeprefix("valid_").removesuffix("_at_best_threshold")
+        suffix = "" if metric.endswith("_at_best_threshold") or "tp" not in new else "_at_0.5"
+        found = intervals.paired_difference(new, old, score, suffix=suffix, resamples=resamples, seed=seed)
+        if found is not None:
+            rows.append((metric, *found, intervals.verdict(found[1], found[2])))
+    note = (f"Paired on the {len(common)} validation images both sides scored (matched by id; 95% BCa bootstrap "
+            f"interval of the difference over images, {resamples} resamples): \"within noise\" when it holds 0.")
+    if len(common) < max(len(new), len(old)):
+        note += f" The base scored {len(old)} images and this change {len(new)}: only the shared ones count here."
+    return rows, note
+
+
+def paired_table(rows: list[tuple[str, float, float, float, str]]) -> str:
+    lines = ["| metric | this − base | 95% interval | verdict |", "|---|---:|---:|---|"]
+    lines += [f"| `{metric}` | {difference:+.4f} | [{low:+.4f}, {high:+.4f}] | {word} |"
+              for metric, difference, low, high, word in rows]
+    return "\n".join(lines)
+
+
+def paired_gate(paired: list, *, metric: str, tolerance: float) -> tuple[bool, str] | None:
+    """(passed, message): fails only when the whole interval of the paired difference of `metric` lies below
+    -`tolerance`, i.e. the drop is larger than the tolerance beyond the noise; None when `metric` has no
+    paired row."""
+    for name, difference, low, high, word in paired:
+        if name == metric:
+            where = f"`{metric}` {difference:+.4f} [{low:+.4f}, {high:+.4f}] ({word})"
+            if high < -tolerance:
+                return False, (f"gate FAILED: {where}: the whole interval of the paired difference lies below "
+                               f"-{tolerance} (tolerance).")
+            return True, f"gate passed: {where}; fails only when the whole interval lies below -{tolerance}."
+    return None
+
+
 def build_report(*, base: str, provenance: str, params_diff: dict, metrics_diff: dict, plots_dir: Path,
-                 output: Path, gate_metric: str | None, tolerance: float) -> tuple[str, bool]:
-    """The Markdown text (images copied beside `output`) and whether the gate passed."""
+                 output: Path, gate_metric: str | None, tolerance: float, gate_rule: str = "paired",
+                 per_image: tuple[pd.DataFrame | None, pd.DataFrame | None] = (None, None)) -> tuple[str, bool]:
+    """The Markdown text (images copied beside `output`) and whether the gate passed. `per_image`: (this
+    change's, the base's) per-image tables, for the paired comparison and the `paired` gate rule."""
     rows, dropped = metrics_rows(metrics_diff)
     headline = [row for row in rows if row[1] in HEADLINE]
+    paired, paired_note = paired_rows(*per_image)
     parts = [f"## segpipe report vs `{base}`", provenance]
     passed = True
     if gate_metric:
-        passed, message = gate(rows, metric=gate_metric, tolerance=tolerance)
+        found = paired_gate(paired, metric=gate_metric, tolerance=tolerance) if gate_rule == "paired" else None
+        if found is None:
+            passed, message = gate(rows, metric=gate_metric, tolerance=tolerance)
+            if gate_rule == "paired":
+                message += (f" (absolute rule: `{gate_metric}` has no paired comparison; paired metrics: "
+                            f"{', '.join(f'`{row[0]}`' for row in paired) or 'none'})")
+        else:
+            passed, message = found
         parts.append(("✅ " if passed else "❌ ") + message)
+    if paired:
+        parts += ["### Did it help? (paired, same images)", paired_note, paired_table(paired)]
+    else:
+        parts.append(paired_note)
     changes = [(f"{file}: {name}" if len(params_diff) > 1 else name, values.get("old"), values.get("new"))
                for file, params in params_diff.items() for name, values in sorted(params.items())]
     parts.append("### Params")
@@ -204,6 +277,17 @@ def run_facts(folder: Path) -> str:
     return f"commit {commit.stdout.strip() or 'unknown'}{where}"
 
 
+def read_per_image(folder: Path | None = None, *, rev: str | None = None,
+                   path: str = PER_IMAGE) -> pd.DataFrame | None:
+    """A side's per-image table: `path` in the workspace `folder`, or as committed at git revision `rev`; None
+    when there is none."""
+    if rev is not None:
+        done = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
+        return pd.read_csv(io.StringIO(done.stdout)) if done.returncode == 0 and done.stdout.strip() else None
+    file = (folder or Path(".")) / path
+    return pd.read_csv(file) if file.is_file() else None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     base = parser.add_mutually_exclusive_group(required=True)
@@ -213,7 +297,12 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=Path("report/report.md"))
     parser.add_argument("--plots-dir", type=Path, default=Path("plots/evaluate/png"))
     parser.add_argument("--gate", default=None, metavar="METRIC", help="fail when METRIC gets worse than the base")
-    parser.add_argument("--tolerance", type=float, default=0.0, help="allowed worsening for --gate (absolute)")
+    parser.add_argument("--tolerance", type=float, default=0.0,
+                        help="allowed worsening for --gate: paired, the drop whose whole interval must lie below "
+                             "-tolerance; absolute, the largest drop of the point value")
+    parser.add_argument("--gate-rule", choices=("paired", "absolute"), default="paired",
+                        help="paired (default): fail only on a drop beyond the noise, image by image; absolute: "
+                             "fail when the metric fell by more than --tolerance")
     args = parser.parse_args(argv)
     if args.base_dir:
         if not (args.base_dir / "dvc.yaml").is_file():
@@ -231,9 +320,11 @@ def main(argv=None) -> int:
         provenance = (f"**Where the numbers come from:** `{label}`: the metrics committed at that revision, "
                       f"reproduced wherever its author ran `dvc repro`; this change: this workspace "
                       f"({run_facts(Path('.'))}). Hardware and precision alone can move these numbers.")
+    base_table = read_per_image(args.base_dir) if args.base_dir else read_per_image(rev=args.base)
     text, passed = build_report(base=label, provenance=provenance, params_diff=params_diff,
                                 metrics_diff=metrics_diff, plots_dir=args.plots_dir, output=args.output,
-                                gate_metric=args.gate, tolerance=args.tolerance)
+                                gate_metric=args.gate, tolerance=args.tolerance, gate_rule=args.gate_rule,
+                                per_image=(read_per_image(), base_table))
     write_text(args.output, text)
     gate = "" if args.gate is None else f"; gate {'passed' if passed else 'FAILED'}"
     print(f"report: written to {args.output}{gate}")

@@ -128,3 +128,57 @@ def test_nested_per_class_metrics_have_a_direction():
     assert direction("valid_class_iou.sign_symbol") == "higher"  # DVC flattens {class: score} with a dot
     assert direction("valid_class_dice.road") == "higher"
     assert direction("best_threshold") is None
+
+
+def per_image(seed: int = 0, *, count: int = 40, hurt: int = 0, share: float = 0.0):
+    """A per_image.csv table (binary; the same numbers at both thresholds): `hurt` images lose `share` of
+    their true positives to misses."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    tp = rng.integers(200, 800, count).astype(float)
+    fp, fn = rng.integers(10, 120, count).astype(float), rng.integers(10, 120, count).astype(float)
+    moved = np.round(tp * share) * (np.arange(count) < hurt)
+    tp, fn = tp - moved, fn + moved
+    table = pd.DataFrame({"id": [f"img{k:03d}" for k in range(count)], "group": "g", "foreground_fraction": 0.3,
+                          "threshold": 0.5, "iou": tp / (tp + fp + fn), "dice": 2 * tp / (2 * tp + fp + fn),
+                          "boundary_f": 0.9, "tp": tp, "fp": fp, "fn": fn, "tn": 5000.0})
+    for column in ("iou", "dice", "boundary_f", "tp", "fp", "fn", "tn"):
+        table[f"{column}_at_0.5"] = table[column]
+    return table
+
+
+def commit_with_per_image(repo: Path, message: str, table, *, valid_iou: float, lr: float = 0.001) -> None:
+    (repo / "plots/evaluate").mkdir(parents=True, exist_ok=True)
+    table.to_csv(repo / "plots/evaluate/per_image.csv", index=False)
+    commit(repo, message, valid_iou=valid_iou, lr=lr)
+
+
+def test_the_same_images_scored_the_same_are_within_noise_everywhere(repo):
+    commit_with_per_image(repo, "base with per-image", per_image(), valid_iou=0.8)
+    commit_with_per_image(repo, "same scores, another param", per_image(), valid_iou=0.8, lr=0.002)
+    done, text = report(repo, "--base", "main~1", "--gate", "valid_iou")
+    assert done.returncode == 0, done.stderr
+    assert "| `valid_iou` | +0.0000 | [+0.0000, +0.0000] | within noise |" in text
+    assert "| `valid_image_mean_iou` | +0.0000 | [+0.0000, +0.0000] | within noise |" in text
+    assert "Paired on the 40 validation images both sides scored" in text
+
+
+def test_a_drop_on_most_images_is_worse_and_fails_the_paired_gate(repo):
+    commit_with_per_image(repo, "base with per-image", per_image(), valid_iou=0.8)
+    commit_with_per_image(repo, "worse", per_image(hurt=36, share=0.1), valid_iou=0.75)
+    done, text = report(repo, "--base", "main~1", "--gate", "valid_iou", "--tolerance", "0.01")
+    assert done.returncode == 3, text
+    assert "worse |" in text and "gate FAILED: `valid_iou`" in text
+
+
+def test_a_drop_within_the_noise_passes_the_paired_gate_and_fails_the_absolute_one(repo):
+    """One image of 40 much worse: the pooled IoU falls, but resampling the images says it may be chance."""
+    commit_with_per_image(repo, "base with per-image", per_image(count=12), valid_iou=0.8)
+    commit_with_per_image(repo, "one image", per_image(count=12, hurt=1, share=0.9), valid_iou=0.76)
+    done, text = report(repo, "--base", "main~1", "--gate", "valid_iou", "--tolerance", "0.02")
+    assert done.returncode == 0, text
+    assert "within noise" in text and "gate passed: `valid_iou`" in text
+    done, text = report(repo, "--base", "main~1", "--gate", "valid_iou", "--tolerance", "0.02",
+                        "--gate-rule", "absolute")
+    assert done.returncode == 3 and "gate FAILED: `valid_iou` went from 0.8000 to 0.7600" in text
