@@ -12,9 +12,9 @@ Writes:  --metrics JSON (flat keys: <split>_<score> at threshold 0.5 and <split>
          --plots-dir/overlays/*.png (binary: TP green / FP red / FN blue; multi-class: truth | prediction in
          class colours with a legend; void gray), --plots-dir/png/*.png rendered offline.
 Params:  seed (the bootstrap's), num_classes, class_names, mlflow; evaluate.boundary_tolerance, num_samples,
-         worst_k, batch_size (windows per model call), tta, tile_overlap, bootstrap_resamples. MLflow: a new
-         record of this experiment per run (all params, these metrics, a link to the training run), never a
-         write into the training run (segpipe/tracking/runs.py).
+         worst_k, batch_size (windows per model call), tta, tile_overlap, bootstrap_resamples, bootstrap_unit.
+         MLflow: a new record of this experiment per run (all params, these metrics, a link to the training
+         run), never a write into the training run (segpipe/tracking/runs.py).
 
 Predictions go through segpipe/inference/prediction.py (as segpipe-predict's and the SavedModel's do): resized to the
 model's input and back, or blended sliding windows at native resolution for patch-trained models, with
@@ -80,7 +80,7 @@ def main(argv=None) -> None:
                                              boundary_tolerance=params["boundary_tolerance"], **settings)
     flat, threshold, sweep = flat_scores(totals, num_classes=num_classes, class_names=class_names,
                                          bootstrap_resamples=params["bootstrap_resamples"],
-                                         seed=all_params.shared("seed"))
+                                         seed=all_params.shared("seed"), groups=bootstrap_groups(splits, params))
     worst = draw_plots(model, args.plots_dir, valid=splits["valid"], flat=flat, threshold=threshold, sweep=sweep,
                        totals=totals["valid"], num_classes=num_classes,
                        class_names=class_names, history=pd.read_csv(args.history) if args.history.is_file() else None,
@@ -97,6 +97,19 @@ def main(argv=None) -> None:
             f"{name} {'-' if v is None else f'{v:.3f}'}" for name, v in flat["valid_class_iou"].items())
     print(f"evaluate: {headline}; best threshold {threshold:g}; worst: {', '.join(worst['id'])}; "
           f"input {settings['input_mode']}, tta {params['tta']}: {seconds_per_image:.2f} s/image")
+
+
+def bootstrap_groups(splits: dict, params: dict) -> dict[str, list] | None:
+    """{split: each row's group} when evaluate.bootstrap_unit is group (whole groups are resampled), else None;
+    warns when a split has too few groups for a group bootstrap to say much."""
+    if params["bootstrap_unit"] != "group":
+        return None
+    for name, rows in splits.items():
+        if rows["group"].nunique() < 10:
+            print(f"evaluate: warning: the {name} split has {rows['group'].nunique()} group(s); an interval from "
+                  "resampling fewer than about 10 groups is unreliable (evaluate.bootstrap_unit: image resamples "
+                  "images instead).", flush=True)
+    return {name: list(rows["group"]) for name, rows in splits.items()}
 
 
 def record_in_mlflow(args, all_params: Params, *, flat: dict) -> None:

@@ -171,6 +171,7 @@ SECTIONS = {
         "tta": dict(kind=str, choices=TTA_MODES),
         "tile_overlap": dict(kind=float, minimum=0.0, maximum=0.9),
         "bootstrap_resamples": dict(kind=int, minimum=0),
+        "bootstrap_unit": dict(kind=str, choices=("image", "group")),
     },
 }
 

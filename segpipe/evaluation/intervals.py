@@ -12,6 +12,8 @@ computed here rather than by scipy because BCa's acceleration needs the N leave-
 recomputes from N samples of N - 1 images each (N^2 work: hours at 10^5 images), while a function of sums
 gets each one by subtracting one image's parts from the totals (N work).
 
+With `group_sums` the unit resampled is a group of images (a patient, a scene), not an image.
+
 A paired comparison resamples the same images on both sides: the interval of (this run's score - the base's)
 on images both scored. It is "better" or "worse" when the interval excludes 0, else "within noise".
 """
@@ -93,6 +95,16 @@ def metric_parts(table: pd.DataFrame, metric: str, *, suffix: str = "") -> tuple
     return counts, lambda s: _mean_of_classes(_class_ratio(s, classes=len(names), dice=metric == "mean_dice"))
 
 
+def group_sums(parts: np.ndarray, groups) -> np.ndarray:
+    """(G, D): the parts of each group's images added up, groups in order of first appearance. Resampling
+    these resamples whole groups (a cluster bootstrap): images of one patient, scene or slide are not
+    independent, and drawing them one by one gives too narrow an interval."""
+    codes, _ = pd.factorize(pd.Series(list(groups)), sort=False)
+    summed = np.zeros((codes.max() + 1 if len(codes) else 0, parts.shape[1]))
+    np.add.at(summed, codes, parts)
+    return summed
+
+
 def bootstrap_intervals(named: dict[str, tuple[np.ndarray, Callable]], *, resamples: int, seed: int,
                         level: float = LEVEL) -> dict[str, tuple[float, float, float]]:
     """{name: (point, low, high)}: each statistic of all images and its BCa bootstrap interval over images
@@ -131,17 +143,20 @@ def bootstrap_interval(parts: np.ndarray, statistic: Callable, *, resamples: int
 
 
 def paired_difference(new: pd.DataFrame, old: pd.DataFrame, metric: str, *, suffix: str = "", resamples: int,
-                      seed: int, level: float = LEVEL) -> tuple[float, float, float] | None:
+                      seed: int, level: float = LEVEL, by_group: bool = False) -> tuple[float, float, float] | None:
     """(this - base, low, high) of `metric` on the images both tables scored (matched by id), resampled
-    together; None when either table lacks the metric's columns."""
+    together (`by_group`: whole groups of this side's `group` column, see group_sums); None when either table
+    lacks the metric's columns."""
     common = new["id"][new["id"].isin(old["id"])]
     found_new = metric_parts(new.set_index("id").loc[common], metric, suffix=suffix)
     found_old = metric_parts(old.set_index("id").loc[common], metric, suffix=suffix)
     if found_new is None or found_old is None:
         return None
     (parts_new, statistic), (parts_old, _) = found_new, found_old
-    width = parts_new.shape[1]
-    return bootstrap_interval(np.hstack([parts_new, parts_old]),
+    width, parts = parts_new.shape[1], np.hstack([parts_new, parts_old])
+    if by_group:
+        parts = group_sums(parts, new.set_index("id").loc[common, "group"])
+    return bootstrap_interval(parts,
                               lambda s: statistic(s[..., :width]) - statistic(s[..., width:]),
                               resamples=resamples, seed=seed, level=level)
 

@@ -45,10 +45,12 @@ def rounded(value):
 
 
 def flat_scores(totals: dict[str, SplitTotals], *, num_classes: int, class_names: list[str],
-                bootstrap_resamples: int, seed: int) -> tuple[dict, float, pd.DataFrame]:
+                bootstrap_resamples: int, seed: int, groups: dict[str, list] | None = None
+                ) -> tuple[dict, float, pd.DataFrame]:
     """(the metrics file's flat scores, the best threshold, the validation threshold sweep); binary: the best
     threshold by pooled validation IoU. The headline scores (intervals.HEADLINE_SCORES) get their 95% bootstrap interval
-    over the split's images (segpipe/evaluation/intervals.py) unless `bootstrap_resamples` is 0."""
+    over the split's images (segpipe/evaluation/intervals.py) unless `bootstrap_resamples` is 0; `groups`:
+    {split: each image's group}, to resample whole groups instead of images."""
     threshold, sweep = 0.5, pd.DataFrame()
     if num_classes == 1:
         sweep = pd.DataFrame(totals["valid"].sweep())
@@ -60,8 +62,11 @@ def flat_scores(totals: dict[str, SplitTotals], *, num_classes: int, class_names
             if bootstrap_resamples:
                 table = totals[name].per_image(class_names=class_names, threshold=value)
                 scores = intervals.HEADLINE_SCORES["binary" if num_classes == 1 else "multi_class"]
-                found = intervals.bootstrap_intervals({score: intervals.metric_parts(table, score) for score in scores},
-                                                      resamples=bootstrap_resamples, seed=seed)
+                named = {score: intervals.metric_parts(table, score) for score in scores}
+                if groups:
+                    named = {score: (intervals.group_sums(parts, groups[name]), statistic)
+                             for score, (parts, statistic) in named.items()}
+                found = intervals.bootstrap_intervals(named, resamples=bootstrap_resamples, seed=seed)
                 for score, (_, low, high) in found.items():
                     flat[f"{name}_{score}{suffix}_ci_low"], flat[f"{name}_{score}{suffix}_ci_high"] = low, high
     return {k: rounded(v) for k, v in sorted(flat.items())}, threshold, sweep

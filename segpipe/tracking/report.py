@@ -153,7 +153,7 @@ def gate(rows, *, metric: str, tolerance: float) -> tuple[bool, str]:
 
 
 def paired_rows(new: pd.DataFrame | None, old: pd.DataFrame | None, *, resamples: int = PAIRED_RESAMPLES,
-                seed: int = 0) -> tuple[list[tuple[str, float, float, float, str]], str]:
+                seed: int = 0, by_group: bool = False) -> tuple[list[tuple[str, float, float, float, str]], str]:
     """([(metric, this - base, low, high, verdict)] for the PAIRED metrics both per-image tables hold, a note on
     the images compared); no rows, and the note says why, when a side has no table or they share no image."""
     if new is None or old is None:
@@ -167,11 +167,13 @@ def paired_rows(new: pd.DataFrame | None, old: pd.DataFrame | None, *, resamples
     for metric in PAIRED:
         score = metric.removeprefix("valid_").removesuffix("_at_best_threshold")
         suffix = "" if metric.endswith("_at_best_threshold") or "tp" not in new else "_at_0.5"
-        found = intervals.paired_difference(new, old, score, suffix=suffix, resamples=resamples, seed=seed)
+        found = intervals.paired_difference(new, old, score, suffix=suffix, resamples=resamples, seed=seed,
+                                            by_group=by_group)
         if found is not None:
             rows.append((metric, *found, intervals.verdict(found[1], found[2])))
+    unit = "whole groups of images (`group`)" if by_group else "images"
     note = (f"Paired on the {len(common)} validation images both sides scored (matched by id; 95% BCa bootstrap "
-            f"interval of the difference over images, {resamples} resamples): \"within noise\" when it holds 0.")
+            f"interval of the difference over {unit}, {resamples} resamples): \"within noise\" when it holds 0.")
     if len(common) < max(len(new), len(old)):
         note += f" The base scored {len(old)} images and this change {len(new)}: only the shared ones count here."
     return rows, note
@@ -200,12 +202,14 @@ def paired_gate(paired: list, *, metric: str, tolerance: float) -> tuple[bool, s
 
 def build_report(*, base: str, provenance: str, params_diff: dict, metrics_diff: dict, plots_dir: Path,
                  output: Path, gate_metric: str | None, tolerance: float, gate_rule: str = "paired",
-                 per_image: tuple[pd.DataFrame | None, pd.DataFrame | None] = (None, None)) -> tuple[str, bool]:
+                 per_image: tuple[pd.DataFrame | None, pd.DataFrame | None] = (None, None),
+                 by_group: bool = False) -> tuple[str, bool]:
     """The Markdown text (images copied beside `output`) and whether the gate passed. `per_image`: (this
-    change's, the base's) per-image tables, for the paired comparison and the `paired` gate rule."""
+    change's, the base's) per-image tables, for the paired comparison (`by_group`: resampling whole groups)
+    and the `paired` gate rule."""
     rows, dropped = metrics_rows(metrics_diff)
     headline = [row for row in rows if row[1] in HEADLINE]
-    paired, paired_note = paired_rows(*per_image)
+    paired, paired_note = paired_rows(*per_image, by_group=by_group)
     parts = [f"## segpipe report vs `{base}`", provenance]
     passed = True
     if gate_metric:
@@ -303,6 +307,9 @@ def main(argv=None) -> int:
     parser.add_argument("--gate-rule", choices=("paired", "absolute"), default="paired",
                         help="paired (default): fail only on a drop beyond the noise, image by image; absolute: "
                              "fail when the metric fell by more than --tolerance")
+    parser.add_argument("--by-group", action="store_true",
+                        help="resample whole groups of images (per_image.csv's group: patients, scenes) in the "
+                             "paired comparison, as evaluate.bootstrap_unit: group does for the intervals")
     args = parser.parse_args(argv)
     if args.base_dir:
         if not (args.base_dir / "dvc.yaml").is_file():
@@ -324,7 +331,7 @@ def main(argv=None) -> int:
     text, passed = build_report(base=label, provenance=provenance, params_diff=params_diff,
                                 metrics_diff=metrics_diff, plots_dir=args.plots_dir, output=args.output,
                                 gate_metric=args.gate, tolerance=args.tolerance, gate_rule=args.gate_rule,
-                                per_image=(read_per_image(), base_table))
+                                per_image=(read_per_image(), base_table), by_group=args.by_group)
     write_text(args.output, text)
     gate = "" if args.gate is None else f"; gate {'passed' if passed else 'FAILED'}"
     print(f"report: written to {args.output}{gate}")

@@ -98,3 +98,31 @@ def test_pairs_match_images_by_id_and_a_missing_column_means_no_comparison():
     assert intervals.paired_difference(table, shifted, "iou", resamples=100, seed=0)[0] == 0.0  # pooled: same sums
     assert intervals.paired_difference(table, table.drop(columns=["tp"]), "iou", resamples=100, seed=0) is None
     assert intervals.paired_difference(table, table, "iou", suffix="_at_0.5", resamples=100, seed=0) is None
+
+
+def test_resampling_whole_groups_widens_the_interval_of_alike_images_and_keeps_the_point():
+    """Ten patients of eight near-identical images each: 80 images, but only ten independent draws."""
+    rng = np.random.default_rng(2)
+    patient_iou = rng.uniform(0.3, 0.95, 10)
+    scores = np.repeat(patient_iou, 8) + rng.normal(0, 0.005, 80)
+    parts = np.column_stack([scores, np.ones(80)])
+    groups = np.repeat([f"patient{k}" for k in range(10)], 8)
+    mean = lambda s: s[..., 0] / s[..., 1]  # noqa: E731
+    by_image = intervals.bootstrap_interval(parts, mean, resamples=2000, seed=0)
+    by_group = intervals.bootstrap_interval(intervals.group_sums(parts, groups), mean, resamples=2000, seed=0)
+    assert by_group[0] == pytest.approx(by_image[0])
+    assert by_group[2] - by_group[1] > 2 * (by_image[2] - by_image[1])
+    np.testing.assert_allclose(intervals.group_sums(parts, groups)[:, 1], 8)
+
+
+def test_a_paired_comparison_by_group_resamples_groups():
+    totals = scored_split(1, count=30)
+    table = table_of(totals, [f"img{k:02d}" for k in range(30)])
+    table["group"] = [f"g{k // 3}" for k in range(30)]
+    worse = table.copy()
+    moved = (worse.loc[:20, "tp"] * 0.1).round()
+    worse.loc[:20, "tp"] -= moved
+    worse.loc[:20, "fn"] += moved
+    by_image = intervals.paired_difference(worse, table, "iou", resamples=500, seed=0)
+    by_group = intervals.paired_difference(worse, table, "iou", resamples=500, seed=0, by_group=True)
+    assert by_group[0] == pytest.approx(by_image[0]) and by_group[1] != by_image[1]

@@ -120,7 +120,11 @@ def test_evaluate_measures_the_trained_model_and_logs_into_its_run(project):
     assert metrics["valid_iou_at_best_threshold"] == pytest.approx(sweep["iou"].max(), abs=1e-6)
     assert json.loads((project / "eval/threshold.json").read_text())["threshold"] == metrics["best_threshold"]
     per_image = pd.read_csv(project / "eval/plots/per_image.csv")
-    assert list(per_image.columns) == ["id", "group", "foreground_fraction", "threshold", "iou", "dice", "boundary_f"]
+    scores = ["iou", "dice", "boundary_f", "tp", "fp", "fn", "tn"]
+    assert list(per_image.columns) == ["id", "group", "foreground_fraction", "threshold", *scores,
+                                       *(f"{column}_at_0.5" for column in scores)]
+    counted = per_image[["tp", "fp", "fn", "tn"]].sum(axis=1)  # every labelled pixel, at either threshold
+    assert (counted == per_image[["tp_at_0.5", "fp_at_0.5", "fn_at_0.5", "tn_at_0.5"]].sum(axis=1)).all()
     assert len(per_image) == len(pd.read_csv(project / "data/csv/valid.csv"))
     histogram = pd.read_csv(project / "eval/plots/iou_histogram.csv")
     assert histogram["images"].sum() == len(per_image) and len(histogram) == 20  # one bar per bin, not per image
