@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import write_params
+from segpipe.data import splitting
 from stages import build_csv
 
 COLUMNS = ["id", "image_path", "mask_path", "group", "height", "width", "foreground_fraction", "class_pixels"]
@@ -136,7 +137,7 @@ def test_single_group_multiclass_split_is_stratified_by_rarest_class():
                      "class_pixels": " ".join(map(str, counts))})
     frame = pd.DataFrame(rows)
     for seed in range(5):
-        train, valid = build_csv.stratified_split(frame, valid_fraction=0.2, stratify_bins=4, seed=seed, num_classes=4)
+        train, valid = splitting.stratified_split(frame, valid_fraction=0.2, stratify_bins=4, seed=seed, num_classes=4)
         with_bicyclist = {f"f{i:02d}" for i in range(0, 20, 4)}
         assert len(valid) == 4 and len(set(valid["id"]) & with_bicyclist) == 1  # 20% of the 5, every seed
         assert len(set(valid["id"]) & {f"f{i:02d}" for i in range(1, 20, 2)}) == 2  # car-rarest: 20% of 10
