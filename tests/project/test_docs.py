@@ -1,6 +1,7 @@
 """The documentation: the site builds strictly (no broken link, anchor or missing page), the README's links
-resolve, and docs/reference/params.md, generated from segpipe/core/schema.py (what each key accepts) and
-params.yaml (defaults and their comments), is current:
+resolve, and the generated pages are current: docs/reference/params.md, from segpipe/core/schema.py (what each
+key accepts) and params.yaml (defaults and their comments), and docs/reference/stages.md, from dvc.yaml and
+the stages' docstrings:
 
     SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/project/test_docs.py
 """
@@ -93,6 +94,56 @@ def test_the_params_page_is_current():
         PARAMS_PAGE.write_text(page)
     assert PARAMS_PAGE.is_file() and PARAMS_PAGE.read_text() == page, (
         "docs/reference/params.md is out of date: "
+        "SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/project/test_docs.py")
+
+
+STAGES_PAGE = REPO / "docs" / "reference" / "stages.md"
+
+
+def _path_list(entries) -> str:
+    """dvc.yaml's deps or outs as code spans; an out with options shows them (persist, cache: false)."""
+    shown = []
+    for entry in entries:
+        name, options = (next(iter(entry.items())) if isinstance(entry, dict) else (entry, {}))
+        notes = [key if value is True else f"{key}: {str(value).lower()}" for key, value in (options or {}).items()]
+        shown.append(f"`{name}`" + (f" ({', '.join(notes)})" if notes else ""))
+    return ", ".join(shown)
+
+
+def render_stages_page() -> str:
+    """docs/reference/stages.md from dvc.yaml (what each stage reads, writes and which params it declares) and
+    the first sentence of each stage's docstring."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    lines = ["# Stages and their files", "",
+             "Generated from `dvc.yaml` and the stages' docstrings by `tests/project/test_docs.py`",
+             "(`SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/project/test_docs.py`); do not edit by hand.",
+             "Reads leave out the project's own code files (below).", "",
+             "| stage | what it does | reads | writes | params |", "|---|---|---|---|---|"]
+    for name, stage in stages.items():
+        module = REPO / "stages" / (stage["cmd"].split()[2].removeprefix("stages.") + ".py")
+        summary = re.sub(r"\s+", " ", module.read_text().split('"""')[1].split("\n\n")[0]).split(": ", 1)[-1]
+        summary = summary.split(". ")[0].rstrip(".") + "."
+        reads = [dep for dep in stage.get("deps", []) if not dep.startswith(("segpipe/", "stages/"))]
+        writes = stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", [])
+        params = ", ".join(f"`{param}`" for param in stage.get("params", []))
+        lines.append(f"| `{name}` | {summary.replace('|', chr(92) + '|')} | {_path_list(reads)} | "
+                     f"{_path_list(writes)} | {params} |")
+    lines += ["", "Each stage also depends on exactly the project files its command imports (directly or not, "
+              "package", "`__init__.py` files included), so editing one reruns just the stages that run it; "
+              "`tests/project/test_stage_deps.py`", "reads every import statement of each stage's code and fails "
+              "when `dvc.yaml` misses one or lists one too many.", "(Depending on the whole `segpipe/` folder "
+              "would be simpler, but every edit of, say, the report would then", "convert a user's whole "
+              "dataset again.) `persist`: DVC keeps the output between runs (train's resume backup); `cache: "
+              "false`:", "the file is versioned by git, not DVC's cache.", ""]
+    return "\n".join(lines)
+
+
+def test_the_stages_page_is_current():
+    page = render_stages_page()
+    if os.environ.get("SEGPIPE_WRITE_DOCS"):
+        STAGES_PAGE.write_text(page)
+    assert STAGES_PAGE.is_file() and STAGES_PAGE.read_text() == page, (
+        "docs/reference/stages.md is out of date: "
         "SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/project/test_docs.py")
 
 
