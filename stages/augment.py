@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from segpipe.core.cli import run_stage
+from segpipe.core.cli import describe, run_stage
 from segpipe.core.outputs import replace_dir, write_csv
 from segpipe.core.parallel import map_in_order
 from segpipe.core.params import Params
@@ -69,7 +69,7 @@ def check_multipliers(group_multipliers: dict, groups: set[str]) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--train-csv", type=Path, required=True, help="train.csv from build-csv")
     parser.add_argument("--output-dir", type=Path, required=True,
                         help="folder for the augmented PNGs and augmented.csv")

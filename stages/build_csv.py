@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segpipe.core.cli import run_stage
+from segpipe.core.cli import describe, run_stage
 from segpipe.core.outputs import write_csv
 from segpipe.core.params import Params
 from segpipe.data.rows import MANIFEST_COLUMNS, ROW_COLUMNS, read_rows
@@ -29,7 +29,7 @@ from segpipe.data.splitting import split
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--png-dir", type=Path, required=True, help="convert-to-png's folder (with manifest.csv)")
     parser.add_argument("--output-dir", type=Path, required=True, help="folder for train.csv, valid.csv, test.csv")
     parser.add_argument("--params", type=Path, required=True, help="params.yaml")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from segpipe.core.cli import run_stage
+from segpipe.core.cli import describe, run_stage
 from segpipe.core.outputs import replace_dir, write_csv, write_text
 from segpipe.core.params import Params
 from segpipe.data.convert import convert_all, dataset_white_level, format_problems
@@ -44,7 +44,7 @@ from segpipe.data.rows import MANIFEST_COLUMNS
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--raw-dir", type=Path, required=True,
                         help="your images and masks (docs/how-to/your-data.md)")
     parser.add_argument("--output-dir", type=Path, required=True, help="folder for the PNGs and manifest.csv")

@@ -30,13 +30,13 @@ import argparse
 import json
 from pathlib import Path
 
-from segpipe.core.cli import run_stage, start_tensorflow
+from segpipe.core.cli import describe, run_stage, start_tensorflow
 from segpipe.core.outputs import write_json
 from segpipe.core.params import Params
 
 
 def parse_args(argv) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--model", type=Path, required=True, help="the trained model (.keras)")
     parser.add_argument("--inference", type=Path, required=True, help="train's inference JSON (resize/patches)")
     parser.add_argument("--csv-dir", type=Path, required=True, help="folder with valid.csv (and test.csv)")

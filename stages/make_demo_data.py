@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segpipe.core.cli import run_stage
+from segpipe.core.cli import describe, run_stage
 
 GROUPS = {"hands": 36, "closeups": 12}  # unequal on purpose
 SIZES = [(128, 128), (160, 120), (120, 160), (144, 112), (112, 144)]  # (width, height)
@@ -99,7 +99,7 @@ def write_dataset(output: Path, *, seed: int, scale: float = 1.0) -> int:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--output", type=Path, required=True, help="folder to create, e.g. data/raw")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic images (default 0)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the number of images per group")

@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segpipe.core.cli import run_stage, start_tensorflow
+from segpipe.core.cli import describe, run_stage, start_tensorflow
 from segpipe.core.outputs import write_json
 from segpipe.core.params import Params
 from segpipe.core.schema import check_architecture
 
 
 def parse_args(argv) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--csv-dir", type=Path, required=True, help="build-csv's folder: train/valid/test.csv")
     parser.add_argument("--subsets-summary", type=Path, required=True, help="data/subsets.json")
     parser.add_argument("--subsets-dir", type=Path, required=True, help="folder of the subset CSVs")

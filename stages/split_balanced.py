@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from segpipe.core.cli import run_stage
+from segpipe.core.cli import describe, run_stage
 from segpipe.core.outputs import replace_dir, write_csv, write_json
 from segpipe.core.params import Params
 from segpipe.data.balancing import MAX_GROUP_SUBSETS, foreground_bin_edges, foreground_bins, rarest_classes, safe_name
@@ -73,7 +73,7 @@ def split_into_subsets(train: pd.DataFrame, *, key: str, num_bins: int,
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--train-csv", type=Path, required=True, help="train.csv from build-csv")
     parser.add_argument("--output-dir", type=Path, required=True, help="folder for one CSV per balancing subset")
     parser.add_argument("--summary", type=Path, required=True, help="subsets.json to write")

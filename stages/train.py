@@ -27,7 +27,7 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-from segpipe.core.cli import run_stage, start_tensorflow
+from segpipe.core.cli import describe, run_stage, start_tensorflow
 from segpipe.core.outputs import write_csv, write_json
 from segpipe.core.params import Params
 from segpipe.core.schema import check_architecture
@@ -35,7 +35,7 @@ from segpipe.data.image_io import read_white_level
 
 
 def parse_args(argv) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--subsets-summary", type=Path, required=True, help="data/subsets.json from split-balanced")
     parser.add_argument("--subsets-dir", type=Path, required=True, help="folder of the subset CSVs")
     parser.add_argument("--augmented-csv", type=Path, required=True, help="augment's CSV of extra rows")

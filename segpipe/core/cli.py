@@ -45,6 +45,12 @@ for line in sys.stdin.buffer:
 """
 
 
+def describe(doc: str) -> str:
+    """A command's --help description: the first paragraph of its module docstring on one line (the first
+    line alone stops mid-sentence when the paragraph wraps)."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
 def configure_environment() -> None:
     for name, value in ENVIRONMENT.items():
         os.environ.setdefault(name, value)

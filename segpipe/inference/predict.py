@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from segpipe.core import faults
-from segpipe.core.cli import run_stage, start_tensorflow
+from segpipe.core.cli import describe, run_stage, start_tensorflow
 from segpipe.core.outputs import write_bytes, write_text
 from segpipe.core.schema import TTA_MODES
 from segpipe.data.image_io import (
@@ -152,7 +152,7 @@ def _probability_bytes(probability: np.ndarray) -> bytes:
 
 
 def parse_args(argv) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--model", type=Path, required=True, help="a trained model (models/model.keras)")
     parser.add_argument("--input", type=Path, required=True, help="an image file or a folder (searched recursively)")
     parser.add_argument("--output", type=Path, required=True, help="folder for the masks (created)")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from segpipe.core.cli import run_stage
+from segpipe.core.cli import describe, run_stage
 from segpipe.core.params import flatten
 
 
@@ -49,7 +49,7 @@ def stale_stages(committed: dict, current: dict) -> dict[str, list[str]]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--committed", required=True, help="git revision whose dvc.lock to check, e.g. HEAD")
     parser.add_argument("--lock", type=Path, default=Path("dvc.lock"), help="the dvc.lock `dvc repro` just wrote")
     args = parser.parse_args(argv)

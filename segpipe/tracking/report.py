@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from segpipe.core.cli import run_stage
+from segpipe.core.cli import describe, run_stage
 from segpipe.core.outputs import write_text
 from segpipe.core.params import flatten
 from segpipe.evaluation import intervals
@@ -293,14 +293,17 @@ def read_per_image(folder: Path | None = None, *, rev: str | None = None,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     base = parser.add_mutually_exclusive_group(required=True)
     base.add_argument("--base", help="git revision whose committed metrics to compare with, e.g. origin/main")
     base.add_argument("--base-dir", type=Path, help="a checkout of the base in which `dvc repro` has run")
     parser.add_argument("--base-label", help="how to name --base-dir in the report (default: the folder)")
-    parser.add_argument("--output", type=Path, default=Path("report/report.md"))
-    parser.add_argument("--plots-dir", type=Path, default=Path("plots/evaluate/png"))
-    parser.add_argument("--gate", default=None, metavar="METRIC", help="fail when METRIC gets worse than the base")
+    parser.add_argument("--output", type=Path, default=Path("report/report.md"),
+                        help="the Markdown file to write (default report/report.md; images go beside it)")
+    parser.add_argument("--plots-dir", type=Path, default=Path("plots/evaluate/png"),
+                        help="this change's rendered plots to include (default plots/evaluate/png)")
+    parser.add_argument("--gate", default=None, metavar="METRIC",
+                        help="exit 3 when METRIC got worse than the base (see --gate-rule)")
     parser.add_argument("--tolerance", type=float, default=0.0,
                         help="allowed worsening for --gate: paired, the drop whose whole interval must lie below "
                              "-tolerance; absolute, the largest drop of the point value")

@@ -44,6 +44,8 @@ def params_comments() -> dict[str, str]:
                 above.append(text)
         elif not line.strip():
             above = []
+        else:  # a list item or a value's next line: a comment under it belongs to it, not to the key
+            last = None
     return comments
 
 
@@ -147,6 +149,57 @@ def test_the_stages_page_is_current():
         "SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/project/test_docs.py")
 
 
+COMMANDS_PAGE = REPO / "docs" / "reference" / "commands.md"
+# (what a user types, the module whose main() parses it)
+COMMANDS = [("segpipe-predict", "segpipe.inference.predict"), ("segpipe-report", "segpipe.tracking.report"),
+            ("segpipe-lockcheck", "segpipe.tracking.lockcheck"),
+            *((f"python -m {stage['cmd'].split()[2]}", stage["cmd"].split()[2])
+              for stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values())]
+
+
+def command_help(command: str, module: str) -> str:
+    """`command --help` as a user sees it at 100 columns, from the module's own parser (no process, no run)."""
+    import contextlib
+    import importlib
+    import io
+
+    out, argv, columns = io.StringIO(), sys.argv[:], os.environ.get("COLUMNS")
+    sys.argv[0], os.environ["COLUMNS"] = command, "100"
+    try:
+        with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+            importlib.import_module(module).main(["--help"])
+    finally:
+        sys.argv[:] = argv
+        if columns is None:
+            os.environ.pop("COLUMNS")
+        else:
+            os.environ["COLUMNS"] = columns
+    return out.getvalue().rstrip()
+
+
+def render_commands_page() -> str:
+    lines = ["# Commands", "",
+             "Every command's `--help`, generated from its parser by `tests/project/test_docs.py`",
+             "(`SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/project/test_docs.py`); do not edit by hand.",
+             "The stages run through `dvc repro`, which passes them the arguments in `dvc.yaml`;",
+             "`segpipe-preflight` runs `python -m stages.preflight` with those arguments from the project root.", ""]
+    for command, module in COMMANDS:
+        lines += [f"## `{command}`", "", "```text", command_help(command, module), "```", ""]
+    return "\n".join(lines)
+
+
+def test_the_commands_page_is_current_and_no_description_stops_mid_sentence():
+    page = render_commands_page()
+    if os.environ.get("SEGPIPE_WRITE_DOCS"):
+        COMMANDS_PAGE.write_text(page)
+    for command, module in COMMANDS:
+        usage_and_description = command_help(command, module).split("\n\n")
+        assert usage_and_description[1].rstrip().endswith("."), f"{command}: {usage_and_description[1]!r}"
+    assert COMMANDS_PAGE.is_file() and COMMANDS_PAGE.read_text() == page, (
+        "docs/reference/commands.md is out of date: "
+        "SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/project/test_docs.py")
+
+
 def test_every_params_key_has_a_comment():
     comments = params_comments()
     keys = list(SHARED) + [f"{section}.{key}" for section, rules in SECTIONS.items() for key in rules]
@@ -163,3 +216,69 @@ def test_the_docs_site_builds_strictly(tmp_path):
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def doc_pages() -> list[tuple[str, str]]:
+    """(path, text) of README.md and every page under docs/."""
+    return [(page.relative_to(REPO).as_posix(), page.read_text())
+            for page in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]]
+
+
+def code_in(text: str) -> list[str]:
+    """Every fenced block's lines and every inline code span of a Markdown text, backslash continuations joined."""
+    blocks = re.findall(r"```[^\n]*\n(.*?)```", text, flags=re.S)
+    outside = re.sub(r"```[^\n]*\n.*?```", "", text, flags=re.S)
+    lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    return lines + re.findall(r"`([^`\n]+)`", outside)
+
+
+def wrong_flags_and_params(pages: list[tuple[str, str]]) -> list[str]:
+    """`segpipe-*` or `python -m stages.*` flags their parser lacks, and `-S key=value` keys params.yaml lacks."""
+    known = {command.removeprefix("python -m "): set(re.findall(r"--[a-z][a-z-]*", command_help(command, module)))
+             for command, module in COMMANDS}
+    known["segpipe-preflight"] = known["stages.preflight"]
+    params = set(SHARED) | {f"{section}.{key}" for section, rules in SECTIONS.items() for key in rules}
+    wrong = []
+    for name, text in pages:
+        if name.endswith(("commands.md", "changelog.md")):  # generated from the parsers; history
+            continue
+        for code in code_in(text):
+            for command, flags in known.items():
+                for use in re.findall(rf"(?<![\w.-]){re.escape(command)}(?![\w-])([^|;&#]*)", code):
+                    wrong += [f"{name}: {command} {flag}"
+                              for flag in re.findall(r"(?<!\S)(--[a-z][a-z-]*)", use) if flag not in flags]
+            wrong += [f"{name}: -S {key}" for key in re.findall(r"-S\s+'?([a-z_]+(?:\.[a-z_]+)?)=", code)
+                      if key not in params and key != "section.key"]  # params.md's placeholder
+    return wrong
+
+
+def missing_paths(pages: list[tuple[str, str]]) -> list[str]:
+    """Project paths named in prose or code (segpipe/..., stages/..., tests/..., bench/..., docs/...) that do not
+    exist, and every mention of ../shared (the developers' datasets, which users do not have)."""
+    missing = []
+    for name, text in pages:
+        missing += [f"{name}: ../shared" for _ in re.findall(r"\.\./shared", text)]
+        for path in re.findall(r"(?<![\w/.-])((?:segpipe|stages|tests|bench|docs)/[\w/.-]*\w\.(?:py|md|yaml|json))",
+                               text):
+            if not (REPO / path).exists() and not (REPO / "docs" / path).exists():
+                missing.append(f"{name}: {path}")
+    return missing
+
+
+def test_every_flag_and_param_the_docs_show_exists():
+    wrong = wrong_flags_and_params(doc_pages())
+    assert not wrong, "flags or params the code does not have:\n" + "\n".join(wrong)
+
+
+def test_every_path_the_docs_name_resolves_and_none_points_at_shared():
+    missing = missing_paths(doc_pages())
+    assert not missing, "paths that do not exist (or ../shared):\n" + "\n".join(missing)
+
+
+def test_the_docs_checks_catch_a_wrong_flag_a_wrong_param_and_a_moved_page():
+    planted = [("docs/x.md", "Run `segpipe-predict --model m --input i --output o --treshold 0.4`, then\n"
+                             "```bash\ndvc exp run -S train.lerning_rate=3e-4\n```\nand read "
+                             "docs/how-to/several_machines.md or ../shared/datasets.")]
+    assert sorted(wrong_flags_and_params(planted)) == ["docs/x.md: -S train.lerning_rate",
+                                                       "docs/x.md: segpipe-predict --treshold"]
+    assert missing_paths(planted) == ["docs/x.md: ../shared", "docs/x.md: docs/how-to/several_machines.md"]
