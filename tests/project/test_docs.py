@@ -90,13 +90,17 @@ def render_params_page() -> str:
     return "\n".join(lines)
 
 
-def test_the_params_page_is_current():
-    page = render_params_page()
+def check_generated(path, page: str) -> None:
+    """A generated page equals what its generator gives now (SEGPIPE_WRITE_DOCS=1 writes it first)."""
     if os.environ.get("SEGPIPE_WRITE_DOCS"):
-        PARAMS_PAGE.write_text(page)
-    assert PARAMS_PAGE.is_file() and PARAMS_PAGE.read_text() == page, (
-        "docs/reference/params.md is out of date: "
+        path.write_text(page)
+    assert path.is_file() and path.read_text() == page, (
+        f"{path.relative_to(REPO)} is out of date: "
         "SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/project/test_docs.py")
+
+
+def test_the_params_page_is_current():
+    check_generated(PARAMS_PAGE, render_params_page())
 
 
 STAGES_PAGE = REPO / "docs" / "reference" / "stages.md"
@@ -141,12 +145,7 @@ def render_stages_page() -> str:
 
 
 def test_the_stages_page_is_current():
-    page = render_stages_page()
-    if os.environ.get("SEGPIPE_WRITE_DOCS"):
-        STAGES_PAGE.write_text(page)
-    assert STAGES_PAGE.is_file() and STAGES_PAGE.read_text() == page, (
-        "docs/reference/stages.md is out of date: "
-        "SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/project/test_docs.py")
+    check_generated(STAGES_PAGE, render_stages_page())
 
 
 COMMANDS_PAGE = REPO / "docs" / "reference" / "commands.md"
@@ -189,15 +188,10 @@ def render_commands_page() -> str:
 
 
 def test_the_commands_page_is_current_and_no_description_stops_mid_sentence():
-    page = render_commands_page()
-    if os.environ.get("SEGPIPE_WRITE_DOCS"):
-        COMMANDS_PAGE.write_text(page)
     for command, module in COMMANDS:
         usage_and_description = command_help(command, module).split("\n\n")
         assert usage_and_description[1].rstrip().endswith("."), f"{command}: {usage_and_description[1]!r}"
-    assert COMMANDS_PAGE.is_file() and COMMANDS_PAGE.read_text() == page, (
-        "docs/reference/commands.md is out of date: "
-        "SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/project/test_docs.py")
+    check_generated(COMMANDS_PAGE, render_commands_page())
 
 
 def test_every_params_key_has_a_comment():
