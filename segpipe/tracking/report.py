@@ -171,6 +171,9 @@ def paired_rows(new: pd.DataFrame | None, old: pd.DataFrame | None, *, resamples
                                             by_group=by_group)
         if found is not None:
             rows.append((metric, *found, intervals.verdict(found[1], found[2])))
+    if not rows:
+        return [], ("No paired comparison: a side's plots/evaluate/per_image.csv has no per-image pixel counts "
+                    "(written by evaluate since 0.6.0); rerun `dvc repro` there.")
     unit = "whole groups of images (`group`)" if by_group else "images"
     note = (f"Paired on the {len(common)} validation images both sides scored (matched by id; 95% BCa bootstrap "
             f"interval of the difference over {unit}, {resamples} resamples): \"within noise\" when it holds 0.")

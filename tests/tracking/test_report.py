@@ -182,3 +182,13 @@ def test_a_drop_within_the_noise_passes_the_paired_gate_and_fails_the_absolute_o
     done, text = report(repo, "--base", "main~1", "--gate", "valid_iou", "--tolerance", "0.02",
                         "--gate-rule", "absolute")
     assert done.returncode == 3 and "gate FAILED: `valid_iou` went from 0.8000 to 0.7600" in text
+
+
+def test_a_base_from_before_per_image_counts_falls_back_to_the_absolute_gate_and_says_so(repo):
+    old = per_image()[["id", "group", "foreground_fraction", "threshold", "iou", "dice", "boundary_f"]]
+    commit_with_per_image(repo, "base without counts", old, valid_iou=0.8)
+    commit_with_per_image(repo, "with counts", per_image(), valid_iou=0.79)
+    done, text = report(repo, "--base", "main~1", "--gate", "valid_iou", "--tolerance", "0.02")
+    assert done.returncode == 0, text
+    assert "No paired comparison: a side's plots/evaluate/per_image.csv has no per-image pixel counts" in text
+    assert "(absolute rule: `valid_iou` has no paired comparison" in text
