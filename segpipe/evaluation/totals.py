@@ -155,10 +155,8 @@ class SplitTotals:
         if self.num_classes == 1:
             index = self._index(threshold)
             flat.update({f"{name}_{k}{suffix}": v for k, v in m.scores_from_counts(self.counts[index]).items()})
-            per_image = np.array([scores[:, index] for scores in self.image_scores]).reshape(-1, 3)
         else:
             flat[f"{name}_pixel_accuracy{suffix}"] = float(np.trace(self.matrix) / max(1, self.matrix.sum()))
-            per_image = np.array(self.image_scores).reshape(-1, 3)
         classes = m.class_scores(self.confusion_matrix(threshold=threshold))
         if self.num_classes > 1:
             flat[f"{name}_mean_dice{suffix}"] = classes["mean_dice"]
@@ -166,7 +164,7 @@ class SplitTotals:
         flat[f"{name}_class_dice{suffix}"] = dict(zip(class_names, classes["dice_per_class"]))
         flat[f"{name}_mean_iou{suffix}"] = classes["mean_iou"]
         flat[f"{name}_frequency_weighted_iou{suffix}"] = classes["frequency_weighted_iou"]
-        rows = [dict(zip(("iou", "dice", "boundary_f"), map(float, row))) for row in per_image]
+        rows = [dict(zip(("iou", "dice", "boundary_f"), map(float, row))) for row in self._image_scores(threshold)]
         for key in ("iou", "dice", "boundary_f"):
             flat[f"{name}_image_mean_{key}{suffix}"] = float(np.mean([row[key] for row in rows]))
         return flat, rows
@@ -176,11 +174,17 @@ class SplitTotals:
         binary at `threshold`: what bootstrap intervals and paired comparisons resample."""
         binary = self.num_classes == 1
         index = self._index(threshold) if binary else None
-        scores = np.array([s[:, index] if binary else s for s in self.image_scores]).reshape(-1, 3)
         counts = np.array([c[index] if binary else c.ravel() for c in self.image_counts], np.int64)
         columns = count_columns(class_names, binary=binary)
-        frame = pd.DataFrame(scores, columns=["iou", "dice", "boundary_f"])
+        frame = pd.DataFrame(self._image_scores(threshold), columns=["iou", "dice", "boundary_f"])
         return pd.concat([frame, pd.DataFrame(counts.reshape(len(frame), len(columns)), columns=columns)], axis=1)
+
+    def _image_scores(self, threshold: float) -> np.ndarray:
+        """(N, 3) float64 [iou, dice, boundary_f] per image, binary at `threshold`."""
+        if self.num_classes == 1:
+            index = self._index(threshold)
+            return np.array([scores[:, index] for scores in self.image_scores]).reshape(-1, 3)
+        return np.array(self.image_scores).reshape(-1, 3)
 
     def _index(self, threshold: float) -> int:
         for index, value in enumerate(self.thresholds):
