@@ -23,7 +23,6 @@ facts that left the metrics files (timings, devices) are listed.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import re
 import shutil
@@ -36,12 +35,8 @@ import yaml
 from segpipe.core.cli import describe, run_stage
 from segpipe.core.outputs import write_text
 from segpipe.core.params import flatten
-from segpipe.evaluation import intervals
+from segpipe.tracking.paired import paired_gate, paired_rows, paired_table, read_per_image
 
-# The scores compared image by image (paired bootstrap; per_image.csv holds their parts), in this order.
-PAIRED = ("valid_iou", "valid_dice", "valid_iou_at_best_threshold", "valid_mean_iou", "valid_mean_dice",
-          "valid_image_mean_iou", "valid_image_mean_boundary_f")
-PAIRED_RESAMPLES = 2000
 HEADLINE = ("valid_iou", "valid_dice", "valid_iou_at_best_threshold", "valid_image_mean_boundary_f", "valid_mean_iou",
             "best_threshold", "test_iou", "best_valid_iou", "best_valid_dice", "best_valid_loss")
 HIGHER_IS_BETTER = ("iou", "dice", "precision", "recall", "accuracy", "specificity", "boundary", "f1")  # name words
@@ -51,7 +46,6 @@ RENAMED_PREFIXES = {"best_val_": "best_valid_"}
 PLOTS = ("learning_curves_loss", "learning_curves_iou", "threshold_curve", "precision_recall", "confusion_matrix",
          "class_scores", "per_image_iou")
 GATE_FAILED = 3
-PER_IMAGE = "plots/evaluate/per_image.csv"
 
 
 def dvc_json(*args: str, cwd: Path | None = None) -> dict:
@@ -152,57 +146,6 @@ def gate(rows, *, metric: str, tolerance: float) -> tuple[bool, str]:
     return True, f"gate passed: `{metric}` {old:.4f} → {new:.4f} (tolerance {tolerance})."
 
 
-def paired_rows(new: pd.DataFrame | None, old: pd.DataFrame | None, *, resamples: int = PAIRED_RESAMPLES,
-                seed: int = 0, by_group: bool = False) -> tuple[list[tuple[str, float, float, float, str]], str]:
-    """([(metric, this - base, low, high, verdict)] for the PAIRED metrics both per-image tables hold, a note on
-    the images compared); no rows, and the note says why, when a side has no table or they share no image."""
-    if new is None or old is None:
-        missing = "this change" if new is None else "the base"
-        return [], (f"No paired comparison: {missing} has no per-image scores (plots/evaluate/per_image.csv with "
-                    "pixel counts, written by evaluate since the intervals release); rerun `dvc repro` there.")
-    common = set(new["id"]) & set(old["id"])
-    if not common:
-        return [], "No paired comparison: the two sides scored no validation image in common (another split)."
-    rows = []
-    for metric in PAIRED:
-        score = metric.removeprefix("valid_").removesuffix("_at_best_threshold")
-        suffix = "" if metric.endswith("_at_best_threshold") or "tp" not in new else "_at_0.5"
-        found = intervals.paired_difference(new, old, score, suffix=suffix, resamples=resamples, seed=seed,
-                                            by_group=by_group)
-        if found is not None:
-            rows.append((metric, *found, intervals.verdict(found[1], found[2])))
-    if not rows:
-        return [], ("No paired comparison: a side's plots/evaluate/per_image.csv has no per-image pixel counts "
-                    "(written by evaluate since 0.6.0); rerun `dvc repro` there.")
-    unit = "whole groups of images (`group`)" if by_group else "images"
-    note = (f"Paired on the {len(common)} validation images both sides scored (matched by id; 95% BCa bootstrap "
-            f"interval of the difference over {unit}, {resamples} resamples): \"within noise\" when it holds 0.")
-    if len(common) < max(len(new), len(old)):
-        note += f" The base scored {len(old)} images and this change {len(new)}: only the shared ones count here."
-    return rows, note
-
-
-def paired_table(rows: list[tuple[str, float, float, float, str]]) -> str:
-    lines = ["| metric | this − base | 95% interval | verdict |", "|---|---:|---:|---|"]
-    lines += [f"| `{metric}` | {difference:+.4f} | [{low:+.4f}, {high:+.4f}] | {word} |"
-              for metric, difference, low, high, word in rows]
-    return "\n".join(lines)
-
-
-def paired_gate(paired: list, *, metric: str, tolerance: float) -> tuple[bool, str] | None:
-    """(passed, message): fails only when the whole interval of the paired difference of `metric` lies below
-    -`tolerance`, i.e. the drop is larger than the tolerance beyond the noise; None when `metric` has no
-    paired row."""
-    for name, difference, low, high, word in paired:
-        if name == metric:
-            where = f"`{metric}` {difference:+.4f} [{low:+.4f}, {high:+.4f}] ({word})"
-            if high < -tolerance:
-                return False, (f"gate FAILED: {where}: the whole interval of the paired difference lies below "
-                               f"-{tolerance} (tolerance).")
-            return True, f"gate passed: {where}; fails only when the whole interval lies below -{tolerance}."
-    return None
-
-
 def build_report(*, base: str, provenance: str, params_diff: dict, metrics_diff: dict, plots_dir: Path,
                  output: Path, gate_metric: str | None, tolerance: float, gate_rule: str = "paired",
                  per_image: tuple[pd.DataFrame | None, pd.DataFrame | None] = (None, None),
@@ -282,17 +225,6 @@ def run_facts(folder: Path) -> str:
     facts = json.loads(facts_file.read_text()) if facts_file.is_file() else {}
     where = f", {facts['precision_policy']} on {facts['devices']}" if "precision_policy" in facts else ""
     return f"commit {commit.stdout.strip() or 'unknown'}{where}"
-
-
-def read_per_image(folder: Path | None = None, *, rev: str | None = None,
-                   path: str = PER_IMAGE) -> pd.DataFrame | None:
-    """A side's per-image table: `path` in the workspace `folder`, or as committed at git revision `rev`; None
-    when there is none."""
-    if rev is not None:
-        done = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
-        return pd.read_csv(io.StringIO(done.stdout)) if done.returncode == 0 and done.stdout.strip() else None
-    file = (folder or Path(".")) / path
-    return pd.read_csv(file) if file.is_file() else None
 
 
 def main(argv=None) -> int:
