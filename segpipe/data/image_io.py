@@ -35,6 +35,7 @@ _ORIENTATION_FIX = {
     8: Image.Transpose.ROTATE_90,
 }
 _EXIF_ORIENTATION_TAG = 0x0112
+_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)  # what Pillow raises on bad files
 IGNORE_ID = 255  # void pixels in converted masks; so num_classes can be at most 255
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 CONTAINER_WHITE_LEVEL = 65535.0
@@ -128,17 +129,22 @@ def image_pages(path: Path) -> list[int]:
     unreadable file (open_image says why). Reads headers only (TIFF)."""
     try:
         with open_lazily(path) as im:
-            count = getattr(im, "n_frames", 1)
-            if count == 1:
-                return [0]
-            size, pages = im.size, []
-            for page in range(count):
-                im.seek(page)
-                if im.size == size:
-                    pages.append(page)
-            return pages
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+            return _pages_of(im)
+    except _UNREADABLE:
         return [0]
+
+
+def _pages_of(im: Image.Image) -> list[int]:
+    """image_pages of an image opened lazily (it is left at its last page)."""
+    count = getattr(im, "n_frames", 1)
+    if count == 1:
+        return [0]
+    size, pages = im.size, []
+    for page in range(count):
+        im.seek(page)
+        if im.size == size:
+            pages.append(page)
+    return pages
 
 
 def open_image(path: Path, *, page: int = 0, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
@@ -183,13 +189,18 @@ def too_many_pixels(width: int, height: int, *, max_pixels: int, max_pixels_name
             "train.input: patches)")
 
 
-def read_header(path: Path) -> tuple[int, int, bool]:
-    """(width, height, more than 8 bits per channel) of the first page of `path`, from its header alone; a
-    ValueError with the reason (as open_image gives it) when it is empty or not an image."""
+def read_header(path: Path) -> tuple[int, int, bool, list[int]]:
+    """(width, height, more than 8 bits per channel, image_pages) of `path`, the first page's, from its headers
+    in one opening; a ValueError with the reason (as open_image gives it) when it is empty or not an image."""
     if Path(path).stat().st_size == 0:
         raise ValueError("empty file (0 bytes)")
     with _decoder_errors(), open_lazily(path) as im:
-        return (*im.size, is_high_bit_depth(im))
+        width, height, high_bit_depth = *im.size, is_high_bit_depth(im)  # before _pages_of moves to other pages
+        try:
+            pages = _pages_of(im)
+        except _UNREADABLE:
+            pages = [0]  # as image_pages: a page that cannot be read is named when it is decoded
+        return width, height, high_bit_depth, pages
 
 
 @contextmanager

@@ -42,7 +42,6 @@ from segpipe.data.image_io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     SUPPORTED_EXTENSIONS,
     encode_png,
-    image_pages,
     read_header,
     read_white_level,
     too_many_pixels,
@@ -60,10 +59,11 @@ from segpipe.inference.output_record import (
 )
 
 
-def find_inputs(path: Path) -> list[tuple[Path, int, Path]]:
-    """[(file, page, output-relative stem)] for a file or every supported image under a folder, sorted.
-    Each page of a multi-page file (a TIFF stack) is an image, written as <stem>/<page:04d>, the ids that
-    convert-to-png gives a stack's pages."""
+def find_inputs(path: Path) -> tuple[list[tuple[Path, int, Path]], dict[Path, tuple | str]]:
+    """([(file, page, output-relative stem)] for a file or every supported image under a folder, sorted;
+    {file: its read_header, or why it cannot be read}). Each page of a multi-page file (a TIFF stack) is an
+    image, written as <stem>/<page:04d>, the ids that convert-to-png gives a stack's pages. Each file's header
+    is read once, here."""
     path = Path(path)
     if path.is_file():
         files, root = [path], path.parent
@@ -75,25 +75,29 @@ def find_inputs(path: Path) -> list[tuple[Path, int, Path]]:
     if not files:
         raise ValueError(f"--input '{path}' holds no images (searched recursively); expected files ending in "
                          f"{', '.join(SUPPORTED_EXTENSIONS)}.")
-    inputs = []
+    inputs, headers = [], {}
     for file in files:
-        stem, pages = file.relative_to(root).with_suffix(""), image_pages(file)
+        try:
+            headers[file] = read_header(file)
+        except ValueError as err:
+            headers[file] = str(err)
+        pages = headers[file][3] if isinstance(headers[file], tuple) else [0]
+        stem = file.relative_to(root).with_suffix("")
         inputs += [(file, 0, stem)] if len(pages) == 1 else [(file, page, stem / f"{index:04d}")
                                                              for index, page in enumerate(pages)]
-    return inputs
+    return inputs, headers
 
 
-def check_headers(files: list[Path], *, max_pixels: int, eight_bit_model: bool) -> None:
-    """One ValueError listing every input that cannot be predicted, from the headers alone, before any
+def check_headers(headers: dict[Path, tuple | str], *, max_pixels: int, eight_bit_model: bool) -> None:
+    """One ValueError listing every input that cannot be predicted, from its header (find_inputs), before any
     prediction: not an image, more than `max_pixels`, or more than 8 bits for a model trained on 8-bit
     images (`eight_bit_model`: its intensities would have no known scale)."""
     problems = []
-    for file in dict.fromkeys(files):
-        try:
-            width, height, high_bit_depth = read_header(file)
-        except ValueError as err:
-            problems.append(f"'{file}': {err}; remove or replace the file")
+    for file, header in headers.items():
+        if isinstance(header, str):
+            problems.append(f"'{file}': {header}; remove or replace the file")
             continue
+        width, height, high_bit_depth, _ = header
         if width * height > max_pixels:
             problems.append(f"'{file}': " + too_many_pixels(width, height, max_pixels=max_pixels,
                                                              max_pixels_name="--max-image-pixels"))
@@ -102,7 +106,7 @@ def check_headers(files: list[Path], *, max_pixels: int, eight_bit_model: bool) 
                             "(inference.json: white_level null), so its intensities have no known scale; convert "
                             "it to 8 bits the way the training images were made, or train on images like it")
     if problems:
-        raise ValueError(f"{len(problems)} of the {len(dict.fromkeys(files))} input file(s) cannot be predicted; "
+        raise ValueError(f"{len(problems)} of the {len(headers)} input file(s) cannot be predicted; "
                          "nothing was written:\n" + "\n".join(f"  - {line}" for line in problems))
 
 
@@ -184,10 +188,10 @@ def main(argv=None) -> None:
         raise ValueError(f"--max-image-pixels must be >= 1, got {args.max_image_pixels}.")
     if args.tile_overlap is not None and not 0 <= args.tile_overlap < 1:
         raise ValueError(f"--tile-overlap must be in [0, 1), got {args.tile_overlap}.")
-    inputs = find_inputs(args.input)
-    check_output_folder(args.output, input=args.input, input_files=[file for file, _, _ in inputs])
+    inputs, headers = find_inputs(args.input)
+    check_output_folder(args.output, input=args.input, input_files=list(headers))
     record = json.loads(args.model.with_name("inference.json").read_text())
-    check_headers([file for file, _, _ in inputs], max_pixels=args.max_image_pixels,
+    check_headers(headers, max_pixels=args.max_image_pixels,
                   eight_bit_model="white_level" in record and record["white_level"] is None)
     settings, source = evaluated_settings(args.model)
     given = {"threshold": args.threshold, "tta": args.tta, "tile_overlap": args.tile_overlap}
