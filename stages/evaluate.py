@@ -10,9 +10,16 @@ Writes:  --metrics JSON (flat keys: <split>_<score> at threshold 0.5 and <split>
          --plots-dir/{threshold_curve,class_scores,iou_histogram,confusion}.csv (declared as DVC plots), per_image.csv
          (scores and pixel counts per image, which segpipe-report pairs by id) and worst.csv (tables),
          --plots-dir/overlays/*.png (binary: TP green / FP red / FN blue; multi-class: truth | prediction in
-         class colours with a legend; void gray), --plots-dir/png/*.png rendered offline.
+         class colours with a legend; void gray), --plots-dir/png/*.png rendered offline;
+         --cv-metrics JSON (cross-validation, with cv.folds [0..k-1]: the out-of-fold scores with their
+         intervals, each fold's, their mean and standard deviation; {"folds": 0} without) and
+         --plots-dir/oof_per_image.csv (per_image.csv's columns and each image's fold) from the folds' stored
+         predictions in --cv-dir (segpipe/evaluation/cross_validation.py);
+         --ensemble JSON (what segpipe-predict --model deploys: the fold models with the threshold chosen on
+         the out-of-fold predictions, or without folds --model with the validation threshold).
 Params:  seed (the bootstrap's), num_classes, class_names, mlflow; evaluate.boundary_tolerance, num_samples,
-         worst_k, batch_size (windows per model call), tta, tile_overlap, bootstrap_resamples, bootstrap_unit.
+         worst_k, batch_size (windows per model call), tta, tile_overlap, bootstrap_resamples, bootstrap_unit;
+         cv.folds.
          MLflow: a new record of this experiment per run (all params, these metrics, a link to the training
          run), never a write into the training run (segpipe/tracking/runs.py).
 
@@ -45,6 +52,10 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
     parser.add_argument("--threshold", type=Path, required=True, help="best-threshold JSON to write")
     parser.add_argument("--plots-dir", type=Path, required=True, help="folder for plot CSVs, overlays, PNGs")
+    parser.add_argument("--cv-dir", type=Path, default=None,
+                        help="the cross-validation folds' folder (needed with cv.folds)")
+    parser.add_argument("--cv-metrics", type=Path, default=None, help="cross-validated metrics JSON to write")
+    parser.add_argument("--ensemble", type=Path, default=None, help="the deploy manifest JSON to write")
     parser.add_argument("--params", type=Path, required=True, help="params.yaml")
     return parser.parse_args(argv)
 
@@ -54,6 +65,10 @@ def main(argv=None) -> None:
     all_params = Params(args.params)
     params = all_params.section("evaluate")
     num_classes, class_names = all_params.shared("num_classes"), all_params.class_names()
+    folds = all_params.section("cv")["folds"]
+    if folds and not (args.cv_dir and args.cv_metrics):
+        raise ValueError(f"param 'cv.folds' is {folds}, but evaluate was not given --cv-dir and --cv-metrics to "
+                         "score the folds with; run it through dvc repro (dvc.yaml passes them).")
     if not args.model.is_file():
         raise ValueError(f"model '{args.model}' not found; run the train stage first (dvc repro).")
     start_tensorflow()  # then the modules that use it: after the cheap checks (see its docstring)
@@ -61,6 +76,7 @@ def main(argv=None) -> None:
     import pandas as pd
 
     from segpipe.data.rows import read_rows
+    from segpipe.evaluation.cross_validation import ensemble_manifest
     from segpipe.evaluation.scoring import draw_plots, flat_scores, score_splits
     from segpipe.inference.prediction import read_input_mode
 
@@ -89,7 +105,20 @@ def main(argv=None) -> None:
                                 if num_classes == 1 else "argmax (multi-class: no threshold)",
                                 "tta": params["tta"], "tile_overlap": params["tile_overlap"]})
     write_json(args.metrics, flat)
-    record_in_mlflow(args, all_params, flat=flat)
+    cv, models, chosen = {"folds": 0}, [args.model], "highest pooled IoU on the validation split"
+    deploy_threshold = threshold
+    if folds:
+        cv, deploy_threshold = cross_validate(args, folds=folds, params=params, num_classes=num_classes,
+                                       class_names=class_names, seed=all_params.shared("seed"))
+        models, chosen = cv["models"], "highest pooled IoU on the out-of-fold predictions"
+        cv = cv["scores"]
+    if args.cv_metrics:
+        write_json(args.cv_metrics, cv)
+    if args.ensemble:
+        write_json(args.ensemble, ensemble_manifest(models, manifest=args.ensemble, threshold=deploy_threshold,
+                                                    chosen_by=chosen if num_classes == 1 else "argmax (multi-class)",
+                                                    tta=params["tta"], tile_overlap=params["tile_overlap"]))
+    record_in_mlflow(args, all_params, flat=flat, cv=cv)
     headline = ", ".join(f"{k} {flat[k]:.4f}" for k in ("valid_iou", "valid_dice", "valid_image_mean_boundary_f",
                                                         "valid_iou_at_best_threshold", "valid_mean_iou") if k in flat)
     if num_classes > 1:
@@ -97,6 +126,34 @@ def main(argv=None) -> None:
             f"{name} {'-' if v is None else f'{v:.3f}'}" for name, v in flat["valid_class_iou"].items())
     print(f"evaluate: {headline}; best threshold {threshold:g}; worst: {', '.join(worst['id'])}; "
           f"input {settings['input_mode']}, tta {params['tta']}: {seconds_per_image:.2f} s/image")
+    if folds:
+        key = "iou_at_best_threshold" if num_classes == 1 else "mean_iou"
+        print(f"evaluate: {len(folds)}-fold cross-validation over {cv['images']} images: out-of-fold {key} "
+              f"{cv['oof'][key]:.4f} [{cv['oof'].get(key + '_ci_low', float('nan')):.4f}, "
+              f"{cv['oof'].get(key + '_ci_high', float('nan')):.4f}], per fold {cv['fold_mean'][key]:.4f} +- "
+              f"{cv['fold_std'][key]:.4f}; ensemble of {len(folds)} models (threshold {deploy_threshold:g}) -> "
+              f"{args.ensemble}")
+
+
+def cross_validate(args, *, folds: list[int], params: dict, num_classes: int, class_names: list[str],
+                   seed: int) -> tuple[dict, float]:
+    """({"scores": metrics/cv.json's content, "models": the fold models}, the out-of-fold threshold); writes
+    --plots-dir/oof_per_image.csv."""
+    from segpipe.core.outputs import write_csv
+    from segpipe.evaluation.cross_validation import cv_scores, fold_folder, fold_totals
+
+    models = [fold_folder(args.cv_dir, fold) / "model" / "model.keras" for fold in folds]
+    missing = [str(model) for model in models if not model.is_file()]
+    if missing:
+        raise ValueError(f"cv.folds lists {len(folds)} folds but {len(missing)} fold model(s) are missing (e.g. "
+                         f"'{missing[0]}'); run the train-fold stages (dvc repro).")
+    parts, rows = fold_totals(args.cv_dir, folds, num_classes=num_classes, tolerance=params["boundary_tolerance"])
+    scores, threshold, table = cv_scores(
+        parts, rows, folds=folds, num_classes=num_classes, class_names=class_names,
+        bootstrap_resamples=params["bootstrap_resamples"], seed=seed,
+        groups=list(rows["group"]) if params["bootstrap_unit"] == "group" else None)
+    write_csv(args.plots_dir / "oof_per_image.csv", table)
+    return {"scores": scores, "models": models}, threshold
 
 
 def bootstrap_groups(splits: dict, params: dict) -> dict[str, list] | None:
@@ -112,9 +169,9 @@ def bootstrap_groups(splits: dict, params: dict) -> dict[str, list] | None:
     return {name: list(rows["group"]) for name, rows in splits.items()}
 
 
-def record_in_mlflow(args, all_params: Params, *, flat: dict) -> None:
-    """This experiment's MLflow record: a new run with every param, the flat scores and the files, linked to
-    the run that trained the model."""
+def record_in_mlflow(args, all_params: Params, *, flat: dict, cv: dict) -> None:
+    """This experiment's MLflow record: a new run with every param, the flat scores (and the cross-validated
+    ones as cv_oof_*, cv_fold_mean_*, cv_fold_std_*) and the files, linked to the run that trained the model."""
     from segpipe.evaluation.scoring import flatten_scores
     from segpipe.tracking.runs import Tracker, experiment_name, git_tags, project_root
 
@@ -124,9 +181,12 @@ def record_in_mlflow(args, all_params: Params, *, flat: dict) -> None:
                            tags={**git_tags(project_root()), "stage": "evaluate", "dvc_experiment": experiment_name(),
                                  "training_run_id": training_run_id or "none (trained without MLflow)"})
     if run_id:
-        tracker.log_metrics(flatten_scores(flat), step=0)
-        for path in [args.metrics, args.threshold, *sorted(args.plots_dir.rglob("*.png")),
-                     args.plots_dir / "per_image.csv", args.plots_dir / "worst.csv"]:
+        cv_scores = {f"cv_{part}_{key}": value for part in ("oof", "fold_mean", "fold_std")
+                     for key, value in cv.get(part, {}).items()}
+        tracker.log_metrics(flatten_scores({**flat, **cv_scores}), step=0)
+        for path in [args.metrics, args.threshold, *(p for p in (args.cv_metrics, args.ensemble) if p),
+                     *sorted(args.plots_dir.rglob("*.png")), *sorted(args.plots_dir.glob("*per_image.csv")),
+                     args.plots_dir / "worst.csv"]:
             tracker.log_artifact(path)
         tracker.end()
 

@@ -23,53 +23,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
-
 from segpipe.core.cli import describe, run_stage
-from segpipe.core.outputs import replace_dir, write_csv, write_json
 from segpipe.core.params import Params
-from segpipe.data.balancing import MAX_GROUP_SUBSETS, foreground_bin_edges, foreground_bins, rarest_classes, safe_name
-from segpipe.data.rows import class_pixel_table, read_rows
-
-
-def split_into_subsets(train: pd.DataFrame, *, key: str, num_bins: int,
-                       num_classes: int = 1) -> tuple[dict, list[pd.DataFrame]]:
-    """Returns (summary dict, subset frames in summary order). See the module docstring."""
-    groups = train["group"].nunique()
-    if key == "auto":
-        # Multi-class too: on CamVid (bench/quality.py, 8 min) rarest_class did not beat foreground bins.
-        key = "group" if groups > 1 else "foreground"
-    if key == "group" and groups > MAX_GROUP_SUBSETS:
-        print(f"split-balanced: {groups} groups are more than {MAX_GROUP_SUBSETS} balancing streams; "
-              f"balancing by {num_bins} foreground-fraction bins instead")
-        key = "foreground"
-    edges = None
-    class_table = class_pixel_table(train, num_classes=num_classes)
-    class_totals = class_table.sum(axis=0)
-    if key == "rarest_class":
-        labels = pd.Series(rarest_classes(class_table), index=train.index)
-        names = sorted(labels.unique(), key=lambda c: (class_totals[c], c))  # rarest first
-    elif key == "group":
-        labels = train["group"].astype(str)
-        names = sorted(labels.unique())
-    else:
-        edges = foreground_bin_edges(train["foreground_fraction"], num_bins=num_bins)
-        labels = pd.Series(foreground_bins(train["foreground_fraction"], edges), index=train.index)
-        names = sorted(labels.unique())
-    subsets, frames = [], []
-    for index, name in enumerate(names):
-        frame = train[labels == name].sort_values("id")
-        display = {"group": str(name), "rarest_class": f"rarest_class_{name}"}.get(key, f"foreground_bin_{name}")
-        subsets.append({
-            "name": display, "file": f"{index:02d}_{safe_name(display)}.csv", "rows": len(frame),
-            "groups": sorted(frame["group"].astype(str).unique()),
-            "foreground_min": float(frame["foreground_fraction"].min()),
-            "foreground_max": float(frame["foreground_fraction"].max()),
-        })
-        frames.append(frame)
-    summary = {"key": key, "bin_edges": edges, "class_pixels": [int(c) for c in class_totals],
-               "total_rows": len(train), "subsets": subsets}
-    return summary, frames
+from segpipe.data.balancing import write_subsets
+from segpipe.data.rows import read_rows
 
 
 def main(argv=None) -> None:
@@ -92,13 +49,10 @@ def main(argv=None) -> None:
         raise ValueError("param 'split_balanced.key' is rarest_class, which needs a multi-class task "
                          "(num_classes > 1); "
                          "use foreground (or auto) for binary masks.")
-    summary, frames = split_into_subsets(train, key=params["key"], num_bins=params["num_bins"], num_classes=num_classes)
-    with replace_dir(args.output_dir) as tmp_dir:
-        for subset, frame in zip(summary["subsets"], frames):
-            write_csv(tmp_dir / subset["file"], frame)
-    write_json(args.summary, summary)
+    summary = write_subsets(train, output_dir=args.output_dir, summary_path=args.summary, key=params["key"],
+                            num_bins=params["num_bins"], num_classes=num_classes)
     counts = ", ".join(f"{s['name']}={s['rows']}" for s in summary["subsets"])
-    print(f"split-balanced: key '{summary['key']}', {len(frames)} subsets ({counts})")
+    print(f"split-balanced: key '{summary['key']}', {len(summary['subsets'])} subsets ({counts})")
 
 
 if __name__ == "__main__":

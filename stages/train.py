@@ -2,7 +2,8 @@
 
 Reads:   --subsets-summary (data/subsets.json) and the subset CSVs in --subsets-dir, --augmented-csv,
          --valid-csv, and the PNGs they list.
-Writes:  --model (best epoch by train.monitor, .keras), --saved-model (TF SavedModel of it), --metrics
+Writes:  --model (best epoch by train.monitor, .keras), --saved-model (TF SavedModel of it; optional: the
+         cross-validation folds' train-fold@k stages leave it out), --metrics
          JSON (quality only: the train and valid values at the best epoch, `best_valid_iou`, ...),
          --facts JSON (how the run went: best epoch, epochs run, stop reason, seconds, images/s, precision,
          devices; not a DVC metric, so `dvc metrics diff` shows no timing noise), --history CSV (one row
@@ -45,7 +46,7 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--facts", type=Path, required=True, help="run facts JSON to write (timings, devices)")
     parser.add_argument("--history", type=Path, required=True, help="per-epoch history CSV to write")
     parser.add_argument("--run-info", type=Path, required=True, help="MLflow run id JSON to write")
-    parser.add_argument("--saved-model", type=Path, required=True, help="TF SavedModel export for TF Serving")
+    parser.add_argument("--saved-model", type=Path, default=None, help="TF SavedModel export for TF Serving")
     parser.add_argument("--inference", type=Path, required=True, help="JSON to write: how the model takes images")
     parser.add_argument("--white-level", type=Path, default=None,
                         help="convert-to-png's white_level.json, recorded in --inference for predict")
@@ -166,7 +167,8 @@ def write_outputs(args, *, outcome, setup, state: dict, tracker, resume, train: 
                                  input_shape=(*setup.image_size, channels),
                                  architecture=architecture(num_classes=num_classes, **train))
     white_level = read_white_level(args.white_level) if args.white_level else None
-    export_saved_model(best_model, args.saved_model, input_mode=setup.input_mode)
+    if args.saved_model:
+        export_saved_model(best_model, args.saved_model, input_mode=setup.input_mode)
     write_json(args.inference, {"input": setup.input_mode, "reason": facts["input_reason"],
                                 "image_size": list(setup.image_size), "white_level": white_level})
     write_csv(args.history, history)

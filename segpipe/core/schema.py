@@ -48,6 +48,12 @@ def _scale_range(value) -> bool:
             and 0 < value[0] <= value[1])
 
 
+def _fold_list(value) -> bool:
+    """[] (one split) or the fold numbers 0..k-1 in order, k >= 2: DVC's foreach makes one stage per item."""
+    return value == [] or (value == list(range(len(value))) and len(value) >= 2
+                           and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+
+
 def _class_weights(value) -> bool:
     if value is None or isinstance(value, str):
         return value in CLASS_WEIGHTS
@@ -172,6 +178,12 @@ SECTIONS = {
         "tile_overlap": dict(kind=float, minimum=0.0, maximum=0.9),
         "bootstrap_resamples": dict(kind=int, minimum=0),
         "bootstrap_unit": dict(kind=str, choices=("image", "group")),
+    },
+    "cv": {
+        "folds": dict(kind=list, check=_fold_list,
+                      hint="Expected [] (one train/valid split) or the fold numbers 0..k-1 with k >= 2, e.g. "
+                           "[0, 1, 2, 3, 4] for 5 folds: dvc exp run -S 'cv.folds=[0,1,2,3,4]' (DVC makes one "
+                           "stage per item, so a bare number cannot work)."),
     },
 }
 

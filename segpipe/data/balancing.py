@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segpipe.data.rows import check_files, read_rows
+from segpipe.core.outputs import replace_dir, write_csv, write_json
+from segpipe.data.rows import check_files, class_pixel_table, read_rows
 
 AUGMENTED_ID = "__aug"  # augment names copies <id>__augNN (stages/augment.py)
 
@@ -82,6 +83,58 @@ def assign_subsets(rows: pd.DataFrame, summary: dict, *,
     if unknown:
         raise ValueError(f"rows with subset {unknown} not in data/subsets.json; rerun split-balanced (dvc repro).")
     return [rows[labels == name].reset_index(drop=True) for name in names]
+
+
+def split_into_subsets(train: pd.DataFrame, *, key: str, num_bins: int,
+                       num_classes: int = 1) -> tuple[dict, list[pd.DataFrame]]:
+    """Returns (summary dict, subset frames in summary order): the contract in stages/split_balanced.py."""
+    groups = train["group"].nunique()
+    if key == "auto":
+        # Multi-class too: on CamVid (bench/quality.py, 8 min) rarest_class did not beat foreground bins.
+        key = "group" if groups > 1 else "foreground"
+    if key == "group" and groups > MAX_GROUP_SUBSETS:
+        print(f"split-balanced: {groups} groups are more than {MAX_GROUP_SUBSETS} balancing streams; "
+              f"balancing by {num_bins} foreground-fraction bins instead")
+        key = "foreground"
+    edges = None
+    class_table = class_pixel_table(train, num_classes=num_classes)
+    class_totals = class_table.sum(axis=0)
+    if key == "rarest_class":
+        labels = pd.Series(rarest_classes(class_table), index=train.index)
+        names = sorted(labels.unique(), key=lambda c: (class_totals[c], c))  # rarest first
+    elif key == "group":
+        labels = train["group"].astype(str)
+        names = sorted(labels.unique())
+    else:
+        edges = foreground_bin_edges(train["foreground_fraction"], num_bins=num_bins)
+        labels = pd.Series(foreground_bins(train["foreground_fraction"], edges), index=train.index)
+        names = sorted(labels.unique())
+    subsets, frames = [], []
+    for index, name in enumerate(names):
+        frame = train[labels == name].sort_values("id")
+        display = {"group": str(name), "rarest_class": f"rarest_class_{name}"}.get(key, f"foreground_bin_{name}")
+        subsets.append({
+            "name": display, "file": f"{index:02d}_{safe_name(display)}.csv", "rows": len(frame),
+            "groups": sorted(frame["group"].astype(str).unique()),
+            "foreground_min": float(frame["foreground_fraction"].min()),
+            "foreground_max": float(frame["foreground_fraction"].max()),
+        })
+        frames.append(frame)
+    summary = {"key": key, "bin_edges": edges, "class_pixels": [int(c) for c in class_totals],
+               "total_rows": len(train), "subsets": subsets}
+    return summary, frames
+
+
+def write_subsets(train: pd.DataFrame, *, output_dir: Path, summary_path: Path, key: str, num_bins: int,
+                  num_classes: int) -> dict:
+    """`split_into_subsets`, written: one CSV per subset in `output_dir` (replaced), the summary JSON at
+    `summary_path`; returns the summary."""
+    summary, frames = split_into_subsets(train, key=key, num_bins=num_bins, num_classes=num_classes)
+    with replace_dir(output_dir) as tmp_dir:
+        for subset, frame in zip(summary["subsets"], frames):
+            write_csv(tmp_dir / subset["file"], frame)
+    write_json(summary_path, summary)
+    return summary
 
 
 def training_subsets(summary_path: Path, subsets_dir: Path, augmented_csv: Path) -> tuple[dict, list[pd.DataFrame]]:

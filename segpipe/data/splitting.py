@@ -97,8 +97,8 @@ def assign_folds(frame: pd.DataFrame, *, folds: int, split_by: str, stratify_bin
     order). A ValueError naming the counts when `folds` is under 2, above the rows or groups, or leaves a fold
     without a class that the others have."""
     if folds < 2:
-        raise ValueError(f"param 'cv.folds' must be 0 (a single split) or at least 2, got {folds}: one fold "
-                         "leaves nothing to train on.")
+        raise ValueError(f"param 'cv.folds' must be [] (a single split) or at least 2 folds, got {folds}: one "
+                         "fold leaves nothing to train on.")
     ordered = frame.sort_values("id")
     rng = np.random.default_rng(seed)
     if split_by == "group":
@@ -144,3 +144,16 @@ def _check_classes(frame: pd.DataFrame, fold: pd.Series, *, folds: int, num_clas
             raise ValueError(f"cross-validation fold {k} of {folds} ({int((fold == k).sum())} rows) has no pixel of "
                              f"class {classes}, which the other folds have: it could not score it. Use fewer "
                              "folds (param 'cv.folds'), or add images that show it.")
+
+
+def fold_rows(rows: pd.DataFrame, *, fold: int, folds: int, split_by: str, stratify_bins: int, seed: int,
+              num_classes: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(training rows, held-out rows, every row's id and fold) of cross-validation fold `fold` of `folds` over
+    `rows` (train + valid: a test split never enters a fold), by `assign_folds`; all sorted by id."""
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold {fold} is not one of the {folds} folds 0..{folds - 1} (param 'cv.folds').")
+    rows = rows.sort_values("id").reset_index(drop=True)
+    assigned = assign_folds(rows, folds=folds, split_by=split_by, stratify_bins=stratify_bins, seed=seed,
+                            num_classes=num_classes)
+    held_out = (assigned == fold).to_numpy()
+    return rows[~held_out], rows[held_out], pd.DataFrame({"id": rows["id"], "fold": assigned})

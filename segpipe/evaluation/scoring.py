@@ -45,15 +45,16 @@ def rounded(value):
 
 
 def flat_scores(totals: dict[str, SplitTotals], *, num_classes: int, class_names: list[str],
-                bootstrap_resamples: int, seed: int, groups: dict[str, list] | None = None
-                ) -> tuple[dict, float, pd.DataFrame]:
-    """(the metrics file's flat scores, the best threshold, the validation threshold sweep); binary: the best
-    threshold by pooled validation IoU. The headline scores (intervals.HEADLINE_SCORES) get their 95% bootstrap interval
-    over the split's images (segpipe/evaluation/intervals.py) unless `bootstrap_resamples` is 0; `groups`:
-    {split: each image's group}, to resample whole groups instead of images."""
+                bootstrap_resamples: int, seed: int, groups: dict[str, list] | None = None,
+                chosen_on: str = "valid") -> tuple[dict, float, pd.DataFrame]:
+    """(the metrics file's flat scores, the best threshold, the threshold sweep of split `chosen_on`); binary:
+    the best threshold by pooled IoU on `chosen_on` (the validation split; cross-validation: out-of-fold). The
+    headline scores (intervals.HEADLINE_SCORES) get their 95% bootstrap interval over the split's images
+    (segpipe/evaluation/intervals.py) unless `bootstrap_resamples` is 0; `groups`: {split: each image's group},
+    to resample whole groups instead of images."""
     threshold, sweep = 0.5, pd.DataFrame()
     if num_classes == 1:
-        sweep = pd.DataFrame(totals["valid"].sweep())
+        sweep = pd.DataFrame(totals[chosen_on].sweep())
         threshold = metrics.best_threshold(sweep.to_dict("records"))
     flat = {"best_threshold": threshold}
     for name in totals:

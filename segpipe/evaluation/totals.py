@@ -102,6 +102,18 @@ class SplitTotals:
         self.image_scores = []  # per image: (3, steps) binary [iou, dice, boundary_f]; (3,) multi-class
         self.image_counts = []  # per image: (steps, 4) binary [tp, fp, fn, tn]; (C, 3) multi-class [tp, fp, fn]
 
+    @classmethod
+    def merged(cls, parts: list[SplitTotals]) -> SplitTotals:
+        """The totals of all images of `parts` together, in their order (the out-of-fold set from its folds)."""
+        first = parts[0]
+        whole = cls(num_classes=first.num_classes, tolerance=first.tolerance, thresholds=first.thresholds)
+        for part in parts:
+            whole.counts += part.counts
+            whole.matrix += part.matrix
+            whole.image_scores += part.image_scores
+            whole.image_counts += part.image_counts
+        return whole
+
     def add(self, probabilities: np.ndarray, truth: np.ndarray) -> None:
         """One image: probabilities (H, W, K) float32, truth (H, W) uint8 class ids (255 = void)."""
         if probabilities.shape[:2] != truth.shape:

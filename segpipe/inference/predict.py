@@ -1,6 +1,7 @@
 """Predict masks for new images with a trained model.
 
     segpipe-predict --model models/model.keras --input <file or folder> --output <folder>
+    segpipe-predict --model models/ensemble.json ...   (the fold models of cross-validation, averaged)
         [--threshold T] [--tta none|flips|flips_rotations] [--tile-overlap 0.5] [--overlay] [--colour]
         [--probabilities] [--batch-size 8]
 
@@ -17,7 +18,9 @@ measured with (threshold.json beside the model), else 0.5, flips and 0.5. --over
 <stem>_colour.png (the mask in the class colours of evaluate's overlays: viewable class-id masks),
 --probabilities adds <stem>_probability.png (16-bit, 65535 = 1.0; binary) or <stem>_probabilities.npy
 (float16, H x W x K; multi-class).
-Images go through segpipe/inference/prediction.py, the path the evaluate stage measures.
+Images go through segpipe/inference/prediction.py, the path the evaluate stage measures. --model may be
+the manifest models/ensemble.json (segpipe/inference/ensemble.py): its models each predict the way they were
+trained and their probabilities are averaged; its threshold, tta and tile overlap are the defaults then.
 
 Nothing the user owns is replaced: an output folder that is the input folder, lies inside it or holds an
 input is refused, and so is a run that would replace a file predict did not write there (its record,
@@ -48,6 +51,7 @@ from segpipe.data.image_io import (
 )
 from segpipe.data.palette import colour_mask
 from segpipe.evaluation.overlays import class_overlay
+from segpipe.inference.ensemble import averaged, read_ensemble
 from segpipe.inference.model_file import check_model_file
 from segpipe.inference.output_record import (
     RECORD_NAME,
@@ -157,7 +161,8 @@ def _probability_bytes(probability: np.ndarray) -> bytes:
 
 def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=describe(__doc__))
-    parser.add_argument("--model", type=Path, required=True, help="a trained model (models/model.keras)")
+    parser.add_argument("--model", type=Path, required=True,
+                        help="a trained model (models/model.keras), or models/ensemble.json (averages its models)")
     parser.add_argument("--input", type=Path, required=True, help="an image file or a folder (searched recursively)")
     parser.add_argument("--output", type=Path, required=True, help="folder for the masks (created)")
     parser.add_argument("--threshold", type=float, default=None,
@@ -179,7 +184,9 @@ def parse_args(argv) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    check_model_file(args.model)
+    members, manifest = read_ensemble(args.model) if args.model.suffix == ".json" else ([args.model], None)
+    if manifest is None:
+        check_model_file(args.model)
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}.")
     if args.batch_size < 1:
@@ -190,10 +197,14 @@ def main(argv=None) -> None:
         raise ValueError(f"--tile-overlap must be in [0, 1), got {args.tile_overlap}.")
     inputs, headers = find_inputs(args.input)
     check_output_folder(args.output, input=args.input, input_files=list(headers))
-    record = json.loads(args.model.with_name("inference.json").read_text())
+    records = [json.loads(member.with_name("inference.json").read_text()) for member in members]
+    if len({json.dumps(record.get("white_level")) for record in records}) > 1:
+        raise ValueError(f"the models of ensemble '{args.model}' were trained on data of different white levels "
+                         f"({[record.get('white_level') for record in records]}); retrain them on one dataset.")
     check_headers(headers, max_pixels=args.max_image_pixels,
-                  eight_bit_model="white_level" in record and record["white_level"] is None)
-    settings, source = evaluated_settings(args.model)
+                  eight_bit_model="white_level" in records[0] and records[0]["white_level"] is None)
+    settings, source = evaluated_settings(args.model) if manifest is None else (
+        {"threshold": 0.5, "tta": "flips", "tile_overlap": 0.5, **manifest}, f"from {args.model}")
     given = {"threshold": args.threshold, "tta": args.tta, "tile_overlap": args.tile_overlap}
     settings.update({key: value for key, value in given.items() if value is not None})
     threshold = settings.pop("threshold")
@@ -201,13 +212,19 @@ def main(argv=None) -> None:
 
     from segpipe.inference.prediction import check_tta, predict_files, read_input_mode, to_class_ids
 
-    input_mode = read_input_mode(args.model.with_name("inference.json"))
-    white_level = read_white_level(args.model.with_name("inference.json"))
-    model = load_model(args.model)
-    check_tta(settings["tta"], input_size=tuple(model.input_shape[1:3]), param="--tta")
+    input_modes = [read_input_mode(member.with_name("inference.json")) for member in members]
+    white_level = read_white_level(members[0].with_name("inference.json"))
+    models = [load_model(member) for member in members]
+    for model in models:
+        check_tta(settings["tta"], input_size=tuple(model.input_shape[1:3]), param="--tta")
+    if len({int(model.output_shape[-1]) for model in models}) > 1:
+        raise ValueError(f"the models of ensemble '{args.model}' predict different numbers of classes "
+                         f"({[int(model.output_shape[-1]) for model in models]}); retrain them with one num_classes.")
+    model, input_mode = models[0], " and ".join(sorted(set(input_modes)))
     num_classes = int(model.output_shape[-1])
     written = OutputRecord(args.output)
-    digest = settings_digest(args.model, threshold=threshold, **settings)
+    digest = settings_digest(members[0], threshold=threshold, **settings) if manifest is None else settings_digest(
+        args.model, members=[settings_digest(member) for member in members], threshold=threshold, **settings)
     plan = [(file, page, stem.as_posix(), source_of(file, page),
              output_names(stem, num_classes=num_classes, overlay=args.overlay, colour=args.colour,
                           probabilities=args.probabilities)) for file, page, stem in inputs]
@@ -217,12 +234,16 @@ def main(argv=None) -> None:
     written.remove_leftovers()
     done_before = f"; {len(plan) - len(todo)} already written by an earlier run, skipped" if len(todo) < len(plan) \
         else ""
-    print(f"predict: {len(plan)} image(s){done_before}, model input {model.input_shape[1:]} ({input_mode}), "
+    print(f"predict: {len(plan)} image(s){done_before}, "
+          + (f"an ensemble of {len(models)} models, " if manifest is not None else "")
+          + f"model input {model.input_shape[1:]} ({input_mode}), "
           f"threshold {threshold:g}, tta {settings['tta']}, tile overlap {settings['tile_overlap']:g} (unless "
           f"given: {source})")
-    predictions = predict_files(model, [file for file, *_ in todo], pages=[page for _, page, *_ in todo],
-                                batch_size=args.batch_size, desc="predict", input_mode=input_mode,
-                                white_level=white_level, max_pixels=args.max_image_pixels, **settings)
+    predictions = averaged([predict_files(
+        member, [file for file, *_ in todo], pages=[page for _, page, *_ in todo], batch_size=args.batch_size,
+        desc="predict" if len(models) == 1 else f"predict (model {index + 1} of {len(models)})", input_mode=mode,
+        white_level=white_level, max_pixels=args.max_image_pixels, **settings)
+        for index, (member, mode) in enumerate(zip(models, input_modes, strict=True))])
     # strict: zip then runs the generator to its end, so its progress prints the closing line.
     for count, ((_, _, stem, identity, names), (image, probability)) in enumerate(
             zip(todo, predictions, strict=True), 1):

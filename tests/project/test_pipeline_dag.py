@@ -145,3 +145,46 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(repo_copy):
     assert set(ran_stages(sh(["dvc", "repro"], repo))) == {"convert-to-png", "build-csv", "split-balanced", "augment",
                                                            "preflight", "train", "evaluate"}
     assert pd.read_csv(repo / "data/csv/train.csv")["foreground_fraction"].min() > 0.5
+
+
+@pytest.mark.slow
+def test_cross_validation_folds_are_stages_that_resume_after_a_kill_and_score_out_of_fold(repo_copy, tmp_path):
+    repo = repo_copy
+    without_mlflow(repo)
+    sh(["dvc", "repro"], repo)
+    single = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert json.loads((repo / "metrics/cv.json").read_text()) == {"folds": 0}
+    assert json.loads((repo / "models/ensemble.json").read_text())["models"] == ["model.keras"]
+
+    set_param(repo, "cv", "folds", [0, 1])
+    killed = subprocess.run(["dvc", "repro"], cwd=repo, env={**dvc_env(), "SEGPIPE_KILL_AT": "predict-fold:fill"},
+                            capture_output=True, text=True)
+    assert killed.returncode != 0 and "Running stage 'predict-fold@" in killed.stdout, killed.stdout[-3000:]
+    trained_before_the_kill = set(ran_stages(killed.stdout)) & {"train-fold@0", "train-fold@1"}
+    assert trained_before_the_kill
+    log = sh(["dvc", "repro"], repo)
+    assert not trained_before_the_kill & set(ran_stages(log)), log  # a finished fold is not trained again
+    assert ran_stages(log)[-1] == "evaluate"
+
+    cv = json.loads((repo / "metrics/cv.json").read_text())
+    assert cv["folds"] == 2 and set(cv["fold"]) == {"0", "1"}
+    assert cv["images"] == len(pd.read_csv(repo / "data/csv/train.csv")) + len(pd.read_csv(repo / "data/csv/valid.csv"))
+    assert cv["oof"]["iou_ci_low"] <= cv["oof"]["iou"] <= cv["oof"]["iou_ci_high"]
+    assert len(pd.read_csv(repo / "plots/evaluate/oof_per_image.csv")) == cv["images"]
+    assert json.loads((repo / "metrics/evaluate.json").read_text()) == single  # the single split's scores stay
+    ensemble = json.loads((repo / "models/ensemble.json").read_text())
+    assert ensemble["models"] == ["../cv/fold-0/model/model.keras", "../cv/fold-1/model/model.keras"]
+    assert ensemble["threshold"] == cv["best_threshold"]
+    metrics = yaml.safe_load(sh(["dvc", "metrics", "show", "--json"], repo))[""]["data"]["metrics/cv.json"]["data"]
+    assert metrics["oof"]["iou"] == cv["oof"]["iou"]
+
+    set_param(repo, "evaluate", "bootstrap_resamples", 100)  # scoring only: no fold is trained or predicted again
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["evaluate"]
+    done = subprocess.run([sys.executable, "-m", "segpipe.inference.predict", "--model", "models/ensemble.json",
+                           "--input", "data/raw/images", "--output", str(tmp_path / "masks")],
+                          cwd=repo, env=dvc_env(), capture_output=True, text=True)
+    assert done.returncode == 0 and "an ensemble of 2 models" in done.stdout, done.stderr
+
+    set_param(repo, "cv", "folds", [])
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["evaluate"]
+    assert json.loads((repo / "metrics/cv.json").read_text()) == {"folds": 0}

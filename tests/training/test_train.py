@@ -341,3 +341,45 @@ def test_auto_pilots_both_inputs_and_goes_on_with_the_better_one(project):
     assert done.returncode == 0, done.stderr
     assert "pilot" not in done.stdout and "(2 x area / boundary)" in done.stdout
     assert json.loads((project / "rule/facts.json").read_text())["input_pilot"] is None
+
+
+def predict(model: Path, inputs: Path, out: Path, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "segpipe.inference.predict", "--model", str(model), "--input",
+                           str(inputs), "--output", str(out), "--probabilities", *extra],
+                          cwd=out.parent, env=env_for(model.parent), capture_output=True, text=True, timeout=180)
+
+
+def test_an_ensemble_of_one_model_or_of_copies_of_it_predicts_as_that_model(trained, tmp_path):
+    import shutil
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for seed, shape in ((0, (37, 53, 3)), (1, (64, 48, 3))):
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, shape, np.uint8)).save(inputs / f"{seed}.png")
+    folds = tmp_path / "cv"
+    for fold in (0, 1):  # the layout evaluate's models/ensemble.json points into: paths relative to it
+        (folds / f"fold-{fold}").mkdir(parents=True)
+        for name in ("model.keras", "inference.json"):
+            shutil.copy(trained / name, folds / f"fold-{fold}" / name)
+    (tmp_path / "models").mkdir()
+    one, two = tmp_path / "models/one.json", tmp_path / "models/two.json"
+    settings = {"threshold": 0.35, "tta": "flips", "tile_overlap": 0.5}
+    one.write_text(json.dumps({"models": ["../cv/fold-0/model.keras"], **settings}))
+    two.write_text(json.dumps({"models": ["../cv/fold-0/model.keras", "../cv/fold-1/model.keras"], **settings}))
+    runs = {name: predict(model, inputs, tmp_path / f"out_{name}")
+            for name, model in (("single", trained / "model.keras"), ("one", one), ("two", two))}
+    for done in runs.values():
+        assert done.returncode == 0, done.stderr
+    assert "an ensemble of 2 models" in runs["two"].stdout
+    for seed in (0, 1):
+        single = (tmp_path / f"out_single/{seed}.png").read_bytes()
+        assert (tmp_path / f"out_one/{seed}.png").read_bytes() == single
+        assert (tmp_path / f"out_two/{seed}.png").read_bytes() == single
+        assert (tmp_path / f"out_one/{seed}_probability.png").read_bytes() == \
+            (tmp_path / f"out_single/{seed}_probability.png").read_bytes()
+    assert json.loads((tmp_path / "out_two/predict.json").read_text())["threshold"] == 0.35
+
+    (folds / "fold-1/model.keras").unlink()  # a fold model missing from the set: one error naming it
+    done = predict(two, inputs, tmp_path / "out_missing")
+    assert done.returncode == 2 and "fold-1/model.keras" in done.stderr and "1 are missing" in done.stderr
+    assert not (tmp_path / "out_missing").exists()
