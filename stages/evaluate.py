@@ -109,7 +109,8 @@ def main(argv=None) -> None:
     deploy_threshold = threshold
     if folds:
         cv, deploy_threshold = cross_validate(args, folds=folds, params=params, num_classes=num_classes,
-                                       class_names=class_names, seed=all_params.shared("seed"))
+                                              class_names=class_names, seed=all_params.shared("seed"),
+                                              test=splits.get("test"))
         models, chosen = cv["models"], "highest pooled IoU on the out-of-fold predictions"
         cv = cv["scores"]
     if args.cv_metrics:
@@ -136,11 +137,14 @@ def main(argv=None) -> None:
 
 
 def cross_validate(args, *, folds: list[int], params: dict, num_classes: int, class_names: list[str],
-                   seed: int) -> tuple[dict, float]:
+                   seed: int, test) -> tuple[dict, float]:
     """({"scores": metrics/cv.json's content, "models": the fold models}, the out-of-fold threshold); writes
-    --plots-dir/oof_per_image.csv."""
+    --plots-dir/oof_per_image.csv. With a test split (`test` rows), the fold ensemble is scored on it."""
+    import keras
+
     from segpipe.core.outputs import write_csv
-    from segpipe.evaluation.cross_validation import cv_scores, fold_folder, fold_totals
+    from segpipe.evaluation.cross_validation import cv_scores, ensemble_totals, fold_folder, fold_totals
+    from segpipe.inference.prediction import read_input_mode
 
     models = [fold_folder(args.cv_dir, fold) / "model" / "model.keras" for fold in folds]
     missing = [str(model) for model in models if not model.is_file()]
@@ -148,10 +152,19 @@ def cross_validate(args, *, folds: list[int], params: dict, num_classes: int, cl
         raise ValueError(f"cv.folds lists {len(folds)} folds but {len(missing)} fold model(s) are missing (e.g. "
                          f"'{missing[0]}'); run the train-fold stages (dvc repro).")
     parts, rows = fold_totals(args.cv_dir, folds, num_classes=num_classes, tolerance=params["boundary_tolerance"])
+    test_totals = None
+    if test is not None:
+        test_totals = ensemble_totals(
+            [keras.models.load_model(model, compile=False) for model in models],
+            [read_input_mode(model.with_name("inference.json")) for model in models], test,
+            num_classes=num_classes, tolerance=params["boundary_tolerance"], tile_overlap=params["tile_overlap"],
+            tta=params["tta"], batch_size=params["batch_size"])
+    groups = None
+    if params["bootstrap_unit"] == "group":
+        groups = {"oof": list(rows["group"]), **({"ensemble_test": list(test["group"])} if test is not None else {})}
     scores, threshold, table = cv_scores(
         parts, rows, folds=folds, num_classes=num_classes, class_names=class_names,
-        bootstrap_resamples=params["bootstrap_resamples"], seed=seed,
-        groups=list(rows["group"]) if params["bootstrap_unit"] == "group" else None)
+        bootstrap_resamples=params["bootstrap_resamples"], seed=seed, groups=groups, test=test_totals)
     write_csv(args.plots_dir / "oof_per_image.csv", table)
     return {"scores": scores, "models": models}, threshold
 

@@ -7,7 +7,8 @@ fold-<k>/predictions/ (predict-fold@k; segpipe/evaluation/stored_predictions.py)
 is held out by exactly one fold, so the out-of-fold set is the whole of them, each predicted by the one model
 that never saw it. Its totals are the sum of the folds' (SplitTotals.merged): pooled scores over all images,
 the binary threshold chosen on them, and the bootstrap interval over all images; each fold's own scores (at
-that threshold) give the mean and standard deviation across folds.
+that threshold) give the mean and standard deviation across folds. A test split the dataset ships is in no
+fold: the k models predict it together (`ensemble_totals`, probabilities averaged), scored at that threshold.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pandas as pd
 from segpipe.core.parallel import read_ahead
 from segpipe.data.image_io import read_png
 from segpipe.data.rows import read_rows
+from segpipe.evaluation.intervals import HEADLINE_SCORES
 from segpipe.evaluation.scoring import flat_scores, rounded
 from segpipe.evaluation.stored_predictions import read_index, read_prediction
 from segpipe.evaluation.totals import SplitTotals, per_image_table
@@ -47,14 +49,19 @@ def fold_totals(cv_dir: Path, folds: list[int], *, num_classes: int, tolerance: 
 
 
 def cv_scores(parts: list[SplitTotals], rows: pd.DataFrame, *, folds: list[int], num_classes: int,
-              class_names: list[str], bootstrap_resamples: int, seed: int, groups: list | None = None
-              ) -> tuple[dict, float, pd.DataFrame]:
+              class_names: list[str], bootstrap_resamples: int, seed: int, groups: dict[str, list] | None = None,
+              test: SplitTotals | None = None) -> tuple[dict, float, pd.DataFrame]:
     """(metrics/cv.json's content, the threshold chosen on the out-of-fold set, its per-image table with each
-    row's fold). `groups`: each out-of-fold row's group, to resample whole groups."""
+    row's fold). Every score over all out-of-fold images; the headline scores (intervals.HEADLINE_SCORES) per
+    fold, with their mean and standard deviation. `test`: the fold ensemble's totals on the test split,
+    scored as "ensemble_test" at that threshold; `groups`: {"oof": each out-of-fold row's group,
+    "ensemble_test": each test row's}, to resample whole groups."""
+    headline = HEADLINE_SCORES["binary" if num_classes == 1 else "multi_class"]  # per fold: these only
     whole = SplitTotals.merged(parts)
-    flat, threshold, _ = flat_scores({"oof": whole}, num_classes=num_classes, class_names=class_names,
-                                     bootstrap_resamples=bootstrap_resamples, seed=seed,
-                                     groups={"oof": groups} if groups else None, chosen_on="oof")
+    splits = {"oof": whole, **({"ensemble_test": test} if test is not None else {})}
+    flat, threshold, _ = flat_scores(splits, num_classes=num_classes, class_names=class_names,
+                                     bootstrap_resamples=bootstrap_resamples, seed=seed, groups=groups,
+                                     chosen_on="oof")
     suffixes = ((0.5, ""), (threshold, "_at_best_threshold")) if num_classes == 1 else ((0.5, ""),)
     per_fold = {}
     for fold, part in zip(folds, parts):
@@ -62,11 +69,14 @@ def cv_scores(parts: list[SplitTotals], rows: pd.DataFrame, *, folds: list[int],
         for value, suffix in suffixes:
             scores.update(part.scores("fold", class_names=class_names, threshold=value, suffix=suffix)[0])
         per_fold[str(fold)] = {key[len("fold_"):]: value for key, value in scores.items()
-                               if not isinstance(value, dict)}
+                               if key[len("fold_"):].removesuffix("_at_best_threshold") in headline}
     names = list(per_fold[str(folds[0])])
     summary = {"folds": len(folds), "images": len(rows), "best_threshold": threshold,
                "oof": {key[len("oof_"):]: value for key, value in flat.items() if key.startswith("oof_")},
                "fold_mean": {}, "fold_std": {}, "fold": per_fold}
+    if test is not None:
+        summary["ensemble_test"] = {key[len("ensemble_test_"):]: value for key, value in flat.items()
+                                    if key.startswith("ensemble_test_")}
     for name in names:
         values = [scores[name] for scores in per_fold.values() if scores[name] is not None]
         summary["fold_mean"][name] = float(np.mean(values)) if values else None
@@ -74,6 +84,21 @@ def cv_scores(parts: list[SplitTotals], rows: pd.DataFrame, *, folds: list[int],
     table = per_image_table(rows, whole, class_names=class_names, threshold=threshold)
     table.insert(1, "fold", rows["fold"].to_numpy())
     return rounded_tree(summary), threshold, table
+
+
+def ensemble_totals(models: list, input_modes: list[str], rows: pd.DataFrame, *, num_classes: int, tolerance: int,
+                    **settings) -> SplitTotals:
+    """The totals of `rows` predicted by `models` together (segpipe/inference/ensemble.py: each the way it was
+    trained, probabilities averaged); `settings`: tile_overlap, tta, batch_size."""
+    from segpipe.inference.ensemble import averaged
+    from segpipe.inference.prediction import predict_files
+
+    totals = SplitTotals(num_classes=num_classes, tolerance=tolerance)
+    streams = [predict_files(model, list(rows["image_path"]), input_mode=mode, desc=f"evaluate ensemble {index + 1}",
+                             **settings) for index, (model, mode) in enumerate(zip(models, input_modes, strict=True))]
+    for (_, probabilities), truth in zip(averaged(streams), read_ahead(read_png, rows["mask_path"]), strict=True):
+        totals.add(probabilities, truth)
+    return totals
 
 
 def rounded_tree(value):

@@ -9,6 +9,7 @@ the image's own size; an ensemble of one model is that model.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def read_ensemble(path: Path) -> tuple[list[Path], dict]:
     if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
         raise ValueError(f"--model '{path}' has no \"models\" list of model paths; give a model (.keras) or the "
                          "models/ensemble.json that the evaluate stage writes.")
-    members = [path.parent / member for member in models]
+    members = [Path(os.path.normpath(path.parent / member)) for member in models]
     missing = [str(member) for member in members if not member.is_file()]
     if missing:
         raise ValueError(f"ensemble '{path}' lists {len(members)} models, of which {len(missing)} are missing: "

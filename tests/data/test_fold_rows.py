@@ -6,10 +6,10 @@ import shutil
 
 import pandas as pd
 import pytest
+from test_augment import GEOMETRIC, make_train_csv
 
 from conftest import write_params
 from stages import augment, fold_rows
-from test_augment import GEOMETRIC, make_train_csv
 
 
 @pytest.fixture(scope="module")

@@ -43,10 +43,12 @@ PREDICT_ARGS = ("--model", "models/model.keras", "--input", "shots", "--output",
 
 
 def stage_command(stage: str, args: tuple[str, ...] = ()) -> list[str]:
-    """The stage's dvc.yaml command with this interpreter as `python` (segpipe-predict: as its module)."""
+    """The stage's dvc.yaml command with this interpreter as `python` (segpipe-predict: as its module; a fold
+    stage `name@k`: its foreach template for item k)."""
     if stage == PREDICT:
         return [sys.executable, "-m", "segpipe.inference.predict", *(args or PREDICT_ARGS)]
-    command = shlex.split(STAGES[stage]["cmd"])
+    name, _, item = stage.partition("@")
+    command = shlex.split(STAGES[name]["do"]["cmd"].replace("${item}", item) if item else STAGES[stage]["cmd"])
     assert command[0] == "python"
     return [sys.executable, *command[1:]]
 
@@ -74,7 +76,7 @@ def finished(tmp_path_factory) -> Path:
     params["preflight"].update(TINY_PREFLIGHT)
     params["evaluate"].update(num_samples=1, worst_k=1)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for stage in STAGES:
+    for stage in (name for name, stage in STAGES.items() if "foreach" not in stage):  # cv.folds: [], no folds
         done = run(project, stage)
         assert done.returncode == 0, f"{stage}:\n{done.stderr}"
     return project
@@ -310,6 +312,26 @@ def a_file_predict_did_not_write(project):
     (project / "shots_masks/shot1.png").write_bytes(b"the user's own file")
 
 
+def one_foreground_class_in_two_images(project):
+    """Masks with foreground in two of the ten images only: three folds cannot all hold it."""
+    for index, mask in enumerate(sorted(raw(project, "masks").iterdir())):
+        if index not in (0, 5):
+            save_mask(mask, np.zeros((32, 40), np.uint8))
+    for stage in ("convert-to-png", "build-csv"):
+        done = run(project, stage)
+        assert done.returncode == 0, done.stderr
+    edit_params(project, "cv.folds", [0, 1, 2])
+
+
+def ensemble_with_a_missing_fold(project):
+    shots(project)
+    (project / "models/ensemble.json").write_text(json.dumps(
+        {"models": ["../cv/fold-0/model/model.keras", "../cv/fold-1/model/model.keras"], "threshold": 0.5}))
+    (project / "cv/fold-0/model").mkdir(parents=True)
+    for name in ("model.keras", "inference.json"):
+        shutil.copy(project / "models" / name, project / "cv/fold-0/model" / name)
+
+
 def predicted_once(project):
     shots(project)
     done = run(project, PREDICT)
@@ -499,6 +521,21 @@ CASES = [
     Case("predict: an image over --max-image-pixels", PREDICT, shots,
          "'shots/shot0.png': 44x30 = 1,320 pixels, more than --max-image-pixels = 1,000", "raise --max-image-pixels",
          args=predict_args(max_image_pixels=1000)),
+    # --------------------------------------------------------------------------- cross-validation
+    Case("cv.folds: [0] (one fold)", "fold-rows@0", lambda p: edit_params(p, "cv.folds", [0]),
+         "param 'cv.folds' has an invalid value [0]", "e.g. [0, 1, 2, 3, 4] for 5 folds"),
+    Case("cv.folds: 5 (a number, not a list)", "evaluate", lambda p: edit_params(p, "cv.folds", 5),
+         "param 'cv.folds' must be list, got 5", "dvc exp run -S 'cv.folds=[0,1,2,3,4]'"),
+    Case("more folds than images", "fold-rows@0", lambda p: edit_params(p, "cv.folds", list(range(12))),
+         "param 'cv.folds' is 12, more than the 10 train and valid rows", "use at most 10 folds"),
+    Case("more folds than groups (split_by: group)", "fold-rows@0",
+         lambda p: (edit_params(p, "cv.folds", [0, 1]), edit_params(p, "build_csv.split_by", "group")),
+         "build_csv.split_by: group has only 1 group(s)", "use at most 1 folds"),
+    Case("a fold left without the foreground", "fold-rows@1", one_foreground_class_in_two_images,
+         "has no pixel of class foreground, which the other folds have", "Use fewer folds"),
+    Case("predict: a fold model missing from the ensemble", PREDICT, ensemble_with_a_missing_fold,
+         "ensemble 'models/ensemble.json' lists 2 models, of which 1 are missing: cv/fold-1/model/model.keras",
+         "run the pipeline (dvc repro", args=predict_args(model="models/ensemble.json")),
     Case("predict: a gray image for a colour model", PREDICT,
          lambda p: (shots(p), Image.fromarray(np.zeros((30, 44), np.uint8)).save(p / "shots/gray.png")),
          "predict: masks written to shots_masks", code=0),
@@ -544,7 +581,8 @@ def test_bad_input_gives_one_clear_error_and_changes_nothing(case, finished, tmp
         SEEN[case.name] = (0, case.expect)
         return
     assert "Traceback" not in output, output
-    errors = [line for line in done.stderr.splitlines() if line.startswith(f"{case.stage}: error:")]
+    errors = [line for line in done.stderr.splitlines()
+              if line.startswith(f"{case.stage.split('@')[0]}: error:")]  # fold-rows@1 runs fold-rows
     assert len(errors) == 1, done.stderr
     message = done.stderr[done.stderr.index(errors[0]):].strip()
     assert case.expect in message and case.fix in message, message
