@@ -13,8 +13,9 @@ build-csv's own train/valid split and the folds see only the rest), params.yaml 
 1. every model (the single split's and each fold's) trains --epochs epochs: the single split's scores
    (metrics/evaluate.json), the cross-validated ones (metrics/cv.json: out-of-fold, per fold, mean, std) and
    the ensemble at equal time per model;
-2. every model trains --epochs / k epochs: the ensemble of k such models costs what the single model of run 1
-   cost (k x epochs / k, and the fold models train on (k-1)/k of train + valid, about the rows of train.csv).
+2. with a test split only: every model trains --epochs / k epochs: the ensemble of k such models costs what
+   the single model of run 1 cost (k x epochs / k, and the fold models train on (k-1)/k of train + valid,
+   about the rows of train.csv).
 Scores: binary IoU at the chosen threshold (evaluate's `_at_best_threshold`: the single model's chosen on its
 validation split, the ensemble's on the out-of-fold predictions); multi-class mean IoU. Prints one table and
 writes it as JSON to --workdir/result.json.
@@ -98,6 +99,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--test-share", type=float, default=0.0,
                         help="share of a flat images/ + masks/ dataset held out as a test split (0: none)")
+    parser.add_argument("--has-test", action="store_true",
+                        help="the dataset ships a test split (as build-csv reads it): compare the ensemble there")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML", help="a param for every run")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
@@ -110,9 +113,9 @@ def main() -> None:
         tested = split_flat_dataset(args.data, project / "data/raw", test_share=args.test_share, seed=0)
     else:
         shutil.copytree(args.data, project / "data/raw", dirs_exist_ok=True)
-        tested = 0
+        tested = "given" if args.has_test else 0
     result = {"data": str(args.data), "commit": commit, "folds": args.folds, "test_pairs": tested, "runs": {}}
-    for epochs in (args.epochs, max(1, round(args.epochs / args.folds))):
+    for epochs in (args.epochs, max(1, round(args.epochs / args.folds)))[: 2 if tested else 1]:
         params = set_params(project, epochs=epochs, folds=args.folds, overrides=args.set)
         key = "iou_at_best_threshold" if params["num_classes"] == 1 else "mean_iou"
         seconds = repro(project, log)

@@ -76,7 +76,6 @@ def main(argv=None) -> None:
     import pandas as pd
 
     from segpipe.data.rows import read_rows
-    from segpipe.evaluation.cross_validation import ensemble_manifest
     from segpipe.evaluation.scoring import draw_plots, flat_scores, score_splits
     from segpipe.inference.prediction import read_input_mode
 
@@ -105,20 +104,8 @@ def main(argv=None) -> None:
                                 if num_classes == 1 else "argmax (multi-class: no threshold)",
                                 "tta": params["tta"], "tile_overlap": params["tile_overlap"]})
     write_json(args.metrics, flat)
-    cv, models, chosen = {"folds": 0}, [args.model], "highest pooled IoU on the validation split"
-    deploy_threshold = threshold
-    if folds:
-        cv, deploy_threshold = cross_validate(args, folds=folds, params=params, num_classes=num_classes,
-                                              class_names=class_names, seed=all_params.shared("seed"),
-                                              test=splits.get("test"))
-        models, chosen = cv["models"], "highest pooled IoU on the out-of-fold predictions"
-        cv = cv["scores"]
-    if args.cv_metrics:
-        write_json(args.cv_metrics, cv)
-    if args.ensemble:
-        write_json(args.ensemble, ensemble_manifest(models, manifest=args.ensemble, threshold=deploy_threshold,
-                                                    chosen_by=chosen if num_classes == 1 else "argmax (multi-class)",
-                                                    tta=params["tta"], tile_overlap=params["tile_overlap"]))
+    cv = write_cv_and_ensemble(args, folds=folds, params=params, num_classes=num_classes, class_names=class_names,
+                               seed=all_params.shared("seed"), test=splits.get("test"), threshold=threshold)
     record_in_mlflow(args, all_params, flat=flat, cv=cv)
     headline = ", ".join(f"{k} {flat[k]:.4f}" for k in ("valid_iou", "valid_dice", "valid_image_mean_boundary_f",
                                                         "valid_iou_at_best_threshold", "valid_mean_iou") if k in flat)
@@ -127,13 +114,33 @@ def main(argv=None) -> None:
             f"{name} {'-' if v is None else f'{v:.3f}'}" for name, v in flat["valid_class_iou"].items())
     print(f"evaluate: {headline}; best threshold {threshold:g}; worst: {', '.join(worst['id'])}; "
           f"input {settings['input_mode']}, tta {params['tta']}: {seconds_per_image:.2f} s/image")
+
+
+def write_cv_and_ensemble(args, *, folds: list[int], params: dict, num_classes: int, class_names: list[str],
+                          seed: int, test, threshold: float) -> dict:
+    """Writes --cv-metrics and --ensemble (either may be left out) and returns metrics/cv.json's content:
+    with folds, the cross-validated scores and the fold models with the out-of-fold threshold; without,
+    {"folds": 0} and --model with the validation `threshold`."""
+    from segpipe.evaluation.cross_validation import ensemble_manifest
+
+    cv, models, chosen = {"folds": 0}, [args.model], "highest pooled IoU on the validation split"
     if folds:
+        found, threshold = cross_validate(args, folds=folds, params=params, num_classes=num_classes,
+                                          class_names=class_names, seed=seed, test=test)
+        cv, models, chosen = found["scores"], found["models"], "highest pooled IoU on the out-of-fold predictions"
         key = "iou_at_best_threshold" if num_classes == 1 else "mean_iou"
         print(f"evaluate: {len(folds)}-fold cross-validation over {cv['images']} images: out-of-fold {key} "
               f"{cv['oof'][key]:.4f} [{cv['oof'].get(key + '_ci_low', float('nan')):.4f}, "
               f"{cv['oof'].get(key + '_ci_high', float('nan')):.4f}], per fold {cv['fold_mean'][key]:.4f} +- "
-              f"{cv['fold_std'][key]:.4f}; ensemble of {len(folds)} models (threshold {deploy_threshold:g}) -> "
-              f"{args.ensemble}")
+              f"{cv['fold_std'][key]:.4f}; ensemble of {len(folds)} models (threshold {threshold:g}) -> "
+              f"{args.ensemble}", flush=True)
+    if args.cv_metrics:
+        write_json(args.cv_metrics, cv)
+    if args.ensemble:
+        write_json(args.ensemble, ensemble_manifest(models, manifest=args.ensemble, threshold=threshold,
+                                                    chosen_by=chosen if num_classes == 1 else "argmax (multi-class)",
+                                                    tta=params["tta"], tile_overlap=params["tile_overlap"]))
+    return cv
 
 
 def cross_validate(args, *, folds: list[int], params: dict, num_classes: int, class_names: list[str],

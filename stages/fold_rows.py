@@ -71,7 +71,8 @@ def main(argv=None) -> None:
         write_csv(tmp / "augmented.csv", pd.concat([ours, extra], ignore_index=True).sort_values("id")[ROW_COLUMNS])
     print(f"fold-rows: fold {args.fold} of {len(folds)}: {len(train)} training rows ({len(unseen)} from valid.csv, "
           f"{made} copies of them made here; {len(ours)} of augment's), {len(valid)} held out; "
-          f"{len(summary['subsets'])} balancing subsets; in {args.output_dir}")
+          f"{len(summary['subsets'])} balancing subsets; in {args.output_dir}. train-fold@{args.fold} trains as train "
+          "does: train.max_minutes and train.epochs apply to each fold's model")
 
 
 if __name__ == "__main__":

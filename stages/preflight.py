@@ -8,7 +8,8 @@ Writes:  --report JSON (every check's status and numbers: device facts, timings;
          polarity at a glance), --checks JSON (pass/fail only: what train depends on, so device facts or
          timings never make train rerun on another machine).
 Params:  seed, num_classes, class_names, convert.image_mode, train (the model, loss, optimizer, input, devices,
-         precision: as train builds them), preflight.*.
+         precision: as train builds them), preflight.*, cv.folds (the run-time check estimates every training
+         of a cross-validation; --checks stays pass/fail, so a new cv.folds reruns no training through it).
 
 On a failed check: with preflight.on_failure: fail (default) the report and contact sheet are written, --checks
 is not, and the stage exits 2 naming the failures; with warn, the failures are recorded and train runs.
@@ -83,6 +84,7 @@ def main(argv=None) -> None:
               checks.data_check(rows, num_classes=num_classes, class_names=class_names),
               *model_checks(setup, originals=rows["train"], placement=placement, mixed_precision=policy != "float32",
                             channels=channels, num_classes=num_classes, class_names=class_names, seed=seed,
+                            trainings=1 + len(all_params.section("cv")["folds"]),  # the run-time estimate
                             **{k: v for k, v in preflight.items() if k.startswith("overfit_")}, **train)]
     picked = rows["train"].sample(n=min(preflight["contact_sheet_pairs"], len(rows["train"])), random_state=seed)
     write_png(args.contact_sheet, contact_sheet([(row.id, read_png(row.image_path), read_png(row.mask_path))

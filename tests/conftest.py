@@ -27,6 +27,18 @@ TINY_TRAIN = dict(image_size=[32, 32], batch_size=4, depth=2, base_filters=4, ep
 TINY_PREFLIGHT = dict(overfit_steps=0, contact_sheet_pairs=2)
 
 
+def dvc_stages() -> dict[str, dict]:
+    """dvc.yaml's stages by name; a foreach stage (the cross-validation folds) as `<name>@<k>`, its template
+    with ${item} written <k>."""
+    found = {}
+    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+        if "foreach" in stage:
+            found[f"{name}@<k>"] = yaml.safe_load(yaml.safe_dump(stage["do"]).replace("${item}", "<k>"))
+        else:
+            found[name] = stage
+    return found
+
+
 def write_params(folder: Path, **overrides) -> Path:
     """Writes the repo's params.yaml into `folder` with `section={key: value}` or `key=value` overrides."""
     params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))

@@ -104,8 +104,10 @@ def assign_folds(frame: pd.DataFrame, *, folds: int, split_by: str, stratify_bin
     if split_by == "group":
         names, sizes = np.unique(ordered["group"].astype(str), return_counts=True)
         if folds > len(names):
-            raise ValueError(f"param 'cv.folds' is {folds}, but build_csv.split_by: group has only {len(names)} "
-                             f"group(s) to share out (whole groups per fold); use at most {len(names)} folds, or "
+            fix = (f"use at most {len(names)} folds" if len(names) >= 2 else
+                   "put each patient or volume in its own subfolder (images/<group>/...)")
+            raise ValueError(f"param 'cv.folds' has {folds} folds, but build_csv.split_by: group has only "
+                             f"{len(names)} group(s) to share out (whole groups per fold); {fix}, or set "
                              "build_csv.split_by: image.")
         order = rng.permutation(len(names))
         order = order[np.argsort(-sizes[order], kind="stable")]
@@ -117,8 +119,8 @@ def assign_folds(frame: pd.DataFrame, *, folds: int, split_by: str, stratify_bin
         assigned = ordered["group"].astype(str).map(of_group)
     else:
         if folds > len(ordered):
-            raise ValueError(f"param 'cv.folds' is {folds}, more than the {len(ordered)} train and valid rows; use "
-                             f"at most {len(ordered)} folds (realistically 5 with dozens of images per fold).")
+            raise ValueError(f"param 'cv.folds' has {folds} folds, more than the {len(ordered)} train and valid rows; "
+                             f"use at most {len(ordered)} folds (realistically 5 with dozens of images per fold).")
         strata = strata_of(ordered.reset_index(drop=True), stratify_bins=stratify_bins, num_classes=num_classes)
         dealt = np.concatenate([rng.permutation(np.flatnonzero(strata == name)) for name in np.unique(strata)])
         fold_of = np.empty(len(ordered), int)

@@ -243,16 +243,21 @@ def overfit_one_batch(model, images: np.ndarray, masks: np.ndarray, *, loss, opt
 
 
 def run_time_check(*, on_gpu: bool, images_per_second: float | None, images_per_epoch: int, epochs: int,
-                   max_minutes: float) -> Check:
-    """How long train will take at the speed measured here; a CPU-only run of hours is a warning."""
+                   max_minutes: float, trainings: int = 1) -> Check:
+    """How long training will take at the speed measured here, for each of `trainings` models (cross-validation:
+    the folds' and the single split's, each with train.max_minutes or train.epochs); a CPU-only run of hours
+    in all is a warning."""
     if not images_per_second:
         return Check("run_time", "pass", "not measured (the overfit check did not time its steps)", {})
     epoch_minutes = images_per_epoch / images_per_second / 60
-    minutes = max_minutes if max_minutes > 0 else epoch_minutes * epochs
+    one = max_minutes if max_minutes > 0 else epoch_minutes * epochs
+    minutes = one * trainings
     facts = {"minutes_per_epoch": round(epoch_minutes, 2), "minutes": round(minutes, 1),
-             "images_per_second": images_per_second}
+             "images_per_second": images_per_second, "trainings": trainings}
     summary = (f"about {epoch_minutes:.1f} min per epoch at {images_per_second:.1f} images/s; "
-               + (f"{max_minutes:g} min budget" if max_minutes > 0 else f"{epochs} epochs: about {minutes:.0f} min"))
+               + (f"{max_minutes:g} min budget" if max_minutes > 0 else f"{epochs} epochs: about {one:.0f} min")
+               + (f" a model, {trainings} models (cv.folds and the single split): about {minutes:.0f} min"
+                  if trainings > 1 else ""))
     if not on_gpu and minutes > 60 * CPU_HOURS_WARNING:
         return Check("run_time", "warn", summary + f"\n    warning: a CPU-only run of about {minutes / 60:.1f} h; a "
                      "GPU, a smaller train.image_size or base_filters, or a train.max_minutes budget", facts)

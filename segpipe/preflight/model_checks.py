@@ -27,10 +27,11 @@ OBJECT_SIZE_SAMPLE = 200         # training masks whose objects are measured
 
 def model_checks(setup: InputSetup, *, originals: pd.DataFrame, placement: Placement, mixed_precision: bool,
                  channels: int, num_classes: int, class_names: list[str], seed: int, overfit_images: int,
-                 overfit_steps: int, overfit_target_iou: float, overfit_max_seconds: float,
+                 overfit_steps: int, overfit_target_iou: float, overfit_max_seconds: float, trainings: int = 1,
                  **train) -> list[checks.Check]:
     """Capacity, memory, mask values and (with `overfit_steps` > 0) overfit one batch and run time, for the
-    model of `setup` on the training images `originals`; `**train`: the train params."""
+    model of `setup` on the training images `originals`; `trainings`: how many models the pipeline trains
+    (1 + the cross-validation folds); `**train`: the train params."""
     model, size = setup.model, setup.image_size
     factor = 2 ** downsampling_levels(encoder=train["encoder"], depth=train["depth"])  # sides' multiple
     # Receptive field: measured on a separate copy at twice the input side (the field may exceed the input).
@@ -81,4 +82,4 @@ def model_checks(setup: InputSetup, *, originals: pd.DataFrame, placement: Place
         on_gpu=placement.device_names[0].startswith("/gpu"),
         images_per_second=per_second * placement.num_replicas if per_second else None,
         images_per_epoch=setup.global_batch * setup.steps, epochs=train["epochs"],
-        max_minutes=train["max_minutes"])]
+        max_minutes=train["max_minutes"], trainings=trainings)]

@@ -58,7 +58,7 @@ def test_groups_stay_whole_and_the_folds_stay_near_even():
 
 @pytest.mark.parametrize("frame, given, message", [
     (rows(10), dict(k=1), "must be \\[\\] \\(a single split\\) or at least 2 folds, got 1"),
-    (rows(4), dict(k=5), "is 5, more than the 4 train and valid rows"),
+    (rows(4), dict(k=5), "has 5 folds, more than the 4 train and valid rows"),
     (rows(20, groups=3), dict(k=4, split_by="group"), "has only 3 group\\(s\\)"),
     (rows(10, empty=tuple(range(1, 10))), dict(k=3), "fold \\d of 3 \\(\\d+ rows\\) has no pixel of class foreground"),
 ])

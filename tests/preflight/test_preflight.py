@@ -129,6 +129,9 @@ def test_run_time_check_warns_for_hours_on_a_cpu_only():
                                     max_minutes=0).status == "pass"
     assert preflight.run_time_check(on_gpu=False, images_per_second=2.0, images_per_epoch=3600, epochs=30,
                                     max_minutes=20).status == "pass"  # a budget bounds it
+    folds = preflight.run_time_check(on_gpu=False, images_per_second=2.0, images_per_epoch=3600, epochs=30,
+                                     max_minutes=20, trainings=6)  # 5 folds and the single split: 6 budgets
+    assert folds.status == "warn" and folds.details["minutes"] == 120.0 and "6 models" in folds.summary
 
 
 def small_network(side: int) -> keras.Model:

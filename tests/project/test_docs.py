@@ -14,7 +14,7 @@ import sys
 
 import yaml
 
-from conftest import REPO
+from conftest import REPO, dvc_stages
 from segpipe.core.schema import SECTIONS, SHARED
 
 PARAMS_PAGE = REPO / "docs" / "reference" / "params.md"
@@ -119,7 +119,7 @@ def _path_list(entries) -> str:
 def render_stages_page() -> str:
     """docs/reference/stages.md from dvc.yaml (what each stage reads, writes and which params it declares) and
     the first sentence of each stage's docstring."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    stages = dvc_stages()
     lines = ["# Stages and their files", "",
              "Generated from `dvc.yaml` and the stages' docstrings by `tests/project/test_docs.py`",
              "(`SEGPIPE_WRITE_DOCS=1 .venv/bin/python -m pytest tests/project/test_docs.py`); do not edit by hand.",
@@ -140,7 +140,9 @@ def render_stages_page() -> str:
               "when `dvc.yaml` misses one or lists one too many.", "(Depending on the whole `segpipe/` folder "
               "would be simpler, but every edit of, say, the report would then", "convert a user's whole "
               "dataset again.) `persist`: DVC keeps the output between runs (train's resume backup); `cache: "
-              "false`:", "the file is versioned by git, not DVC's cache.", ""]
+              "false`:", "the file is versioned by git, not DVC's cache. `<name>@<k>`: one stage per item of "
+              "`cv.folds`", "(`fold-rows@0`, `fold-rows@1`, ...; none with `cv.folds: []`): "
+              "[cross-validation](../how-to/cross-validation.md).", ""]
     return "\n".join(lines)
 
 
@@ -152,8 +154,8 @@ COMMANDS_PAGE = REPO / "docs" / "reference" / "commands.md"
 # (what a user types, the module whose main() parses it)
 COMMANDS = [("segpipe-predict", "segpipe.inference.predict"), ("segpipe-report", "segpipe.tracking.report"),
             ("segpipe-lockcheck", "segpipe.tracking.lockcheck"),
-            *((f"python -m {stage['cmd'].split()[2]}", stage["cmd"].split()[2])
-              for stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values())]
+            *dict.fromkeys((f"python -m {stage['cmd'].split()[2]}", stage["cmd"].split()[2])
+                           for stage in dvc_stages().values())]  # train-fold@<k> runs stages.train too
 
 
 def command_help(command: str, module: str) -> str:

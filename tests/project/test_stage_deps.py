@@ -11,9 +11,8 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import REPO
+from conftest import REPO, dvc_stages
 
 PACKAGES = ("segpipe", "stages")
 
@@ -66,9 +65,7 @@ def project_files_imported(module: str) -> set[str]:
 
 
 def stages() -> dict:
-    """dvc.yaml's stages; a foreach stage by its `do` template (the cross-validation folds)."""
-    return {name: stage.get("do", stage) for name, stage in
-            yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items()}
+    return dvc_stages()
 
 
 @pytest.mark.parametrize("stage", sorted(stages()))
