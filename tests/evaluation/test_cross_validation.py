@@ -107,3 +107,34 @@ def test_the_ensemble_manifest_points_at_the_models_from_its_own_folder(tmp_path
                                  tile_overlap=0.5)
     assert manifest["models"] == ["../cv/fold-0/model/model.keras", "../cv/fold-1/model/model.keras"]
     assert manifest["threshold"] == 0.55
+
+
+def test_the_ensemble_on_a_test_split_scores_the_averaged_probabilities(tmp_path):
+    import keras
+
+    from segpipe.evaluation.cross_validation import ensemble_totals
+    from segpipe.inference.prediction import predict_files
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for index in range(3):
+        write_png(tmp_path / f"image{index}.png", rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+        write_png(tmp_path / f"mask{index}.png", (rng.random((20, 24)) < 0.4).astype(np.uint8))
+        rows.append({"image_path": str(tmp_path / f"image{index}.png"),
+                     "mask_path": str(tmp_path / f"mask{index}.png")})
+    rows = pd.DataFrame(rows)
+    models = []
+    for seed in (0, 1):  # two different random networks
+        keras.utils.set_random_seed(seed)
+        image = keras.Input((16, 16, 3))
+        models.append(keras.Model(image, keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(image)))
+    settings = dict(tile_overlap=0.5, tta="none", batch_size=4)
+    found = ensemble_totals(models, ["resize", "patches"], rows, num_classes=1, tolerance=1, **settings)
+    expected = SplitTotals(num_classes=1, tolerance=1)
+    streams = [predict_files(model, list(rows["image_path"]), input_mode=mode, desc="x", **settings)
+               for model, mode in zip(models, ["resize", "patches"])]
+    for index, ((_, first), (_, second)) in enumerate(zip(*streams)):
+        expected.add((first + second) / 2, stored.read_png(rows["mask_path"][index]))
+    np.testing.assert_array_equal(found.counts, expected.counts)
+    alone = ensemble_totals(models[:1], ["resize"], rows, num_classes=1, tolerance=1, **settings)
+    assert not np.array_equal(alone.counts, found.counts)  # the second model changes what is predicted
