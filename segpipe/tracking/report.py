@@ -14,9 +14,11 @@ precisions differ without any change in the code, so only the second compares li
 Run it from the project root after `dvc repro`. Deltas are coloured only for metrics with a better
 direction (IoU up, loss down). The headline scores are also compared image by image on the validation
 images both sides scored (plots/evaluate/per_image.csv, matched by id): the difference, its 95% paired
-bootstrap interval and a verdict, better, worse or "within noise" (segpipe/evaluation/intervals.py). The
-gate exits 3 when the chosen metric got worse beyond the noise: the whole interval of its paired difference
-below -tolerance (`--gate-rule absolute`: the point value fell by more than the tolerance), or is missing.
+bootstrap interval and a verdict, better, worse or "within noise" (segpipe/evaluation/intervals.py); with
+cross-validation on both sides, also on every train + valid image out of fold (plots/evaluate/oof_per_image.csv:
+`--gate oof_iou` gates on those, five times the images of a 20% validation split). The gate exits 3 when the
+chosen metric got worse beyond the noise: the whole interval of its paired difference below -tolerance
+(`--gate-rule absolute`: the point value fell by more than the tolerance), or is missing.
 Metrics renamed since the base (`best_val_iou` -> `best_valid_iou`) are matched by their new names; run
 facts that left the metrics files (timings, devices) are listed.
 """
@@ -35,7 +37,7 @@ import yaml
 from segpipe.core.cli import describe, run_stage
 from segpipe.core.outputs import write_text
 from segpipe.core.params import flatten
-from segpipe.tracking.paired import paired_gate, paired_rows, paired_table, read_per_image
+from segpipe.tracking.paired import OOF_PER_IMAGE, paired_gate, paired_rows, paired_table, read_per_image
 
 HEADLINE = ("valid_iou", "valid_dice", "valid_iou_at_best_threshold", "valid_image_mean_boundary_f", "valid_mean_iou",
             "best_threshold", "test_iou", "best_valid_iou", "best_valid_dice", "best_valid_loss")
@@ -149,22 +151,28 @@ def gate(rows, *, metric: str, tolerance: float) -> tuple[bool, str]:
 def build_report(*, base: str, provenance: str, params_diff: dict, metrics_diff: dict, plots_dir: Path,
                  output: Path, gate_metric: str | None, tolerance: float, gate_rule: str = "paired",
                  per_image: tuple[pd.DataFrame | None, pd.DataFrame | None] = (None, None),
+                 oof_per_image: tuple[pd.DataFrame | None, pd.DataFrame | None] = (None, None),
                  by_group: bool = False) -> tuple[str, bool]:
     """The Markdown text (images copied beside `output`) and whether the gate passed. `per_image`: (this
     change's, the base's) per-image tables, for the paired comparison (`by_group`: resampling whole groups)
-    and the `paired` gate rule."""
+    and the `paired` gate rule; `oof_per_image`: their out-of-fold tables (cross-validation), compared the
+    same way when both sides have one (metrics oof_iou, ...: a gate may name them)."""
     rows, dropped = metrics_rows(metrics_diff)
     headline = [row for row in rows if row[1] in HEADLINE]
     paired, paired_note = paired_rows(*per_image, by_group=by_group)
+    oof, oof_note = [], ""
+    if all(table is not None for table in oof_per_image):
+        oof, oof_note = paired_rows(*oof_per_image, by_group=by_group, split="oof")
     parts = [f"## segpipe report vs `{base}`", provenance]
     passed = True
     if gate_metric:
-        found = paired_gate(paired, metric=gate_metric, tolerance=tolerance) if gate_rule == "paired" else None
+        found = paired_gate(paired + oof, metric=gate_metric, tolerance=tolerance) if gate_rule == "paired" \
+            else None
         if found is None:
             passed, message = gate(rows, metric=gate_metric, tolerance=tolerance)
             if gate_rule == "paired":
                 message += (f" (absolute rule: `{gate_metric}` has no paired comparison; paired metrics: "
-                            f"{', '.join(f'`{row[0]}`' for row in paired) or 'none'})")
+                            f"{', '.join(f'`{row[0]}`' for row in paired + oof) or 'none'})")
         else:
             passed, message = found
         parts.append(("✅ " if passed else "❌ ") + message)
@@ -172,6 +180,10 @@ def build_report(*, base: str, provenance: str, params_diff: dict, metrics_diff:
         parts += ["### Did it help? (paired, same images)", paired_note, paired_table(paired)]
     else:
         parts.append(paired_note)
+    if oof:
+        parts += ["### Did it help? Cross-validated (paired, out-of-fold)", oof_note, paired_table(oof)]
+    elif oof_note:
+        parts.append(oof_note)
     changes = [(f"{file}: {name}" if len(params_diff) > 1 else name, values.get("old"), values.get("new"))
                for file, params in params_diff.items() for name, values in sorted(params.items())]
     parts.append("### Params")
@@ -266,10 +278,13 @@ def main(argv=None) -> int:
                       f"reproduced wherever its author ran `dvc repro`; this change: this workspace "
                       f"({run_facts(Path('.'))}). Hardware and precision alone can move these numbers.")
     base_table = read_per_image(args.base_dir) if args.base_dir else read_per_image(rev=args.base)
+    base_oof = read_per_image(args.base_dir, path=OOF_PER_IMAGE) if args.base_dir else \
+        read_per_image(rev=args.base, path=OOF_PER_IMAGE)
     text, passed = build_report(base=label, provenance=provenance, params_diff=params_diff,
                                 metrics_diff=metrics_diff, plots_dir=args.plots_dir, output=args.output,
                                 gate_metric=args.gate, tolerance=args.tolerance, gate_rule=args.gate_rule,
-                                per_image=(read_per_image(), base_table), by_group=args.by_group)
+                                per_image=(read_per_image(), base_table), by_group=args.by_group,
+                                oof_per_image=(read_per_image(path=OOF_PER_IMAGE), base_oof))
     write_text(args.output, text)
     gate = "" if args.gate is None else f"; gate {'passed' if passed else 'FAILED'}"
     print(f"report: written to {args.output}{gate}")

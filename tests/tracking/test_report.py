@@ -192,3 +192,21 @@ def test_a_base_from_before_per_image_counts_falls_back_to_the_absolute_gate_and
     assert done.returncode == 0, text
     assert "No paired comparison: a side's plots/evaluate/per_image.csv has no per-image pixel counts" in text
     assert "(absolute rule: `valid_iou` has no paired comparison" in text
+
+
+def test_cross_validated_sides_are_also_compared_out_of_fold_and_can_gate_there(repo):
+    """Both sides cross-validated: a drop on most of 200 out-of-fold images is worse there, and `--gate oof_iou`
+    fails on it while the 40 validation images stay the same."""
+    (repo / "plots/evaluate").mkdir(parents=True, exist_ok=True)
+    per_image(count=200).assign(fold=0).to_csv(repo / "plots/evaluate/oof_per_image.csv", index=False)
+    commit_with_per_image(repo, "base, cross-validated", per_image(), valid_iou=0.8)
+    per_image(count=200, hurt=180, share=0.1).assign(fold=0).to_csv(repo / "plots/evaluate/oof_per_image.csv",
+                                                                   index=False)
+    commit_with_per_image(repo, "worse out of fold", per_image(), valid_iou=0.8, lr=0.002)
+    done, text = report(repo, "--base", "main~1", "--gate", "oof_iou", "--tolerance", "0.01")
+    assert done.returncode == 3, text
+    assert "### Did it help? Cross-validated (paired, out-of-fold)" in text
+    assert "Paired on the 200 out-of-fold images" in text and "gate FAILED: `oof_iou`" in text
+    assert "| `valid_iou` | +0.0000 | [+0.0000, +0.0000] | within noise |" in text
+    done, text = report(repo, "--base", "main~1", "--gate", "valid_iou", "--tolerance", "0.01")
+    assert done.returncode == 0 and "gate passed: `valid_iou`" in text
