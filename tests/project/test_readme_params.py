@@ -108,7 +108,7 @@ def test_readme_lines_through_a_real_dvc_exp_run(tmp_path):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     stage = {"cmd": "python -c \"import json, yaml; json.dump(yaml.safe_load(open('params.yaml')), "
                     "open('seen.json', 'w'))\"",
-             "params": ["num_classes", "class_names", "convert", "train", "split_balanced"],
+             "params": ["num_classes", "class_names", "convert", "train", "split_balanced", "cv"],
              "outs": [{"seen.json": {"cache": False}}]}
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"record": stage}}))
     sh("git", "init", "-q")
