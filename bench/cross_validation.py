@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from run_stages import apply_sets
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -60,10 +62,7 @@ def set_params(project: Path, *, epochs: int, folds: int, overrides: list[str]) 
     params["mlflow"] = False
     params["train"].update(epochs=epochs, max_minutes=0)
     params["cv"]["folds"] = list(range(folds))
-    for item in overrides:
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        (params[section] if name else params)[name or section] = yaml.safe_load(value)
+    apply_sets(params, overrides)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 

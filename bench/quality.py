@@ -37,7 +37,7 @@ import pandas as pd
 import yaml
 from PIL import Image
 
-from run_stages import run, run_stages
+from run_stages import apply_sets, run, run_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "refbench" / "keras_io_baseline.py"
@@ -50,10 +50,7 @@ def write_params(project: Path, *, minutes: float, overrides: list[str]) -> dict
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["mlflow"] = False
     params["train"]["max_minutes"] = minutes
-    for item in overrides:
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        (params[section] if name else params)[name or section] = yaml.safe_load(value)
+    apply_sets(params, overrides)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 
 DATA_STAGES = (
@@ -29,6 +31,15 @@ EVALUATE = ["stages.evaluate", "--model", "models/model.keras", "--inference", "
             "data/csv", "--history",
             "plots/train_history.csv", "--run-info", "models/run.json", "--metrics", "metrics/evaluate.json",
             "--threshold", "models/threshold.json", "--plots-dir", "plots/evaluate"]
+
+
+def apply_sets(params: dict, overrides: list[str]) -> dict:
+    """params.yaml's dict with each --set `section.key=YAML` (or `key=YAML` for a shared key) applied."""
+    for item in overrides:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        (params[section] if name else params)[name or section] = yaml.safe_load(value)
+    return params
 
 
 def run(command: list[str], cwd: Path, log: Path) -> None:

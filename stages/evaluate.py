@@ -150,10 +150,10 @@ def cross_validate(args, *, folds: list[int], params: dict, num_classes: int, cl
     import keras
 
     from segpipe.core.outputs import write_csv
-    from segpipe.evaluation.cross_validation import cv_scores, ensemble_totals, fold_folder, fold_totals
+    from segpipe.evaluation.cross_validation import cv_scores, ensemble_totals, fold_models, fold_totals
     from segpipe.inference.prediction import read_input_mode
 
-    models = [fold_folder(args.cv_dir, fold) / "model" / "model.keras" for fold in folds]
+    models = fold_models(args.cv_dir, folds)
     missing = [str(model) for model in models if not model.is_file()]
     if missing:
         raise ValueError(f"cv.folds lists {len(folds)} folds but {len(missing)} fold model(s) are missing (e.g. "

@@ -22,7 +22,7 @@ from pathlib import Path
 from segpipe.core.cli import describe, run_stage
 from segpipe.core.outputs import replace_dir, write_csv
 from segpipe.core.params import Params
-from segpipe.data.balancing import AUGMENTED_ID, write_subsets
+from segpipe.data.balancing import source_id, write_subsets
 from segpipe.data.rows import ROW_COLUMNS, read_rows
 from segpipe.data.splitting import fold_rows
 
@@ -55,7 +55,7 @@ def main(argv=None) -> None:
                                        folds=len(folds), split_by=split["split_by"],
                                        stratify_bins=split["stratify_bins"], seed=seed, num_classes=num_classes)
     copies = read_rows(args.augmented_csv, made_by="the augment stage")
-    ours = copies[copies["id"].str.rsplit(AUGMENTED_ID, n=1).str[0].isin(set(train["id"]))]
+    ours = copies[copies["id"].map(source_id).isin(set(train["id"]))]
     unseen = train[train["id"].isin(set(given["valid"]["id"]))]
     with replace_dir(args.output_dir) as tmp:
         write_csv(tmp / "folds.csv", assigned)

@@ -26,6 +26,11 @@ def augmented_id(row_id: str, copy: int) -> str:
     """The id of augment's copy number `copy` of row `row_id` (`AUGMENTED_ID` marks it as a copy)."""
     return f"{row_id}{AUGMENTED_ID}{copy:02d}"
 
+
+def source_id(row_id: str) -> str:
+    """The id of the row an augmented copy was made from (`augmented_id` undone); an original's own id."""
+    return str(row_id).rsplit(AUGMENTED_ID, 1)[0]
+
 # More groups than this are not balanced one stream each (a tf.data stream per group: 5,000 patient folders
 # would be 5,000 streams, each with its own shuffle buffer); split-balanced bins them by foreground instead.
 MAX_GROUP_SUBSETS = 64
@@ -71,7 +76,7 @@ def assign_subsets(rows: pd.DataFrame, summary: dict, *,
     """
     if summary["key"] == "rarest_class":
         subset_of = {row_id: index for index, frame in enumerate(originals or []) for row_id in frame["id"]}
-        labels = np.array([subset_of.get(str(row_id).rsplit(AUGMENTED_ID, 1)[0], -1) for row_id in rows["id"]])
+        labels = np.array([subset_of.get(source_id(row_id), -1) for row_id in rows["id"]])
         names = list(range(len(summary["subsets"])))
     elif summary["key"] == "group":
         labels = rows["group"].astype(str).to_numpy()

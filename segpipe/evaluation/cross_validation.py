@@ -31,6 +31,11 @@ def fold_folder(cv_dir: Path, fold: int) -> Path:
     return Path(cv_dir) / f"fold-{fold}"
 
 
+def fold_models(cv_dir: Path, folds: list[int]) -> list[Path]:
+    """Each fold's model (train-fold@k's model.keras), in the order of `folds`."""
+    return [fold_folder(cv_dir, fold) / "model" / "model.keras" for fold in folds]
+
+
 def fold_totals(cv_dir: Path, folds: list[int], *, num_classes: int, tolerance: int
                 ) -> tuple[list[SplitTotals], pd.DataFrame]:
     """(each fold's totals over its held-out images, all held-out rows with their fold), streamed: one stored
